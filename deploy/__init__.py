@@ -1,0 +1,1 @@
+"""The `smartcity` command line, the local stack, docker compose and broker ACLs."""

@@ -1,0 +1,129 @@
+"""The `smartcity` command line.
+
+Every subcommand prints `--help`; bad input ends with one line on stderr and a
+non-zero exit (2 for usage errors, 1 for anything else the user can fix),
+never a traceback. Subcommand groups live next to the code they drive and are
+mounted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sensors.errors import SmartcityError
+
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_HOME = Path(".smartcity")
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_HOME,
+    show_default=True,
+    envvar="SMARTCITY_HOME",
+    help="State folder: spool, secrets, local stack data [env: SMARTCITY_HOME].",
+)
+
+
+def step(message: str) -> None:
+    console.print(f"[dim]{message}[/]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+def app(verbose: int) -> None:
+    """City sensor data platform: MQTT ingest, Beam pipelines, InfluxDB, Grafana."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@app.group("stack")
+def stack_group() -> None:
+    """Run a local Mosquitto + InfluxDB (Debian binaries, no Docker)."""
+
+
+@stack_group.command("up")
+@home_option
+@click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="MQTT port.")
+@click.option("--influx-port", type=click.IntRange(1, 65535), default=8086, show_default=True, help="InfluxDB port.")
+def stack_up(home: Path, mqtt_port: int, influx_port: int) -> None:
+    """Start Mosquitto and InfluxDB with generated configs and credentials; write HOME/env."""
+    from deploy.stack import Stack
+
+    stack = Stack(home)
+    ports = stack.up(mqtt_port=mqtt_port, influx_port=influx_port, on_step=step)
+    out.print(f"stack up: mqtt 127.0.0.1:{ports.mqtt}, influxdb 127.0.0.1:{ports.influx}")
+    out.print(f"load its settings with: . {stack.env_path}")
+
+
+@stack_group.command("down")
+@home_option
+def stack_down(home: Path) -> None:
+    """Stop the servers 'stack up' started (data is kept)."""
+    from deploy.stack import Stack
+
+    stopped = Stack(home).down(on_step=step)
+    out.print("stack down: " + (", ".join(stopped) + " stopped" if stopped else "nothing was running"))
+
+
+@stack_group.command("status")
+@home_option
+def stack_status(home: Path) -> None:
+    """Show each service's pid, port and health; exit 1 if any is down."""
+    from deploy.stack import Stack
+
+    statuses = Stack(home).status()
+    if not statuses:
+        raise SmartcityError(f"no stack in {home.resolve()}: run 'smartcity stack up' first")
+    table = Table("service", "pid", "port", "health", "detail")
+    for s in statuses:
+        table.add_row(s.name, str(s.pid or "-"), str(s.port), "[green]ok[/]" if s.healthy else "[red]down[/]", s.detail)
+    out.print(table)
+    if not all(s.healthy for s in statuses):
+        raise SystemExit(1)
+
+
+@app.command("demo")
+@home_option
+@click.pass_context
+def demo(ctx: click.Context, home: Path) -> None:
+    """Run the whole system end to end on this machine and print a summary."""
+    from deploy.stack import Stack
+
+    Stack(home).up(on_step=step)
+    ctx.invoke(stack_status, home=home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: one-line errors, exit 2 on usage errors, 1 on user errors."""
+    try:
+        result = app.main(args=argv, prog_name="smartcity", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help() if err.ctx else "", err=True)
+        return 2
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "smartcity"
+        print(f"{where}: {err.format_message()} (see '{where} --help')", file=sys.stderr)
+        return 2
+    except click.ClickException as err:
+        print(f"smartcity: error: {err.format_message()}", file=sys.stderr)
+        return err.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        print("smartcity: interrupted", file=sys.stderr)
+        return 130
+    except SmartcityError as err:
+        print(f"smartcity: error: {err}", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

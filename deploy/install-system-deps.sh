@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages smartcity runs on (the broker, the database, their
+# command-line clients). A no-op when they are already present.
+set -euo pipefail
+
+needed=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || needed+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || needed+=(mosquitto-clients)
+command -v influxd >/dev/null 2>&1 || needed+=(influxdb)
+command -v influx >/dev/null 2>&1 || needed+=(influxdb-client)
+for extra in "$@"; do
+    command -v "$extra" >/dev/null 2>&1 || needed+=("$extra")
+done
+
+if [ ${#needed[@]} -eq 0 ]; then
+    exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-system-deps: need root or sudo to install: ${needed[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+echo "install-system-deps: installing ${needed[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# Package scripts try to start services; on machines without systemd that is a harmless no-op.
+$sudo apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null

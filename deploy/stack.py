@@ -1,0 +1,209 @@
+"""`smartcity stack up|down|status`: a local Mosquitto + InfluxDB under SMARTCITY_HOME.
+
+Layout of the state folder (default `./.smartcity`):
+
+    env                      shell `export` lines for the SMARTCITY_* variables (0600)
+    stack.json               ports the stack was started with
+    secrets/mqtt-users.json  {"user": "password"} for admin, ingest and each vendor (0600)
+    secrets/influx-admin.json
+    mosquitto/               mosquitto.conf, password and ACL files, persistence, log, pid
+    influxdb/                influxdb.conf, meta, data, wal, log, pid
+
+`up` is idempotent: a stack that is already running is left alone. `down`
+stops exactly the processes `up` started (pid files, checked against the
+binary name) and keeps all data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import broker_auth
+from deploy.servers import InfluxDB, Mosquitto, ServerError, find_binary, free_port
+from sensors.errors import SmartcityError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_INFLUX_PORT = 8086
+INFLUX_ADMIN = "admin"
+DEFAULT_DB = "smartcity"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    mqtt: int = DEFAULT_MQTT_PORT
+    influx: int = DEFAULT_INFLUX_PORT
+    influx_rpc: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    port: int
+    healthy: bool
+    detail: str
+
+
+class Stack:
+    """The local stack rooted at `home`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home.resolve()
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def env_path(self) -> Path:
+        return self.home / "env"
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def mqtt_users_path(self) -> Path:
+        return self.secrets_dir / "mqtt-users.json"
+
+    @property
+    def influx_admin_path(self) -> Path:
+        return self.secrets_dir / "influx-admin.json"
+
+    def ports(self) -> StackPorts | None:
+        try:
+            return StackPorts(**json.loads(self.state_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def mosquitto(self, ports: StackPorts) -> Mosquitto:
+        mdir = self.home / "mosquitto"
+        return Mosquitto(
+            data_dir=mdir,
+            port=ports.mqtt,
+            password_file=mdir / "passwd",
+            acl_file=mdir / "acl",
+        )
+
+    def influxdb(self, ports: StackPorts) -> InfluxDB:
+        return InfluxDB(data_dir=self.home / "influxdb", port=ports.influx, rpc_port=ports.influx_rpc)
+
+    def mqtt_passwords(self) -> dict[str, str]:
+        return json.loads(self.mqtt_users_path.read_text()) if self.mqtt_users_path.exists() else {}
+
+    def influx_admin_password(self) -> str:
+        creds = broker_auth.load_or_create_passwords(self.influx_admin_path, [INFLUX_ADMIN])
+        return creds[INFLUX_ADMIN]
+
+    def write_broker_auth(self, acl_rules: Mapping[str, Iterable[broker_auth.AclRule]]) -> dict[str, str]:
+        """Passwords (kept across runs) and the hashed password + ACL files for every user with rules."""
+        passwords = broker_auth.load_or_create_passwords(self.mqtt_users_path, acl_rules.keys())
+        mdir = self.home / "mosquitto"
+        mdir.mkdir(parents=True, exist_ok=True)
+        known = {user: pw for user, pw in passwords.items() if user in acl_rules}
+        broker_auth.write_private(mdir / "passwd", broker_auth.render_password_file(known))
+        broker_auth.write_private(mdir / "acl", broker_auth.render_acl_file(acl_rules))
+        return passwords
+
+    def up(
+        self,
+        mqtt_port: int = DEFAULT_MQTT_PORT,
+        influx_port: int = DEFAULT_INFLUX_PORT,
+        acl_rules: Mapping[str, Iterable[broker_auth.AclRule]] | None = None,
+        on_step: Callable[[str], None] = lambda _: None,
+    ) -> StackPorts:
+        """Start both servers (unless already running) and write the env file; returns the ports in use."""
+        find_binary("mosquitto")
+        find_binary("influxd")
+        self.home.mkdir(parents=True, exist_ok=True)
+        previous = self.ports()
+        if previous and (self.mosquitto(previous).running_pid() or self.influxdb(previous).running_pid()):
+            if (mqtt_port, influx_port) != (previous.mqtt, previous.influx):
+                raise SmartcityError(
+                    f"the stack in {self.home} already runs on ports mqtt {previous.mqtt} / influx "
+                    f"{previous.influx}; run 'smartcity stack down' first to change them"
+                )
+            ports = previous
+        else:
+            rpc = previous.influx_rpc if previous and previous.influx_rpc else free_port()
+            ports = StackPorts(mqtt=mqtt_port, influx=influx_port, influx_rpc=rpc)
+        self.state_path.write_text(json.dumps(ports.__dict__) + "\n")
+
+        rules = dict(acl_rules) if acl_rules is not None else broker_auth.service_acl_rules()
+        passwords = self.write_broker_auth(rules)
+
+        mosquitto = self.mosquitto(ports)
+        if mosquitto.running_pid() is None:
+            on_step(f"starting mosquitto on port {ports.mqtt}")
+            mosquitto.start(detach=True)
+        influx = self.influxdb(ports)
+        admin_password = self.influx_admin_password()
+        if influx.running_pid() is None:
+            on_step(f"starting influxdb on port {ports.influx}")
+            try:
+                influx.start(detach=True)
+            except ServerError:
+                mosquitto.stop()
+                raise
+        influx.ensure_admin(INFLUX_ADMIN, admin_password)
+        self.write_env(ports, passwords, admin_password)
+        return ports
+
+    def write_env(self, ports: StackPorts, passwords: Mapping[str, str], admin_password: str) -> None:
+        ingest_pw = passwords.get(broker_auth.INGEST_USER, "")
+        values = {
+            "SMARTCITY_HOME": str(self.home),
+            "SMARTCITY_MQTT_URL": f"mqtt://{broker_auth.INGEST_USER}:{ingest_pw}@127.0.0.1:{ports.mqtt}",
+            "SMARTCITY_INFLUX_URL": f"http://{INFLUX_ADMIN}:{admin_password}@127.0.0.1:{ports.influx}",
+            "SMARTCITY_INFLUX_DB": DEFAULT_DB,
+        }
+        text = "# Generated by 'smartcity stack up'. Load with: . .smartcity/env\n" + "".join(
+            f"export {key}={shlex.quote(value)}\n" for key, value in values.items()
+        )
+        broker_auth.write_private(self.env_path, text)
+
+    def down(self, on_step: Callable[[str], None] = lambda _: None) -> list[str]:
+        """Stop the servers `up` started; returns the names of those that were running."""
+        ports = self.ports()
+        if ports is None:
+            return []
+        stopped = []
+        for server in (self.influxdb(ports), self.mosquitto(ports)):
+            if server.running_pid() is not None:
+                on_step(f"stopping {server.name}")
+                server.stop()
+                stopped.append(server.name)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        ports = self.ports()
+        if ports is None:
+            return []
+        from deploy.health import influx_health, mqtt_health
+
+        passwords = self.mqtt_passwords()
+        admin_pw = passwords.get(broker_auth.ADMIN_USER, "")
+        result = []
+        mosquitto = self.mosquitto(ports)
+        pid = mosquitto.running_pid()
+        ok, detail = mqtt_health("127.0.0.1", ports.mqtt, broker_auth.ADMIN_USER, admin_pw) if pid else (
+            False,
+            "not running",
+        )
+        result.append(ServiceStatus("mosquitto", pid, ports.mqtt, ok, detail))
+        influx = self.influxdb(ports)
+        pid = influx.running_pid()
+        if pid:
+            admin_password = json.loads(self.influx_admin_path.read_text())[INFLUX_ADMIN]
+            ok, detail = influx_health(influx.base_url, INFLUX_ADMIN, admin_password)
+        else:
+            ok, detail = False, "not running"
+        result.append(ServiceStatus("influxdb", pid, ports.influx, ok, detail))
+        return result

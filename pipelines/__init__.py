@@ -1,0 +1,1 @@
+"""Apache Beam composite transforms and the pipelines built from them."""

@@ -1,0 +1,1 @@
+"""Everything that touches InfluxDB: schema names, line protocol, writers, queries, bootstrap."""
