@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sensors.cli import sensors_group
 from sensors.errors import SmartcityError
 
 console = Console(stderr=True)
@@ -43,6 +44,9 @@ def app(verbose: int) -> None:
     """City sensor data platform: MQTT ingest, Beam pipelines, InfluxDB, Grafana."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+app.add_command(sensors_group)
 
 
 @app.group("stack")

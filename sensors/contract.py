@@ -1,0 +1,439 @@
+"""The payload contract: MQTT topic + payload bytes -> readings, or exactly one reject code.
+
+This is the single implementation of the vendor contract of DESIGN.md. Ingest
+calls it for every message and `smartcity contract check` calls it offline, so
+a vendor gets the same answer from both.
+
+Topic: `smartcity/v1/{city}/{kind}/{sensor_id}`. Payload: UTF-8 JSON of at most
+16 KiB, either an object `{"ts": ..., "values": {...}, "seq": n}` or a SenML
+pack (RFC 8428). Checks run in a fixed order and the first failure decides the
+code, so every message gets exactly one reason:
+
+    bad_topic, payload_too_large, unknown_sensor, sensor_topic_mismatch (topic),
+    invalid_json, not_an_object, sensor_topic_mismatch (payload),
+    missing_ts, invalid_ts, ts_in_future, ts_too_old,
+    missing_values, unknown_metric, unit_mismatch, invalid_value, out_of_range
+
+Timestamps: `ts` is epoch milliseconds (a number) or an RFC 3339 string with
+an offset; SenML times are absolute epoch seconds (`bt` + `t`). Relative SenML
+times (below 2**28, "seconds from now") are refused: a reading's identity is
+(sensor_id, ts), and a time set by the receiver would turn every QoS 1
+redelivery into a new reading. All times are kept in UTC at millisecond
+precision (finer digits are dropped).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from sensors.reading import Reading, Rejection
+from sensors.registry import Registry, Sensor
+from sensors.registry.model import SENSOR_ID_PATTERN
+
+TOPIC_PREFIX = "smartcity/v1/"
+REJECT_PREFIX = "smartcity/dlq/v1/"
+MALFORMED_REJECT_TOPIC = "smartcity/dlq/v1/_malformed"
+SUBSCRIPTION = "smartcity/v1/#"
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+REJECT_PAYLOAD_BYTES = 4 * 1024
+MAX_FUTURE_MS = 5 * 60 * 1000
+DEFAULT_MAX_AGE_MS = 30 * 24 * 3600 * 1000  # the raw retention policy
+SENML_RELATIVE_LIMIT_S = 2**28
+# Epoch milliseconds before 2001-09-09 look like a vendor sending seconds by mistake.
+EPOCH_SECONDS_HINT_BELOW = 10**12
+
+_SENSOR_ID = re.compile(SENSOR_ID_PATTERN)
+_FRACTION = re.compile(r"\.\d+")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class RejectCode(StrEnum):
+    BAD_TOPIC = "bad_topic"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    SENSOR_TOPIC_MISMATCH = "sensor_topic_mismatch"
+    MISSING_TS = "missing_ts"
+    INVALID_TS = "invalid_ts"
+    TS_IN_FUTURE = "ts_in_future"
+    TS_TOO_OLD = "ts_too_old"
+    MISSING_VALUES = "missing_values"
+    UNKNOWN_METRIC = "unknown_metric"
+    INVALID_VALUE = "invalid_value"
+    OUT_OF_RANGE = "out_of_range"
+    UNIT_MISMATCH = "unit_mismatch"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    readings: list[Reading]
+    sensor: Sensor
+
+
+@dataclass(frozen=True)
+class Rejected:
+    code: RejectCode
+    detail: str
+    sensor: Sensor | None = None
+
+
+Decoded = Accepted | Rejected
+
+
+class _Reject(Exception):
+    def __init__(self, code: RejectCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class TopicParts:
+    city: str
+    kind: str
+    sensor_id: str
+
+
+def parse_topic(topic: str) -> TopicParts | None:
+    """The parts of a reading topic, or None if it does not follow the contract."""
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    parts = topic[len(TOPIC_PREFIX) :].split("/")
+    if len(parts) != 3 or not all(parts) or not _SENSOR_ID.match(parts[2]):
+        return None
+    return TopicParts(*parts)
+
+
+def reading_topic(city: str, kind: str, sensor_id: str) -> str:
+    return f"{TOPIC_PREFIX}{city}/{kind}/{sensor_id}"
+
+
+def reject_topic(topic: str) -> str:
+    """Where a rejection of a message on `topic` is published."""
+    parts = parse_topic(topic)
+    if parts is None:
+        return MALFORMED_REJECT_TOPIC
+    return f"{REJECT_PREFIX}{parts.city}/{parts.kind}/{parts.sensor_id}"
+
+
+class Contract:
+    """Decodes messages against a registry. `max_age_ms` is the raw retention (older readings are refused)."""
+
+    def __init__(self, registry: Registry, max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
+        self.registry = registry
+        self.max_age_ms = max_age_ms
+        self._metrics = {kind.id: {metric.name: metric for metric in kind.metrics} for kind in registry.kinds.values()}
+        self._required = {
+            kind.id: [metric.name for metric in kind.metrics if metric.required] for kind in registry.kinds.values()
+        }
+
+    def decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
+        """Never raises on any input: returns the readings or one reject code with a human detail."""
+        sensor: Sensor | None = None
+        try:
+            parts = self._topic_parts(topic)
+            sensor = self.registry.sensors.get(parts.sensor_id)
+            if sensor is None:
+                raise _Reject(RejectCode.UNKNOWN_SENSOR, f"sensor {parts.sensor_id!r} is not in the registry")
+            if (parts.city, parts.kind) != (sensor.city, sensor.kind):
+                raise _Reject(
+                    RejectCode.SENSOR_TOPIC_MISMATCH,
+                    f"sensor {sensor.id!r} is registered as kind {sensor.kind!r} in city {sensor.city!r}; "
+                    f"publish to {sensor.topic}",
+                )
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                raise _Reject(
+                    RejectCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+                )
+            document = _parse_json(payload)
+            if isinstance(document, dict):
+                samples = self._object_samples(document, sensor, received_ms)
+            elif isinstance(document, list):
+                samples = self._senml_samples(document, sensor, received_ms)
+            else:
+                raise _Reject(
+                    RejectCode.NOT_AN_OBJECT,
+                    f"payload is a JSON {_json_type(document)}; expected an object or a SenML array",
+                )
+            readings = [self._reading(sensor, ts, values, seq, received_ms) for ts, values, seq in samples]
+        except _Reject as reject:
+            return Rejected(reject.code, reject.detail, sensor)
+        return Accepted(readings, sensor)
+
+    # -- topic ------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic_parts(topic: str) -> TopicParts:
+        parts = parse_topic(topic)
+        if parts is None:
+            raise _Reject(
+                RejectCode.BAD_TOPIC,
+                f"topic {topic[:200]!r} does not match smartcity/v1/{{city}}/{{kind}}/{{sensor_id}} "
+                "(sensor_id: lowercase letters, digits and '-', 2-63 characters)",
+            )
+        return parts
+
+    # -- object payload -----------------------------------------------------------------
+
+    def _object_samples(
+        self, document: dict[str, Any], sensor: Sensor, received_ms: int
+    ) -> list[tuple[int, dict[str, float], int | None]]:
+        claimed = document.get("sensor_id")
+        if claimed is not None and claimed != sensor.id:
+            raise _Reject(
+                RejectCode.SENSOR_TOPIC_MISMATCH,
+                f"payload names sensor {str(claimed)[:80]!r} but was published on {sensor.id!r}'s topic",
+            )
+        if "ts" not in document:
+            raise _Reject(RejectCode.MISSING_TS, "the object has no 'ts' (epoch milliseconds or RFC 3339 with offset)")
+        ts = self._check_time(_object_ts(document["ts"]), received_ms)
+        values = document.get("values")
+        if not isinstance(values, dict) or not values:
+            found = ", ".join(sorted(map(str, document))[:10])
+            raise _Reject(RejectCode.MISSING_VALUES, f"'values' must be a non-empty object of metrics (keys: {found})")
+        seq = document.get("seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+            raise _Reject(RejectCode.INVALID_VALUE, f"seq: {_show(seq)} is not a non-negative integer")
+        checked = {name: self._check_value(sensor, name, value, None) for name, value in values.items()}
+        self._check_required(sensor, checked)
+        return [(ts, checked, seq)]
+
+    # -- SenML payload ------------------------------------------------------------------
+
+    def _senml_samples(
+        self, pack: list[Any], sensor: Sensor, received_ms: int
+    ) -> list[tuple[int, dict[str, float], int | None]]:
+        if not pack:
+            raise _Reject(RejectCode.MISSING_VALUES, "the SenML pack is empty")
+        base_name, base_time, base_unit, base_value = "", None, None, 0.0
+        by_time: dict[int, dict[str, float]] = {}
+        for index, record in enumerate(pack):
+            if not isinstance(record, dict):
+                raise _Reject(
+                    RejectCode.NOT_AN_OBJECT, f"SenML record {index} is a JSON {_json_type(record)}; expected an object"
+                )
+            if "bn" in record:
+                base_name = record["bn"] if isinstance(record["bn"], str) else ""
+            if "bt" in record:
+                base_time = record["bt"]
+            if "bu" in record:
+                base_unit = record["bu"]
+            if "bv" in record:
+                base_value = record["bv"]
+            name = base_name + (record["n"] if isinstance(record.get("n"), str) else "")
+            metric = self._senml_metric(name, sensor, index)
+            if base_time is None and "t" not in record:
+                raise _Reject(RejectCode.MISSING_TS, f"SenML record {index} ({metric}) has no time ('bt' or 't')")
+            ts = self._check_time(_senml_ts(base_time, record.get("t", 0), index), received_ms)
+            unit = record.get("u", base_unit)
+            if "v" not in record:
+                others = [k for k in ("vs", "vb", "vd", "s") if k in record]
+                what = f"has {others[0]!r} instead" if others else "has no 'v'"
+                raise _Reject(RejectCode.INVALID_VALUE, f"SenML record {index} ({metric}) {what}; metrics are numbers")
+            sample = by_time.setdefault(ts, {})
+            if metric in sample:
+                raise _Reject(
+                    RejectCode.INVALID_VALUE, f"SenML record {index}: {metric} appears twice for the same time"
+                )
+            value = record["v"]
+            if base_value and _is_number(value) and _is_number(base_value):
+                value = base_value + value
+            sample[metric] = self._check_value(sensor, metric, value, unit)
+        for values in by_time.values():
+            self._check_required(sensor, values)
+        return [(ts, values, None) for ts, values in sorted(by_time.items())]
+
+    def _senml_metric(self, name: str, sensor: Sensor, index: int) -> str:
+        """Resolve a SenML name: the metric itself, or `{sensor_id}:{metric}` / `.../{sensor_id}/{metric}`."""
+        prefix, sep, metric = name.rpartition(":") if ":" in name else name.rpartition("/")
+        if sep:
+            owner = prefix.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+            if owner and owner != sensor.id:
+                raise _Reject(
+                    RejectCode.SENSOR_TOPIC_MISMATCH,
+                    f"SenML record {index} names sensor {owner[:80]!r} but was published on {sensor.id!r}'s topic",
+                )
+        if not metric:
+            raise _Reject(RejectCode.MISSING_VALUES, f"SenML record {index} has no name ('bn' + 'n')")
+        return metric
+
+    # -- shared checks ------------------------------------------------------------------
+
+    def _check_time(self, ts: int, received_ms: int) -> int:
+        if ts > received_ms + MAX_FUTURE_MS:
+            raise _Reject(
+                RejectCode.TS_IN_FUTURE,
+                f"ts {_iso(ts)} is more than {MAX_FUTURE_MS // 60000} min after it was received "
+                f"({_iso(received_ms)}); check the sensor's clock",
+            )
+        if ts < received_ms - self.max_age_ms:
+            hint = "; it looks like epoch seconds: send milliseconds" if 0 <= ts < EPOCH_SECONDS_HINT_BELOW else ""
+            raise _Reject(
+                RejectCode.TS_TOO_OLD,
+                f"ts {_iso(ts)} is older than the {self.max_age_ms // 86_400_000} day retention{hint}",
+            )
+        return ts
+
+    def _check_value(self, sensor: Sensor, name: Any, value: Any, unit: Any) -> float:
+        metric = self._metrics[sensor.kind].get(name)
+        if metric is None:
+            known = ", ".join(self._metrics[sensor.kind])
+            raise _Reject(
+                RejectCode.UNKNOWN_METRIC, f"{str(name)[:80]!r} is not a metric of {sensor.kind} (known: {known})"
+            )
+        if unit is not None and unit != metric.unit:
+            raise _Reject(
+                RejectCode.UNIT_MISMATCH, f"{metric.name}: unit {str(unit)[:40]!r} given, {metric.unit!r} expected"
+            )
+        if not _is_number(value):
+            raise _Reject(RejectCode.INVALID_VALUE, f"{metric.name}: {_show(value)} is not a number")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise _Reject(RejectCode.INVALID_VALUE, f"{metric.name}: {_show(value)} is not a finite number")
+        if not metric.min <= number <= metric.max:
+            raise _Reject(
+                RejectCode.OUT_OF_RANGE,
+                f"{metric.name}: {number:g} {metric.unit} is outside {metric.min:g}..{metric.max:g}",
+            )
+        return number
+
+    def _check_required(self, sensor: Sensor, values: Mapping[str, float]) -> None:
+        missing = [name for name in self._required[sensor.kind] if name not in values]
+        if missing:
+            raise _Reject(RejectCode.MISSING_VALUES, f"required metric {', '.join(missing)} missing")
+
+    @staticmethod
+    def _reading(sensor: Sensor, ts: int, values: dict[str, float], seq: int | None, received_ms: int) -> Reading:
+        return Reading(
+            sensor_id=sensor.id,
+            kind=sensor.kind,
+            ts=ts,
+            values=values,
+            vendor=sensor.vendor,
+            super_cluster=sensor.super_cluster,
+            city=sensor.city,
+            district=sensor.district,
+            site=sensor.site,
+            seq=seq,
+            received=received_ms,
+        )
+
+
+def rejection_record(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> Rejection:
+    """The message published on the reject topic and kept in the reject store."""
+    return Rejection(
+        code=rejected.code.value,
+        detail=rejected.detail,
+        topic=topic,
+        received_at=_iso(received_ms),
+        payload_b64=base64.b64encode(payload[:REJECT_PAYLOAD_BYTES]).decode(),
+        sensor_id=rejected.sensor.id if rejected.sensor else None,
+        vendor=rejected.sensor.vendor if rejected.sensor else None,
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+_json_decoder = msgspec.json.Decoder()
+
+
+def _parse_json(payload: bytes) -> Any:
+    try:
+        return _json_decoder.decode(payload)
+    except RecursionError:
+        raise _Reject(RejectCode.INVALID_JSON, "payload JSON is nested too deeply") from None
+    except msgspec.DecodeError as err:
+        first_error = str(err)
+    # msgspec refuses the non-standard NaN/Infinity tokens some firmware emits; parse them so
+    # the vendor is told which value is wrong instead of only "invalid JSON".
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Reject(RejectCode.INVALID_JSON, f"payload is not valid UTF-8 (byte {err.start})") from None
+    try:
+        return json.loads(text, parse_constant=float)
+    except (ValueError, RecursionError):
+        raise _Reject(RejectCode.INVALID_JSON, f"payload is not valid JSON: {first_error}") from None
+
+
+def _object_ts(raw: Any) -> int:
+    if isinstance(raw, bool) or raw is None:
+        raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is neither epoch milliseconds nor RFC 3339")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw) or abs(raw) > 1e15:
+            raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is not a usable epoch milliseconds value")
+        return int(raw)
+    if isinstance(raw, str):
+        if not _RFC3339.match(raw):
+            raise _Reject(
+                RejectCode.INVALID_TS,
+                f"ts {raw[:60]!r} is not RFC 3339 with an offset (e.g. 2026-11-25T14:30:00+07:00)",
+            )
+        # Python parses at most microseconds and wants an upper-case T and Z.
+        normalized = _FRACTION.sub(lambda m: m.group(0)[:7], raw[:10] + "T" + raw[11:]).replace("z", "Z")
+        try:
+            moment = datetime.fromisoformat(normalized)
+        except ValueError:
+            raise _Reject(RejectCode.INVALID_TS, f"ts {raw[:60]!r} is not a valid date and time") from None
+        return _epoch_ms(moment)
+    raise _Reject(RejectCode.INVALID_TS, f"ts is a JSON {_json_type(raw)}; expected a number or a string")
+
+
+def _senml_ts(base_time: Any, offset: Any, index: int) -> int:
+    base = 0.0 if base_time is None else base_time
+    for field, value in (("bt", base), ("t", offset)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _Reject(RejectCode.INVALID_TS, f"SenML record {index}: '{field}' {_show(value)} is not a number")
+    seconds = float(base) + float(offset)
+    if abs(seconds) < SENML_RELATIVE_LIMIT_S:
+        raise _Reject(
+            RejectCode.INVALID_TS,
+            f"SenML record {index}: time {seconds:g} is relative (below 2**28); send absolute epoch seconds",
+        )
+    if abs(seconds) > 1e12:
+        raise _Reject(RejectCode.INVALID_TS, f"SenML record {index}: time {seconds:g} s is out of range")
+    return math.floor(seconds * 1000)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"a JSON {_json_type(value)}"
+    text = str(value) if isinstance(value, float) and not math.isfinite(value) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,258 @@
+"""The payload contract: every reject code is reachable, valid payloads decode exactly, nothing raises."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensors.contract import (
+    MALFORMED_REJECT_TOPIC,
+    MAX_PAYLOAD_BYTES,
+    Accepted,
+    Contract,
+    RejectCode,
+    Rejected,
+    reject_topic,
+    rejection_record,
+)
+from sensors.reading import Reading
+from sensors.registry import default_registry
+
+NOW = 1_795_600_000_000  # 2026-11-25T09:46:40Z
+NOW_S = NOW // 1000
+AQ = "smartcity/v1/phuket/air_quality/pkt-aq-001"
+WL = "smartcity/v1/phuket/water_level/pkt-wl-001"
+contract = Contract(default_registry())
+
+
+def obj(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def decode(topic: str, payload: bytes) -> Accepted | Rejected:
+    return contract.decode(topic, payload, NOW)
+
+
+# Every reject code of DESIGN.md, with a message that triggers it and a word the detail must contain.
+REJECT_CASES = [
+    ("bad_topic", "smartcity/v1/phuket/air_quality", obj(ts=NOW, values={"pm25": 1}), "does not match"),
+    ("bad_topic", "smartcity/v1/phuket/air_quality/PKT_AQ_001", obj(ts=NOW, values={"pm25": 1}), "sensor_id"),
+    ("bad_topic", "city/phuket/x", b"{}", "does not match"),
+    ("payload_too_large", AQ, b" " * (MAX_PAYLOAD_BYTES + 1), "16384"),
+    ("invalid_json", AQ, b'{"ts": 1, "values": {', "not valid JSON"),
+    ("invalid_json", AQ, b"\xff\xfe\x00garbage", "UTF-8"),
+    ("invalid_json", AQ, b"[" * 5000 + b"]" * 5000, "JSON"),
+    ("not_an_object", AQ, b"42", "number"),
+    ("not_an_object", AQ, b'"pm25=12"', "string"),
+    ("not_an_object", AQ, b"[1, 2]", "SenML record 0"),
+    ("unknown_sensor", "smartcity/v1/phuket/air_quality/pkt-aq-999", obj(ts=NOW, values={"pm25": 1}), "pkt-aq-999"),
+    ("sensor_topic_mismatch", "smartcity/v1/phuket/weather/pkt-aq-001", obj(ts=NOW, values={"pm25": 1}), "publish to"),
+    (
+        "sensor_topic_mismatch",
+        "smartcity/v1/chiang-mai/air_quality/pkt-aq-001",
+        obj(ts=NOW, values={"pm25": 1}),
+        "city",
+    ),
+    ("sensor_topic_mismatch", AQ, obj(sensor_id="pkt-aq-002", ts=NOW, values={"pm25": 1}), "pkt-aq-002"),
+    (
+        "sensor_topic_mismatch",
+        AQ,
+        json.dumps([{"bn": "pkt-aq-002:", "bt": NOW_S, "n": "pm25", "v": 1}]).encode(),
+        "names",
+    ),
+    ("missing_ts", AQ, obj(values={"pm25": 1}), "'ts'"),
+    ("missing_ts", AQ, json.dumps([{"n": "pm25", "v": 1}]).encode(), "no time"),
+    ("invalid_ts", AQ, obj(ts="yesterday", values={"pm25": 1}), "RFC 3339"),
+    ("invalid_ts", AQ, obj(ts="2026-11-25T10:00:00", values={"pm25": 1}), "offset"),
+    ("invalid_ts", AQ, obj(ts="2026-02-30T10:00:00Z", values={"pm25": 1}), "not a valid date"),
+    ("invalid_ts", AQ, obj(ts=True, values={"pm25": 1}), "neither"),
+    ("invalid_ts", AQ, obj(ts=[NOW], values={"pm25": 1}), "array"),
+    ("invalid_ts", AQ, json.dumps([{"n": "pm25", "t": 10, "v": 1}]).encode(), "relative"),
+    ("ts_in_future", AQ, obj(ts=NOW + 5 * 60_000 + 1, values={"pm25": 1}), "clock"),
+    ("ts_in_future", AQ, obj(ts="2100-01-01T00:00:00Z", values={"pm25": 1}), "2100"),
+    ("ts_too_old", AQ, obj(ts=NOW - 31 * 86_400_000, values={"pm25": 1}), "retention"),
+    ("ts_too_old", AQ, obj(ts=NOW_S, values={"pm25": 1}), "epoch seconds"),
+    ("ts_too_old", AQ, obj(ts="1970-01-01T00:00:00Z", values={"pm25": 1}), "1970"),
+    ("missing_values", AQ, obj(ts=NOW), "'values'"),
+    ("missing_values", AQ, obj(ts=NOW, values={}), "non-empty"),
+    ("missing_values", AQ, obj(ts=NOW, value={"pm25": 1}), "keys: ts, value"),
+    ("missing_values", WL, obj(ts=NOW, values={}), "non-empty"),
+    ("missing_values", AQ, b"[]", "empty"),
+    ("unknown_metric", AQ, obj(ts=NOW, values={"pm2.5": 1}), "pm2.5"),
+    ("unknown_metric", AQ, json.dumps([{"bt": NOW_S, "n": "temperature", "v": 30}]).encode(), "temperature"),
+    ("unit_mismatch", AQ, json.dumps([{"bt": NOW_S, "n": "pm25", "u": "mg/m3", "v": 1}]).encode(), "ug/m3"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": "12"}), "not a number"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": None}), "not a number"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": True}), "not a number"),
+    ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": NaN}}' % NOW, "finite"),
+    ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": Infinity}}' % NOW, "finite"),
+    ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": 1e999}}' % NOW, "finite"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=-1), "seq"),
+    ("invalid_value", AQ, json.dumps([{"bt": NOW_S, "n": "pm25", "vs": "12"}]).encode(), "'vs'"),
+    ("out_of_range", AQ, obj(ts=NOW, values={"pm25": -0.1}), "outside 0..1000"),
+    ("out_of_range", AQ, obj(ts=NOW, values={"pm25": 10**30}), "outside"),
+    ("out_of_range", WL, obj(ts=NOW, values={"level": 99}), "m is outside"),
+]
+
+
+@pytest.mark.parametrize(("code", "topic", "payload", "hint"), REJECT_CASES, ids=[c[0] for c in REJECT_CASES])
+def test_each_reject_code(code: str, topic: str, payload: bytes, hint: str) -> None:
+    result = decode(topic, payload)
+    assert isinstance(result, Rejected), result
+    assert result.code == code, result.detail
+    assert hint in result.detail
+
+
+def test_every_reject_code_is_covered() -> None:
+    assert {case[0] for case in REJECT_CASES} == {code.value for code in RejectCode}
+
+
+def test_required_metric_missing() -> None:
+    result = decode(WL, obj(ts=NOW, values={}))
+    assert isinstance(result, Rejected) and result.code == RejectCode.MISSING_VALUES
+    pk = "smartcity/v1/phuket/parking/pkt-pk-001"
+    result = decode(pk, obj(ts=NOW, values={"capacity": 120}))
+    assert isinstance(result, Rejected) and result.code == RejectCode.MISSING_VALUES
+    assert "occupied" in result.detail
+
+
+def test_object_payload_decodes_to_one_reading_with_registry_context() -> None:
+    result = decode(AQ, obj(ts="2026-11-25T16:46:40.123+07:00", values={"pm25": 12.5, "pm10": 31}, seq=7))
+    assert isinstance(result, Accepted)
+    assert result.readings == [
+        Reading(
+            sensor_id="pkt-aq-001",
+            kind="air_quality",
+            ts=NOW + 123,
+            values={"pm25": 12.5, "pm10": 31.0},
+            vendor="siam-airsense",
+            super_cluster="andaman",
+            city="phuket",
+            district="mueang-phuket",
+            site="old-town",
+            seq=7,
+            received=NOW,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        (NOW, NOW),
+        (NOW + 0.9, NOW),
+        ("2026-11-25T09:46:40Z", NOW),
+        ("2026-11-25t09:46:40z", NOW),
+        ("2026-11-25 16:46:40+07:00", NOW),
+        ("2026-11-25T09:46:40.123456789Z", NOW + 123),
+        ("2026-11-24T21:46:40-12:00", NOW),
+    ],
+)
+def test_timestamps_are_stored_in_utc_milliseconds(ts: object, expected: int) -> None:
+    result = decode(AQ, obj(ts=ts, values={"pm25": 1}))
+    assert isinstance(result, Accepted), result
+    assert result.readings[0].ts == expected
+
+
+def test_senml_pack_groups_records_by_time() -> None:
+    pack = [
+        {"bn": "urn:dev:pkt-aq-001:", "bt": NOW_S, "bu": "ug/m3", "n": "pm25", "v": 12},
+        {"n": "pm10", "v": 40},
+        {"n": "o3", "u": "ppb", "v": 18},
+        {"n": "pm25", "t": -60, "v": 11},
+        {"n": "pm10", "bv": 0, "t": -60, "v": 39.5},
+    ]
+    result = decode(AQ, json.dumps(pack).encode())
+    assert isinstance(result, Accepted), result
+    assert [(r.ts, r.values) for r in result.readings] == [
+        (NOW - 60_000, {"pm25": 11.0, "pm10": 39.5}),
+        (NOW, {"pm25": 12.0, "pm10": 40.0, "o3": 18.0}),
+    ]
+
+
+def test_rejection_record_and_topic() -> None:
+    payload = b"x" * 5000
+    result = decode("smartcity/v1/phuket/weather/pkt-aq-001", payload)
+    assert isinstance(result, Rejected)
+    record = rejection_record("smartcity/v1/phuket/weather/pkt-aq-001", payload, result, NOW)
+    assert record.code == "sensor_topic_mismatch"
+    assert record.vendor == "siam-airsense"
+    assert record.received_at == "2026-11-25T09:46:40.000Z"
+    assert base64.b64decode(record.payload_b64) == payload[:4096]
+    assert reject_topic("smartcity/v1/phuket/weather/pkt-aq-001") == "smartcity/dlq/v1/phuket/weather/pkt-aq-001"
+    assert reject_topic("junk/#") == MALFORMED_REJECT_TOPIC
+
+
+# -- fuzzing ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+metrics = st.sampled_from(["pm25", "pm10", "o3", "co", "no2", "so2", "level", "PM25", "", "temperature"])
+plausible_objects = st.fixed_dictionaries(
+    {
+        "ts": st.one_of(
+            st.integers(NOW - 40 * 86_400_000, NOW + 86_400_000),
+            json_values,
+            st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+        )
+    },
+    optional={
+        "values": st.dictionaries(metrics, st.floats(-10, 3000) | json_values, max_size=7),
+        "seq": st.integers(-5, 10**12) | json_values,
+        "sensor_id": st.sampled_from(["pkt-aq-001", "pkt-aq-002", ""]),
+    },
+)
+senml_records = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "bn": st.sampled_from(["pkt-aq-001:", "x:", "", "urn:dev:pkt-aq-001:"]),
+            "bt": st.integers(NOW_S - 40 * 86_400, NOW_S + 3600) | json_values,
+            "n": metrics,
+            "u": st.sampled_from(["ug/m3", "ppb", "ppm", "m", "%"]),
+            "v": st.floats(-10, 3000) | json_values,
+            "t": st.integers(-3600, 3600),
+        },
+    ),
+    max_size=6,
+)
+payloads = st.one_of(
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    plausible_objects.map(lambda v: json.dumps(v).encode()),
+    senml_records.map(lambda v: json.dumps(v).encode()),
+)
+topics = st.one_of(
+    st.sampled_from([AQ, WL, "smartcity/v1/phuket/weather/pkt-aq-001", "smartcity/v1/x/y/zz", MALFORMED_REJECT_TOPIC]),
+    st.text(max_size=80),
+)
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topic=topics, payload=payloads)
+def test_decoder_never_raises_and_answers_with_readings_or_one_code(topic: str, payload: bytes) -> None:
+    result = decode(topic, payload)
+    if isinstance(result, Rejected):
+        assert result.code in set(RejectCode)
+        assert result.detail
+        record = rejection_record(topic, payload, result, NOW)
+        assert record.code == result.code.value
+        return
+    assert result.readings
+    metric_names = {m.name: m for m in default_registry().kinds[result.sensor.kind].metrics}
+    for reading in result.readings:
+        assert reading.sensor_id == result.sensor.id
+        assert NOW - 30 * 86_400_000 <= reading.ts <= NOW + 300_000
+        for name, value in reading.values.items():
+            metric = metric_names[name]
+            assert math.isfinite(value) and metric.min <= value <= metric.max
+    assert datetime.fromtimestamp(result.readings[0].ts / 1000, UTC).year >= 2026
