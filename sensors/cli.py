@@ -43,13 +43,13 @@ def list_sensors(
 ) -> None:
     """List the sensors of the registry."""
     registry = registry_from(registry_paths)
-    for value, table, what in (
+    for value, known, what in (
         (city, registry.cities, "city"),
         (kind, registry.kinds, "kind"),
         (vendor, registry.vendors, "vendor"),
     ):
-        if value is not None and value not in table:
-            raise click.BadParameter(f"unknown {what} {value!r} (known: {', '.join(sorted(table))})", param_hint=what)
+        if value is not None and value not in known:
+            raise click.BadParameter(f"unknown {what} {value!r} (known: {', '.join(sorted(known))})", param_hint=what)
     sensors = registry.sensors_of(city=city, kind=kind, vendor=vendor)
     if as_json:
         click.echo(json.dumps([{**s.__dict__, "topic": s.topic} for s in sensors], ensure_ascii=False, indent=1))
