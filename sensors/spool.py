@@ -1,0 +1,123 @@
+"""Layout of the spool on disk, shared by ingest (which writes it) and pipelines (which read it).
+
+    {spool root}/{stream}/                   one folder per ingest process (its stable client id)
+        readings-000000000042.open           the segment being appended; only ingest touches it
+        readings-000000000041.seg            a closed segment: complete, verified, immutable
+        readings-000000000041.seg.meta.json  what is in it (count, event-time range, kinds)
+        rejects-000000000007.seg             rejected messages, same framing (`Rejection` records)
+
+Each line is a checksummed record of `sensors.reading`. A segment is closed by
+writing its metadata (atomically) and then renaming `.open` to `.seg`; readers
+only ever see closed segments whose metadata exists, so they never read a
+segment that is still growing. Closed segments are the input of the Beam
+pipelines and can be moved to object storage as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sensors.reading import CorruptRecord, Reading, Rejection, decode_reading, decode_rejection
+
+READINGS = "readings"
+REJECTS = "rejects"
+OPEN_SUFFIX = ".open"
+CLOSED_SUFFIX = ".seg"
+META_SUFFIX = ".seg.meta.json"
+
+_SEGMENT = re.compile(r"^(readings|rejects)-(\d{12})\.seg$")
+
+
+def segment_name(record_type: str, seq: int, suffix: str) -> str:
+    """File name of segment `seq` of a stream (`readings` or `rejects`)."""
+    return f"{record_type}-{seq:012d}{suffix}"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """Metadata of a closed segment, written next to it when it is closed."""
+
+    stream: str
+    record_type: str
+    seq: int
+    count: int
+    bytes: int
+    min_ts: int | None  # event time (reading ts, epoch ms); None for an empty or a reject segment
+    max_ts: int | None
+    closed_at: int  # epoch ms
+    kinds: dict[str, int] = field(default_factory=dict)
+    path: Path = field(default=Path(), compare=False)
+
+    def overlaps(self, start_ms: int | None, end_ms: int | None) -> bool:
+        """True if readings in [start_ms, end_ms) may be in this segment."""
+        if self.min_ts is None or self.max_ts is None:
+            return self.count > 0 and self.record_type == REJECTS
+        return (start_ms is None or self.max_ts >= start_ms) and (end_ms is None or self.min_ts < end_ms)
+
+
+def meta_path(segment: Path) -> Path:
+    return segment.with_name(segment.name[: -len(CLOSED_SUFFIX)] + META_SUFFIX)
+
+
+def write_meta(info: SegmentInfo, segment: Path) -> None:
+    """Write the metadata of `segment` atomically (temp file, fsync, rename)."""
+    data = {k: v for k, v in asdict(info).items() if k != "path"}
+    target = meta_path(segment)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
+def read_meta(segment: Path) -> SegmentInfo:
+    data = json.loads(meta_path(segment).read_text(encoding="utf-8"))
+    return SegmentInfo(**data, path=segment)
+
+
+def closed_segments(
+    root: Path, record_type: str = READINGS, start_ms: int | None = None, end_ms: int | None = None
+) -> list[SegmentInfo]:
+    """Closed segments of every stream under `root` that may hold readings in [start_ms, end_ms).
+
+    Ordered by stream, then sequence number (the order they were written in).
+    """
+    found: list[SegmentInfo] = []
+    if not root.is_dir():
+        return found
+    for stream_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for segment in sorted(stream_dir.glob(f"{record_type}-*{CLOSED_SUFFIX}")):
+            if not _SEGMENT.match(segment.name) or not meta_path(segment).exists():
+                continue
+            info = read_meta(segment)
+            if info.overlaps(start_ms, end_ms):
+                found.append(info)
+    return found
+
+
+def iter_lines(segment: Path) -> Iterator[bytes]:
+    with open(segment, "rb") as handle:
+        yield from handle
+
+
+def read_readings(segment: Path) -> Iterator[Reading]:
+    """Every reading of a closed segment; a line that does not verify raises `CorruptRecord`."""
+    for number, line in enumerate(iter_lines(segment), start=1):
+        try:
+            yield decode_reading(line)
+        except CorruptRecord as err:
+            raise CorruptRecord(f"{segment}:{number}: {err}") from None
+
+
+def read_rejections(segment: Path) -> Iterator[Rejection]:
+    for number, line in enumerate(iter_lines(segment), start=1):
+        try:
+            yield decode_rejection(line)
+        except CorruptRecord as err:
+            raise CorruptRecord(f"{segment}:{number}: {err}") from None
