@@ -40,10 +40,33 @@ def step(message: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
-def app(verbose: int) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file [default: $SMARTCITY_CONFIG or ./smartcity.toml]; environment variables override it.",
+)
+def app(verbose: int, config_path: Path | None) -> None:
     """City sensor data platform: MQTT ingest, Beam pipelines, InfluxDB, Grafana."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from deploy.config import apply_config
+
+    apply_config(config_path)
+
+
+@app.group("config")
+def config_group() -> None:
+    """The effective configuration (smartcity.toml + SMARTCITY_* environment)."""
+
+
+@config_group.command("show")
+def config_show() -> None:
+    """Print every setting with its value (secrets masked) and whether it is set or a default."""
+    from deploy.config import effective
+
+    for key, value, source in effective():
+        click.echo(f"{key.env}={value}\t# {source}; smartcity.toml: {key.toml}; {key.help}")
 
 
 app.add_command(sensors_group)
