@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from sensors.cli import sensors_group
+from deploy.acl import acl_command
+from sensors.cli import registry_from, registry_option, sensors_group
 from sensors.errors import SmartcityError
 
 console = Console(stderr=True)
@@ -70,6 +72,7 @@ def config_show() -> None:
 
 
 app.add_command(sensors_group)
+sensors_group.add_command(acl_command)
 
 
 @app.group("stack")
@@ -81,12 +84,14 @@ def stack_group() -> None:
 @home_option
 @click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="MQTT port.")
 @click.option("--influx-port", type=click.IntRange(1, 65535), default=8086, show_default=True, help="InfluxDB port.")
-def stack_up(home: Path, mqtt_port: int, influx_port: int) -> None:
-    """Start Mosquitto and InfluxDB with generated configs and credentials; write HOME/env."""
+@registry_option
+def stack_up(home: Path, mqtt_port: int, influx_port: int, registry_paths: Sequence[Path]) -> None:
+    """Start Mosquitto and InfluxDB with generated configs and credentials (one per vendor); write HOME/env."""
     from deploy.stack import Stack
 
     stack = Stack(home)
-    ports = stack.up(mqtt_port=mqtt_port, influx_port=influx_port, on_step=step)
+    registry = registry_from(registry_paths)
+    ports = stack.up(mqtt_port=mqtt_port, influx_port=influx_port, on_step=step, registry=registry)
     out.print(f"stack up: mqtt 127.0.0.1:{ports.mqtt}, influxdb 127.0.0.1:{ports.influx}")
     out.print(f"load its settings with: . {stack.env_path}")
 

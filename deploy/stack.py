@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
+import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import broker_auth
+from deploy.acl import registry_acl_rules
 from deploy.servers import InfluxDB, Mosquitto, ServerError, find_binary, free_port
 from sensors.errors import SmartcityError
+from sensors.registry import Registry, default_registry
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +122,13 @@ class Stack:
         influx_port: int = DEFAULT_INFLUX_PORT,
         acl_rules: Mapping[str, Iterable[broker_auth.AclRule]] | None = None,
         on_step: Callable[[str], None] = lambda _: None,
+        registry: Registry | None = None,
     ) -> StackPorts:
-        """Start both servers (unless already running) and write the env file; returns the ports in use."""
+        """Start both servers (unless already running) and write the env file; returns the ports in use.
+
+        The broker gets an account per vendor of `registry` (default: the built-in one) limited to
+        its own sensors, unless `acl_rules` gives the users explicitly.
+        """
         find_binary("mosquitto")
         find_binary("influxd")
         self.home.mkdir(parents=True, exist_ok=True)
@@ -136,13 +145,19 @@ class Stack:
             ports = StackPorts(mqtt=mqtt_port, influx=influx_port, influx_rpc=rpc)
         self.state_path.write_text(json.dumps(ports.__dict__) + "\n")
 
-        rules = dict(acl_rules) if acl_rules is not None else broker_auth.service_acl_rules()
+        if acl_rules is None:
+            acl_rules = registry_acl_rules(registry if registry is not None else default_registry())
+        rules = dict(acl_rules)
         passwords = self.write_broker_auth(rules)
 
         mosquitto = self.mosquitto(ports)
-        if mosquitto.running_pid() is None:
+        running = mosquitto.running_pid()
+        if running is None:
             on_step(f"starting mosquitto on port {ports.mqtt}")
             mosquitto.start(detach=True)
+        else:
+            # Mosquitto rereads its password and ACL files on SIGHUP: new vendors can connect at once.
+            os.kill(running, signal.SIGHUP)
         influx = self.influxdb(ports)
         admin_password = self.influx_admin_password()
         if influx.running_pid() is None:
