@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from deploy.servers import basic_auth
+from sensors.errors import SmartcityError
+from storage.health import check
+from storage.settings import DEFAULT_DB, InfluxSettings
 
 
 def mqtt_health(host: str, port: int, user: str, password: str, timeout_s: float = 5.0) -> tuple[bool, str]:
@@ -43,17 +43,13 @@ def mqtt_health(host: str, port: int, user: str, password: str, timeout_s: float
         client.loop_stop()
 
 
-def influx_health(base_url: str, user: str, password: str, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """`/ping` answers 204 and an authenticated `SHOW DATABASES` succeeds."""
+def influx_health(
+    base_url: str, user: str, password: str, timeout_s: float = 5.0, db: str = DEFAULT_DB
+) -> tuple[bool, str]:
+    """`/ping` answers, and a point written to `{db}`'s raw retention policy reads back (storage.health)."""
     try:
-        with urllib.request.urlopen(f"{base_url}/ping", timeout=timeout_s) as resp:
-            version = resp.headers.get("X-Influxdb-Version", "?")
-        request = urllib.request.Request(f"{base_url}/query?q=SHOW+DATABASES")
-        request.add_header("Authorization", basic_auth(user, password))
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            resp.read()
-    except urllib.error.HTTPError as err:
-        return False, f"HTTP {err.code} from {err.url}"
-    except OSError as err:
-        return False, f"unreachable: {err}"
-    return True, f"InfluxDB {version}: ping and authenticated query ok"
+        settings = InfluxSettings(url=base_url, username=user, password=password, db=db, timeout_s=timeout_s)
+    except SmartcityError as err:
+        return False, str(err)
+    report = check(settings)
+    return report.ok, report.detail

@@ -168,6 +168,14 @@ class Stack:
                 mosquitto.stop()
                 raise
         influx.ensure_admin(INFLUX_ADMIN, admin_password)
+        # Database and retention policies (storage.bootstrap: idempotent, ALTERs changed durations).
+        from storage.bootstrap import bootstrap
+        from storage.settings import InfluxSettings
+
+        bootstrap(
+            InfluxSettings(url=influx.base_url, username=INFLUX_ADMIN, password=admin_password, db=DEFAULT_DB),
+            on_step=on_step,
+        )
         self.write_env(ports, passwords, admin_password)
         return ports
 

@@ -1,0 +1,228 @@
+"""The InfluxDB schema of DESIGN.md: measurement, tag and field names, in one place.
+
+Pipelines, ingest and dashboards take every name from here and build points
+with the helpers below, so a name is spelled once.
+
+- `{kind}` (RP raw): tags super_cluster, city, district, site, sensor_id, vendor;
+  one float field per metric; time = reading ts.
+- `{kind}_1m`, `{kind}_1h` (RP rollup): tags level, area, super_cluster, city,
+  district; fields `{metric}_mean/_min/_max` (float), `{metric}_count` (int).
+- `aqi_1h` (rollup): tags as rollups; aqi, band, `{pollutant}_aqi` (int), dominant (str).
+- `sensor_health_1h` (rollup): sensor tags; received, expected, flatline,
+  outliers (int), completeness (float).
+- `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
+  spool_lag, write latency and batch figures.
+
+Times: raw points carry the reading's `ts` (ms); rollups, AQI and health the
+window start. Tags of levels above a district are left out rather than
+written empty (InfluxDB cannot store an empty tag value; InfluxQL's
+`district = ''` matches a missing tag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from sensors.reading import Reading
+from storage.line_protocol import FieldValue, Point
+from storage.settings import DEFAULT_DB, RAW_RETENTION, RAW_RP, ROLLUP_RETENTION, ROLLUP_RP
+
+__all__ = [
+    "AQI_FIELDS",
+    "AQI_MEASUREMENT",
+    "DEFAULT_DB",
+    "HEALTH_FIELDS",
+    "HEALTH_MEASUREMENT",
+    "INGEST_FIELDS",
+    "INGEST_MEASUREMENT",
+    "INGEST_TAGS",
+    "LEVELS",
+    "RAW_RETENTION",
+    "RAW_RP",
+    "ROLLUP_RETENTION",
+    "ROLLUP_RP",
+    "ROLLUP_TAGS",
+    "SELFTEST_MEASUREMENT",
+    "SENSOR_TAGS",
+    "STATS",
+    "WINDOWS",
+    "aqi_point",
+    "health_point",
+    "ingest_point",
+    "pollutant_aqi_field",
+    "raw_point",
+    "rollup_field",
+    "rollup_fields",
+    "rollup_measurement",
+    "rollup_point",
+    "rollup_tags",
+]
+
+Window = Literal["1m", "1h"]
+Level = Literal["sensor", "district", "city", "super_cluster"]
+
+# Tags of a raw point (and of sensor_health_1h), in DESIGN.md order.
+SENSOR_TAGS: tuple[str, ...] = ("super_cluster", "city", "district", "site", "sensor_id", "vendor")
+# Tags of rollups and aqi_1h.
+ROLLUP_TAGS: tuple[str, ...] = ("level", "area", "super_cluster", "city", "district")
+LEVELS: tuple[Level, ...] = ("sensor", "district", "city", "super_cluster")
+WINDOWS: tuple[Window, ...] = ("1m", "1h")
+STATS: tuple[str, ...] = ("mean", "min", "max", "count")
+
+AQI_MEASUREMENT = "aqi_1h"
+AQI_FIELDS: tuple[str, ...] = ("aqi", "band", "dominant")  # plus one `{pollutant}_aqi` per pollutant
+
+HEALTH_MEASUREMENT = "sensor_health_1h"
+HEALTH_FIELDS: tuple[str, ...] = ("received", "expected", "completeness", "flatline", "outliers")
+
+INGEST_MEASUREMENT = "ingest"
+INGEST_TAGS: tuple[str, ...] = ("instance",)
+# Core fields: counters since the previous report (every 10 s) and gauges; `rejected_{code}` per reject code.
+# The ingest service may add more (it owns them).
+INGEST_FIELDS: tuple[str, ...] = (
+    "received",
+    "accepted",
+    "rejected",
+    "duplicates",
+    "spool_lag",
+    "spool_lag_s",
+    "write_batches",
+    "write_points",
+    "write_latency_ms_mean",
+    "write_latency_ms_max",
+    "write_retries",
+    "dead_letters",
+)
+
+# storage.health writes one point here (raw RP) per self-test; one series per host.
+SELFTEST_MEASUREMENT = "_selftest"
+
+
+def raw_point(reading: Reading) -> Point:
+    """The raw point of a reading: measurement `{kind}`, sensor tags, one float per metric, time `ts` (ms)."""
+    return Point(
+        reading.kind,
+        {
+            "super_cluster": reading.super_cluster,
+            "city": reading.city,
+            "district": reading.district,
+            "site": reading.site,
+            "sensor_id": reading.sensor_id,
+            "vendor": reading.vendor,
+        },
+        # Floats always: an int would become an integer field and conflict with earlier floats.
+        {metric: float(value) for metric, value in reading.values.items()},
+        reading.ts,
+        "ms",
+    )
+
+
+def rollup_measurement(kind: str, window: str) -> str:
+    """`{kind}_{window}`, e.g. `air_quality_1h`."""
+    if window not in WINDOWS:
+        raise ValueError(f"rollup window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    return f"{kind}_{window}"
+
+
+def rollup_field(metric: str, stat: str) -> str:
+    """`{metric}_{stat}`, e.g. `pm25_mean`."""
+    if stat not in STATS:
+        raise ValueError(f"rollup statistic must be one of {', '.join(STATS)}, got {stat!r}")
+    return f"{metric}_{stat}"
+
+
+def rollup_fields(metric: str) -> tuple[str, ...]:
+    """The four rollup fields of a metric: mean, min, max, count."""
+    return tuple(f"{metric}_{stat}" for stat in STATS)
+
+
+def pollutant_aqi_field(pollutant: str) -> str:
+    """The sub-index field of a pollutant in `aqi_1h`, e.g. `pm25_aqi`."""
+    return f"{pollutant}_aqi"
+
+
+def rollup_tags(
+    level: str, area: str, *, super_cluster: str, city: str | None = None, district: str | None = None
+) -> dict[str, str]:
+    """Tags of a rollup or AQI point; `area` is the id at `level`, enclosing levels are tags.
+
+    Levels above district leave the finer tags out (`city` for a super-cluster,
+    `district` for a city), which InfluxQL matches as `district = ''`.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"rollup level must be one of {', '.join(LEVELS)}, got {level!r}")
+    tags = {"level": level, "area": area, "super_cluster": super_cluster}
+    if city:
+        tags["city"] = city
+    if district:
+        tags["district"] = district
+    needs = {"sensor": ("city", "district"), "district": ("city", "district"), "city": ("city",), "super_cluster": ()}
+    missing = [name for name in needs[level] if name not in tags]
+    if missing:
+        raise ValueError(f"a {level}-level rollup needs {', '.join(missing)}")
+    return tags
+
+
+def rollup_point(
+    kind: str,
+    window: str,
+    tags: Mapping[str, str],
+    stats: Mapping[str, tuple[float, float, float, int]],
+    window_start_ms: int,
+) -> Point:
+    """A rollup point; `stats` maps each metric to (mean, min, max, count); `tags` from `rollup_tags`."""
+    fields: dict[str, FieldValue] = {}
+    for metric, (mean, low, high, count) in stats.items():
+        fields[f"{metric}_mean"] = float(mean)
+        fields[f"{metric}_min"] = float(low)
+        fields[f"{metric}_max"] = float(high)
+        fields[f"{metric}_count"] = int(count)
+    return Point(rollup_measurement(kind, window), dict(tags), fields, window_start_ms, "ms")
+
+
+def aqi_point(
+    tags: Mapping[str, str],
+    *,
+    aqi: int,
+    band: int,
+    dominant: str,
+    sub_indices: Mapping[str, int],
+    hour_start_ms: int,
+) -> Point:
+    """An `aqi_1h` point: overall AQI, band 1-5, dominant pollutant and one sub-index per pollutant."""
+    if not 1 <= band <= 5:
+        raise ValueError(f"AQI band must be 1-5, got {band}")
+    fields: dict[str, FieldValue] = {"aqi": int(aqi), "band": int(band), "dominant": dominant}
+    for pollutant, value in sub_indices.items():
+        fields[pollutant_aqi_field(pollutant)] = int(value)
+    return Point(AQI_MEASUREMENT, dict(tags), fields, hour_start_ms, "ms")
+
+
+def health_point(
+    sensor_tags: Mapping[str, str],
+    *,
+    received: int,
+    expected: int,
+    flatline: int,
+    outliers: int,
+    hour_start_ms: int,
+) -> Point:
+    """A `sensor_health_1h` point; completeness = received / expected (0 when nothing was expected)."""
+    missing = [name for name in SENSOR_TAGS if name not in sensor_tags]
+    if missing:
+        raise ValueError(f"sensor health tags lack {', '.join(missing)}")
+    completeness = min(received / expected, 1.0) if expected > 0 else 0.0
+    fields: dict[str, FieldValue] = {
+        "received": int(received),
+        "expected": int(expected),
+        "completeness": float(completeness),
+        "flatline": int(flatline),
+        "outliers": int(outliers),
+    }
+    return Point(HEALTH_MEASUREMENT, dict(sensor_tags), fields, hour_start_ms, "ms")
+
+
+def ingest_point(instance: str, fields: Mapping[str, FieldValue], ts_ms: int) -> Point:
+    """An `ingest` self-metrics point of one ingest process (`instance` tag); fields as in `INGEST_FIELDS`."""
+    return Point(INGEST_MEASUREMENT, {"instance": instance}, dict(fields), ts_ms, "ms")

@@ -1,0 +1,709 @@
+"""Writers: confirmed synchronous writes, and a buffered writer on top, for InfluxDB 1.x and 2.x/3.x.
+
+    with make_writer(settings) as writer:             # ingest: returns once InfluxDB acknowledged
+        result = writer.write(points)                 # or raises StorageWriteError
+    with make_buffered_writer(settings, rp=settings.rollup_rp) as out:   # pipelines
+        out.write(points)                             # batched by size and time in a thread
+        out.flush()                                   # everything so far acknowledged, or raises
+
+One retry policy for both APIs: a request that fails with 5xx, 429, a timeout
+or a connection error is retried with exponential backoff and jitter, at most
+`max_retries` times and `retry_max_total_s` seconds, then `StorageWriteError`.
+A request refused with 400, 413 or 422 is not retried: the batch is split in
+halves until the refused points are alone; those go to the `on_dead_letter`
+callback, every other point is written. 401, 403, 404 and other 4xx concern
+the whole request (credentials, database) and raise `StorageWriteError`.
+Rewriting a point is idempotent, so retries and bisection never duplicate data.
+
+The 1.x path posts to `/write?db=&rp=&precision=` over one keep-alive
+connection (`http.client`); the 2.x/3.x path uses influxdb-client's
+synchronous write API with bucket `{db}/{rp}` and token auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import gzip
+import http.client
+import itertools
+import json
+import logging
+import random
+import re
+import threading
+import time
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from storage.errors import StorageWriteError
+from storage.line_protocol import Encoder, LineProtocolError, Point, Precision, split_lines
+from storage.settings import InfluxSettings
+
+logger = logging.getLogger(__name__)
+
+# Refusals that concern some points of a batch: split it to find them.
+BISECT_STATUSES = frozenset({400, 413, 422})
+# Answers worth retrying besides 5xx.
+RETRY_STATUSES = frozenset({408, 429})
+_V1_PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
+# InfluxDB 1.x ends a partial-write error with the number of points it did not store.
+_DROPPED = re.compile(r"dropped=([0-9]+)")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A point InfluxDB refused on its own (HTTP `status`), with its line and InfluxDB's reason."""
+
+    line: bytes
+    precision: Precision
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of a confirmed write: `points` acknowledged, the rest dead-lettered."""
+
+    points: int
+    dead_letters: tuple[DeadLetter, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """Writer figures for self-metrics. Counters are totals since start; latency and batch size over
+    the last `WriteStats.WINDOW` acknowledged requests (latency includes retries)."""
+
+    batches: int
+    points: int
+    bytes: int
+    retries: int
+    dead_letters: int
+    failed_batches: int
+    latency_s_last: float
+    latency_s_mean: float
+    latency_s_max: float
+    batch_points_last: int
+    batch_points_mean: float
+
+
+class WriteStats:
+    """Thread-safe counters of a writer; `snapshot()` for reporting."""
+
+    WINDOW = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.batches = self.points = self.bytes = self.retries = self.dead_letters = self.failed_batches = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=self.WINDOW)
+
+    def record_batch(self, points: int, size: int, latency_s: float) -> None:
+        with self._lock:
+            self.batches += 1
+            self.points += points
+            self.bytes += size
+            self._recent.append((latency_s, points))
+
+    def record_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def record_dead_letter(self) -> None:
+        with self._lock:
+            self.dead_letters += 1
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failed_batches += 1
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            recent = list(self._recent)
+            counters = (self.batches, self.points, self.bytes, self.retries, self.dead_letters, self.failed_batches)
+        latencies = [latency for latency, _ in recent]
+        sizes = [points for _, points in recent]
+        return StatsSnapshot(
+            *counters,
+            latency_s_last=latencies[-1] if latencies else 0.0,
+            latency_s_mean=sum(latencies) / len(latencies) if latencies else 0.0,
+            latency_s_max=max(latencies, default=0.0),
+            batch_points_last=sizes[-1] if sizes else 0,
+            batch_points_mean=sum(sizes) / len(sizes) if sizes else 0.0,
+        )
+
+
+class TransientError(Exception):
+    """A request that may succeed when repeated (connection refused or reset, timeout)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    message: str
+    retry_after_s: float | None = None
+
+
+class Transport(ABC):
+    """Posts one body of line protocol to InfluxDB; raises `TransientError` on network failures."""
+
+    @abstractmethod
+    def post(self, body: bytes, precision: Precision, rp: str) -> Response: ...
+
+    @abstractmethod
+    def describe(self, rp: str) -> str:
+        """Where the writes go, for log and error messages (never with secrets)."""
+
+    def close(self) -> None:
+        return None
+
+
+def _error_message(data: bytes) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(parsed, dict):
+        return str(parsed.get("error") or parsed.get("message") or text)[:500]
+    return text[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class V1Transport(Transport):
+    """InfluxDB 1.x `/write`: basic auth, gzip, one keep-alive connection (not thread-safe)."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self._settings = settings
+        parsed = urllib.parse.urlsplit(settings.url)
+        self._https = parsed.scheme == "https"
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or (443 if self._https else 80)
+        self._base_path = parsed.path.rstrip("/")
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if settings.gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        if settings.username:
+            credentials = f"{settings.username}:{settings.password}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        self._conn: http.client.HTTPConnection | None = None
+        self._paths: dict[tuple[str, str], str] = {}
+
+    def describe(self, rp: str) -> str:
+        return f"{self._settings.url} db={self._settings.db} rp={rp}"
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        if self._conn is not None:
+            return self._conn, True
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        self._conn = cls(self._host, self._port, timeout=self._settings.timeout_s)
+        return self._conn, False
+
+    def _path(self, precision: Precision, rp: str) -> str:
+        path = self._paths.get((precision, rp))
+        if path is None:
+            query = urllib.parse.urlencode({"db": self._settings.db, "rp": rp, "precision": _V1_PRECISION[precision]})
+            path = self._paths[(precision, rp)] = f"{self._base_path}/write?{query}"
+        return path
+
+    def post(self, body: bytes, precision: Precision, rp: str) -> Response:
+        if self._settings.gzip:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+        path = self._path(precision, rp)
+        for attempt in (1, 2):
+            conn, reused = self._connection()
+            try:
+                conn.request("POST", path, body=body, headers=self._headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as err:
+                self.close()
+                # A kept-alive connection the server closed while idle fails at once: reconnect and resend.
+                stale = isinstance(err, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
+                if reused and stale and attempt == 1:
+                    continue
+                raise TransientError(f"{type(err).__name__}: {err}") from err
+            if resp.will_close:
+                self.close()
+            if 200 <= resp.status < 300:
+                return Response(resp.status, "")
+            return Response(resp.status, _error_message(data), _retry_after(resp.getheader("Retry-After")))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class V2Transport(Transport):
+    """InfluxDB 2.x/3.x `/api/v2/write` through influxdb-client (bucket `{db}/{rp}`, token auth)."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self._settings = settings
+        self._client = InfluxDBClient(
+            url=settings.url,
+            token=settings.token,
+            org=settings.org,
+            timeout=int(settings.timeout_s * 1000),
+            enable_gzip=settings.gzip,
+            retries=False,  # the Writer retries, with the same policy for both APIs
+        )
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def describe(self, rp: str) -> str:
+        return f"{self._settings.url} bucket={self._settings.bucket(rp)} org={self._settings.org}"
+
+    def post(self, body: bytes, precision: Precision, rp: str) -> Response:
+        import urllib3
+        from influxdb_client.rest import ApiException
+
+        try:
+            self._api.write(
+                bucket=self._settings.bucket(rp),
+                org=self._settings.org,
+                record=body,
+                write_precision=precision,  # type: ignore[arg-type]  # WritePrecision values are these strings
+            )
+        except ApiException as err:
+            if not err.status:
+                raise TransientError(f"ApiException: {err.reason}") from err
+            headers: Any = err.headers or {}
+            message = _error_message((err.body or err.reason or "").encode())
+            return Response(int(err.status), message, _retry_after(headers.get("Retry-After")))
+        except (OSError, urllib3.exceptions.HTTPError) as err:
+            raise TransientError(f"{type(err).__name__}: {err}") from err
+        return Response(204, "")
+
+    def close(self) -> None:
+        self._api.close()
+        self._client.close()
+
+
+@dataclass
+class _Batch:
+    body: bytes
+    precision: Precision
+    points: int
+    lines: Sequence[str] | None = None  # the lines of `body`, when known (saves re-splitting to bisect)
+
+
+def _count_lines(data: bytes) -> int:
+    if b'"' in data or b"\\" in data:
+        return len(split_lines(data))
+    return sum(1 for line in data.split(b"\n") if line.strip(b" \t"))
+
+
+class Writer:
+    """Confirmed writes into one retention policy: `write()` returns once InfluxDB acknowledged every
+    point (or dead-lettered the ones it refused), else raises `StorageWriteError`. Thread-safe."""
+
+    def __init__(
+        self,
+        settings: InfluxSettings,
+        transport: Transport,
+        *,
+        rp: str | None = None,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rp = rp or settings.raw_rp
+        self.stats = WriteStats()
+        self._transport = transport
+        self._on_dead_letter = on_dead_letter
+        self._encoder = Encoder()
+        self._lock = threading.RLock()
+        self._abort = threading.Event()
+        self._random = random.Random()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def write(self, points: Iterable[Point]) -> WriteResult:
+        """Write `points` in batches of `batch_size`; returns when all are acknowledged or dead-lettered.
+
+        Raises `LineProtocolError` (nothing sent) if a point cannot be represented.
+        """
+        groups: dict[str, list[str]] = {}
+        with self._lock:
+            self._encoder.add_lines(points, groups)
+        batches = []
+        size = self.settings.batch_size
+        for precision, lines in groups.items():
+            for start in range(0, len(lines), size):
+                chunk = lines[start : start + size]
+                chunk.append("")
+                body = "\n".join(chunk).encode()
+                chunk.pop()
+                batches.append(_Batch(body, precision, len(chunk), chunk))  # type: ignore[arg-type]
+        return self._write_batches(batches)
+
+    def write_lines(self, data: bytes | Sequence[bytes], precision: Precision = "ns") -> WriteResult:
+        """Write pre-encoded line protocol (one request per bytes object; a sequence is sent in order)."""
+        if precision not in _V1_PRECISION:
+            raise LineProtocolError(f"precision must be one of {', '.join(_V1_PRECISION)}, got {precision!r}")
+        chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        batches = [_Batch(bytes(chunk), precision, _count_lines(bytes(chunk))) for chunk in chunks if chunk]
+        return self._write_batches(batches)
+
+    def close(self) -> None:
+        """Stop retrying (a write in progress fails) and close the connection."""
+        self._abort.set()
+        with self._lock:
+            self._transport.close()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self._transport.describe(self.rp)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _write_batches(self, batches: Sequence[_Batch]) -> WriteResult:
+        written = 0
+        dead: list[DeadLetter] = []
+        for index, batch in enumerate(batches):
+            try:
+                done, letters = self.write_batch(batch)
+            except StorageWriteError as err:
+                remaining = sum(b.points for b in batches[index:])
+                raise StorageWriteError(f"{err} ({written} points of this write were acknowledged)", remaining) from err
+            written += done
+            dead.extend(letters)
+        return WriteResult(written, tuple(dead))
+
+    def write_batch(self, batch: _Batch) -> tuple[int, list[DeadLetter]]:
+        """One request (retried), bisected if InfluxDB refuses some of its points."""
+        with self._lock:
+            response = self._post_retrying(batch.body, batch.precision, batch.points)
+            if response.status < 300:
+                return batch.points, []
+            lines = [line.encode() for line in batch.lines] if batch.lines is not None else split_lines(batch.body)
+            logger.debug("%s refused a batch of %s points (HTTP %s: %s); bisecting",
+                         self.describe(), len(lines), response.status, response.message)  # fmt: skip
+            written, letters = self._bisect(lines, batch.precision, response)
+            if letters:
+                logger.warning("%s refused %s of %s points, e.g. (HTTP %s: %s) %r", self.describe(), len(letters),
+                               len(lines), letters[0].status, letters[0].reason, letters[0].line[:300])  # fmt: skip
+            return written, letters
+
+    def _bisect(self, lines: list[bytes], precision: Precision, response: Response) -> tuple[int, list[DeadLetter]]:
+        dropped = _DROPPED.search(response.message)
+        if len(lines) <= 1 or (dropped and int(dropped.group(1)) == len(lines)):
+            # One point left, or InfluxDB 1.x says it dropped all of them (e.g. all older than the RP).
+            letters = [DeadLetter(line, precision, response.status, response.message) for line in lines]
+            for letter in letters:
+                self._dead_letter(letter)
+            return 0, letters
+        middle = len(lines) // 2
+        written = 0
+        dead: list[DeadLetter] = []
+        for half in (lines[:middle], lines[middle:]):
+            half_response = self._post_retrying(b"\n".join(half) + b"\n", precision, len(half))
+            if half_response.status < 300:
+                written += len(half)
+            else:
+                done, letters = self._bisect(half, precision, half_response)
+                written += done
+                dead.extend(letters)
+        return written, dead
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        self.stats.record_dead_letter()
+        logger.debug("dead letter (HTTP %s: %s): %r", letter.status, letter.reason, letter.line[:300])
+        if self._on_dead_letter is None:
+            return
+        try:
+            self._on_dead_letter(letter)
+        except Exception:
+            logger.exception("the on_dead_letter callback raised; the refused point is only in this log")
+
+    def _post_retrying(self, body: bytes, precision: Precision, points: int) -> Response:
+        """Post until acknowledged or refused for bisection; raise `StorageWriteError` otherwise."""
+        s = self.settings
+        started = time.monotonic()
+        delay = s.retry_initial_delay_s
+        for attempt in itertools.count():
+            if self._abort.is_set():
+                raise StorageWriteError(f"writer to {self.describe()} was closed", points)
+            response: Response | None
+            try:
+                response = self._transport.post(body, precision, self.rp)
+            except TransientError as err:
+                problem = str(err)
+                response = None
+            if response is not None:
+                if response.status < 300:
+                    self.stats.record_batch(points, len(body), time.monotonic() - started)
+                    logger.debug("wrote %s points (%s bytes) to %s", points, len(body), self.describe())
+                    return response
+                if response.status in BISECT_STATUSES:
+                    return response
+                problem = f"HTTP {response.status}: {response.message}"
+                if response.status < 500 and response.status not in RETRY_STATUSES:
+                    self.stats.record_failure()
+                    raise StorageWriteError(f"InfluxDB refused a write to {self.describe()}: {problem}", points)
+            elapsed = time.monotonic() - started
+            wait = min(delay, s.retry_max_delay_s) * (1 + s.retry_jitter * (2 * self._random.random() - 1))
+            if response is not None and response.retry_after_s is not None:
+                wait = max(wait, response.retry_after_s)
+            if attempt >= s.max_retries or elapsed + wait > s.retry_max_total_s:
+                self.stats.record_failure()
+                logger.error("giving up a batch of %s points to %s after %s attempts in %.1f s: %s",
+                             points, self.describe(), attempt + 1, elapsed, problem)  # fmt: skip
+                raise StorageWriteError(
+                    f"write of {points} points to {self.describe()} failed after {attempt + 1} attempts "
+                    f"in {elapsed:.1f} s: {problem}",
+                    points,
+                )
+            self.stats.record_retry()
+            logger.warning("write of %s points to %s failed (%s); retry %s/%s in %.2f s",
+                           points, self.describe(), problem, attempt + 1, s.max_retries, wait)  # fmt: skip
+            if self._abort.wait(wait):
+                raise StorageWriteError(f"writer to {self.describe()} was closed while retrying: {problem}", points)
+            delay *= s.retry_backoff_base
+        raise AssertionError("unreachable")
+
+
+class BufferedWriter:
+    """Buffers points and sends them from a background thread in batches of `batch_size`, at least
+    every `flush_interval_s`. `flush()` waits until everything written so far is acknowledged and
+    raises `StorageWriteError` if a batch failed since the previous flush (Beam then retries the
+    bundle). `write()` blocks while `max_pending_batches` batches wait (backpressure).
+    `close()` flushes, waiting at most `close_timeout_s`."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        on_error: Callable[[StorageWriteError], None] | None = None,
+    ) -> None:
+        s = writer.settings
+        self.writer = writer
+        self.stats = writer.stats
+        self._batch_size = s.batch_size
+        self._flush_interval_s = s.flush_interval_s
+        self._max_pending = s.max_pending_batches
+        self._close_timeout_s = s.close_timeout_s
+        self._on_error = on_error
+        self._encoder = Encoder()
+        self._encode_lock = threading.Lock()
+        self._cond = threading.Condition()
+        # Per precision: encoded lines not yet cut into a batch, pre-encoded chunks, their point count.
+        self._lines: dict[str, list[str]] = {}
+        self._chunks: dict[str, list[bytes]] = {}
+        self._counts: dict[str, int] = {}
+        self._oldest: float | None = None
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._enqueued = 0  # batches ever queued
+        self._done = 0  # batches ever finished (acknowledged or failed)
+        self._errors: list[StorageWriteError] = []
+        self._closing = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="smartcity-influx-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, points: Iterable[Point]) -> None:
+        """Buffer points; raises `LineProtocolError` for a point that cannot be represented (the points
+        before it in this call are kept)."""
+        iterator = iter(points)
+        while True:
+            chunk = list(itertools.islice(iterator, self._batch_size))
+            if not chunk:
+                return
+            encoded: dict[str, list[str]] = {}
+            try:
+                with self._encode_lock:
+                    self._encoder.add_lines(chunk, encoded)
+            finally:
+                self._add(encoded, {})
+
+    def write_lines(self, data: bytes, precision: Precision = "ns", points: int | None = None) -> None:
+        """Buffer pre-encoded line protocol (newline-terminated lines); `points` defaults to its line count."""
+        if precision not in _V1_PRECISION:
+            raise LineProtocolError(f"precision must be one of {', '.join(_V1_PRECISION)}, got {precision!r}")
+        if not data:
+            return
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        self._add({}, {precision: (data, points if points is not None else _count_lines(data))})
+
+    def _add(self, lines: dict[str, list[str]], chunk: dict[str, tuple[bytes, int]]) -> None:
+        with self._cond:
+            if self._closing:
+                raise StorageWriteError("buffered writer is closed")
+            for precision, new_lines in lines.items():
+                if new_lines:
+                    self._lines.setdefault(precision, []).extend(new_lines)
+                    self._counts[precision] = self._counts.get(precision, 0) + len(new_lines)
+            for precision, (data, count) in chunk.items():
+                self._chunks.setdefault(precision, []).append(data)
+                self._counts[precision] = self._counts.get(precision, 0) + count
+            if self._oldest is None and any(self._counts.values()):
+                self._oldest = time.monotonic()
+            for precision, count in list(self._counts.items()):
+                if count >= self._batch_size:
+                    self._cut(precision)
+                    while len(self._queue) > self._max_pending and not self._closing:
+                        self._cond.wait()
+
+    def _cut(self, precision: str) -> None:
+        """Move the buffer of one precision into the queue (caller holds the lock)."""
+        count = self._counts.pop(precision, 0)
+        lines = self._lines.pop(precision, [])
+        chunks = self._chunks.pop(precision, [])
+        if not count and not lines and not chunks:
+            return
+        if lines:
+            lines.append("")
+            chunks.append("\n".join(lines).encode())
+            lines.pop()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._queue.append(_Batch(body, precision, count, None if len(chunks) > 1 or not lines else lines))  # type: ignore[arg-type]
+        self._enqueued += 1
+        if not self._counts:
+            self._oldest = None
+        self._cond.notify_all()
+
+    def _cut_all(self) -> None:
+        for precision in list(self._counts):
+            self._cut(precision)
+        self._oldest = None
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything buffered and wait until it is acknowledged; raises `StorageWriteError` if any
+        batch failed since the previous flush, or if `timeout_s` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            self._cut_all()
+            target = self._enqueued
+            while self._done < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    pending = target - self._done
+                    raise StorageWriteError(f"flush timed out after {timeout_s} s ({pending} batches pending)")
+                self._cond.wait(remaining)
+            errors, self._errors = self._errors, []
+        if errors:
+            lost = sum(err.points for err in errors)
+            message = f"{len(errors)} batch(es), {lost} points, were not written; last: {errors[-1]}"
+            raise StorageWriteError(message, lost)
+
+    def close(self) -> None:
+        """Flush and stop, waiting at most `close_timeout_s`; then force-close and report what is lost."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cut_all()
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(self._close_timeout_s)
+        if self._thread.is_alive():
+            logger.warning("reached close_timeout_s=%s with batches unsent to %s; force closing",
+                           self._close_timeout_s, self.writer.describe())  # fmt: skip
+            self.writer.close()
+            self._thread.join(5.0)
+        with self._cond:
+            lost_batches = list(self._queue)
+            self._queue.clear()
+        self.writer.close()
+        if lost_batches:
+            lost = sum(batch.points for batch in lost_batches)
+            logger.error("%s points in %s batches were not written to %s", lost, len(lost_batches),
+                         self.writer.describe())  # fmt: skip
+            self._report(StorageWriteError(f"closed with {lost} points not written to {self.writer.describe()}", lost))
+        logger.info("buffered writer to %s closed", self.writer.describe())
+
+    def __enter__(self) -> BufferedWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _report(self, err: StorageWriteError) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(err)
+        except Exception:
+            logger.exception("the on_error callback raised")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    if self._oldest is not None:
+                        due = self._oldest + self._flush_interval_s - time.monotonic()
+                        if due <= 0:
+                            self._cut_all()
+                            continue
+                        self._cond.wait(due)
+                    else:
+                        self._cond.wait()
+                batch = self._queue.popleft()
+                self._cond.notify_all()  # room in the queue for a blocked write()
+            error: StorageWriteError | None = None
+            try:
+                self.writer.write_batch(batch)
+            except StorageWriteError as err:
+                error = err
+            except Exception as err:  # a bug must not kill the thread silently and hang flush()
+                logger.exception("unexpected error writing a batch to %s", self.writer.describe())
+                error = StorageWriteError(f"unexpected error: {err!r}", batch.points)
+            if error is not None:
+                logger.error("batch of %s points to %s lost: %s", batch.points, self.writer.describe(), error)
+                self._report(error)
+            with self._cond:
+                if error is not None:
+                    self._errors.append(error)
+                self._done += 1
+                self._cond.notify_all()
+
+
+def make_transport(settings: InfluxSettings) -> Transport:
+    return V2Transport(settings) if settings.api == "v2" else V1Transport(settings)
+
+
+def make_writer(
+    settings: InfluxSettings,
+    *,
+    rp: str | None = None,
+    on_dead_letter: Callable[[DeadLetter], None] | None = None,
+) -> Writer:
+    """A confirmed writer into `rp` (default: the raw RP): 1.x `/write`, or 2.x/3.x when a token is set."""
+    return Writer(settings, make_transport(settings), rp=rp, on_dead_letter=on_dead_letter)
+
+
+def make_buffered_writer(
+    settings: InfluxSettings,
+    *,
+    rp: str | None = None,
+    on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    on_error: Callable[[StorageWriteError], None] | None = None,
+) -> BufferedWriter:
+    """A buffered writer (batches by size and time in a background thread) into `rp`."""
+    return BufferedWriter(make_writer(settings, rp=rp, on_dead_letter=on_dead_letter), on_error=on_error)
