@@ -1,0 +1,163 @@
+"""A small, realistic data set in every measurement the dashboards read, written with storage's writer.
+
+Two hours of readings of every sensor of a registry at its kind's interval (values on a diurnal-ish
+curve inside each metric's range, water levels around the site's warning line), the 1m and 1h
+rollups at sensor, district and city level computed from them, hourly AQI per district and city,
+hourly sensor health, and ingest self-metrics every 10 s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from sensors.aqi import POLLUTANTS, thai_aqi
+from sensors.contract import RejectCode
+from sensors.registry import Registry, Sensor
+from storage import schema
+from storage.line_protocol import Point
+from storage.settings import InfluxSettings
+from storage.writer import make_writer
+
+HOURS = 2
+# Typical concentrations, so the AQI lands in a mid band (the rest of the range is unused).
+TYPICAL = {"pm25": 40.0, "pm10": 70.0, "o3": 30.0, "co": 2.0, "no2": 40.0, "so2": 10.0}
+
+
+def value(registry: Registry, sensor: Sensor, metric: str, ts_ms: int) -> float:
+    kind = registry.kinds[sensor.kind]
+    spec = kind.metric(metric)
+    assert spec is not None
+    wave = 0.5 + 0.3 * math.sin(ts_ms / 3_600_000 + hash(sensor.id) % 7)
+    threshold = registry.threshold(sensor.site, metric)
+    if threshold is not None:
+        return round(threshold.warning * (0.8 + 0.3 * wave), 3)
+    if metric in TYPICAL:
+        return round(TYPICAL[metric] * (0.6 + wave), 2)
+    low, high = spec.min, min(spec.max, spec.min + 200)
+    return round(low + (high - low) * wave, 2)
+
+
+def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], list[Point]]:
+    """(raw RP points, rollup RP points)."""
+    now_ms = now_ms or int(time.time() * 1000)
+    start = (now_ms - HOURS * 3_600_000) // 60_000 * 60_000
+    raw: list[Point] = []
+    rollup: list[Point] = []
+    # (kind, level, area, minute) -> metric -> values; the enclosing tags per (level, area).
+    minutes: dict[tuple[str, str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    places: dict[tuple[str, str], dict[str, str]] = {}
+    pollutant_means: dict[tuple[str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for sensor in registry.sensors.values():
+        kind = registry.kinds[sensor.kind]
+        levels = {
+            ("sensor", sensor.id): schema.rollup_tags(
+                "sensor", sensor.id, super_cluster=sensor.super_cluster, city=sensor.city, district=sensor.district
+            ),
+            ("district", sensor.district): schema.rollup_tags(
+                "district",
+                sensor.district,
+                super_cluster=sensor.super_cluster,
+                city=sensor.city,
+                district=sensor.district,
+            ),
+            ("city", sensor.city): schema.rollup_tags(
+                "city", sensor.city, super_cluster=sensor.super_cluster, city=sensor.city
+            ),
+        }
+        places.update(levels)
+        tags = {
+            "super_cluster": sensor.super_cluster,
+            "city": sensor.city,
+            "district": sensor.district,
+            "site": sensor.site,
+            "sensor_id": sensor.id,
+            "vendor": sensor.vendor,
+        }
+        for ts in range(start, now_ms, kind.interval_s * 1000):
+            values = {m.name: value(registry, sensor, m.name, ts) for m in kind.metrics}
+            raw.append(Point(kind.id, tags, values, ts, "ms"))
+            minute = ts // 60_000 * 60_000
+            for level, area in levels:
+                for metric, v in values.items():
+                    minutes[(kind.id, level, area, minute)][metric].append(v)
+                    if level != "sensor" and metric in TYPICAL:
+                        pollutant_means[(level, area, minute // 3_600_000 * 3_600_000)][metric].append(v)
+        hour_starts = range(start // 3_600_000 * 3_600_000, now_ms, 3_600_000)
+        for hour in hour_starts:
+            expected = 3600 // kind.interval_s
+            received = expected - (hash((sensor.id, hour)) % 3)
+            rollup.append(
+                schema.health_point(
+                    tags,
+                    received=received,
+                    expected=expected,
+                    flatline=0,
+                    outliers=hash(sensor.id) % 2,
+                    hour_start_ms=hour,
+                )
+            )
+    hours: dict[tuple[str, str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (kind_id, level, area, minute), metrics in minutes.items():
+        stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
+        rollup.append(schema.rollup_point(kind_id, "1m", places[(level, area)], stats, minute))
+        for m, v in metrics.items():
+            hours[(kind_id, level, area, minute // 3_600_000 * 3_600_000)][m].extend(v)
+    for (kind_id, level, area, hour), metrics in hours.items():
+        stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
+        rollup.append(schema.rollup_point(kind_id, "1h", places[(level, area)], stats, hour))
+    for (level, area, hour), metrics in pollutant_means.items():
+        means = {p.name: sum(metrics[p.name]) / len(metrics[p.name]) for p in POLLUTANTS if metrics.get(p.name)}
+        result = thai_aqi(means)
+        assert result is not None
+        rollup.append(
+            schema.aqi_point(
+                places[(level, area)],
+                aqi=result.aqi,
+                band=result.band.number,
+                dominant=result.dominant,
+                sub_indices=result.sub_indices,
+                hour_start_ms=hour,
+            )
+        )
+    raw.extend(ingest_points(start, now_ms))
+    return raw, rollup
+
+
+def ingest_points(start: int, end: int) -> Iterator[Point]:
+    codes = list(RejectCode)
+    for i, ts in enumerate(range(start, end, 10_000)):
+        rejected = {f"rejected_{codes[i % len(codes)].value}": 1}
+        yield schema.ingest_point(
+            "ingest-1",
+            {
+                "received": 250,
+                "accepted": 249,
+                "rejected": 1,
+                "duplicates": 0,
+                "spool_lag": 12,
+                "spool_lag_s": 0.4,
+                "write_batches": 3,
+                "write_points": 249,
+                "write_latency_ms_mean": 4.5,
+                "write_latency_ms_max": 12.0,
+                "write_retries": 0,
+                "dead_letters": 0,
+                **rejected,
+            },
+            ts,
+        )
+
+
+def write_data_set(registry: Registry, settings: InfluxSettings) -> int:
+    """Write the data set; returns the number of points."""
+    raw, rollup = points(registry)
+    for rp, batch in ((settings.raw_rp, raw), (settings.rollup_rp, rollup)):
+        writer = make_writer(settings, rp=rp)
+        try:
+            writer.write(batch)
+        finally:
+            writer.close()
+    return len(raw) + len(rollup)
