@@ -39,8 +39,11 @@ def ping(settings: InfluxSettings) -> tuple[str, float]:
     """`/ping`: the server version and the round trip in seconds; raises `StorageError`."""
     parsed = urllib.parse.urlsplit(settings.url)
     cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80),
-               timeout=settings.timeout_s)  # fmt: skip
+    conn = cls(
+        parsed.hostname or "127.0.0.1",
+        parsed.port or (443 if parsed.scheme == "https" else 80),
+        timeout=settings.timeout_s,
+    )
     started = time.monotonic()
     try:
         conn.request("GET", parsed.path.rstrip("/") + "/ping")
@@ -69,9 +72,14 @@ def self_test(settings: InfluxSettings) -> float:
     with QueryClient(quick) as client:
         series = client.query(
             "SELECT {field} FROM {m} WHERE {tag} = {host} AND time >= {t} AND time <= {t}",
-            {"field": ident("nonce"), "m": ident(settings.raw_rp, SELFTEST_MEASUREMENT), "tag": ident("host"),
-             "host": host, "t": now_ns},
-        )  # fmt: skip
+            {
+                "field": ident("nonce"),
+                "m": ident(settings.raw_rp, SELFTEST_MEASUREMENT),
+                "tag": ident("host"),
+                "host": host,
+                "t": now_ns,
+            },
+        )
     found = [row[1] for s in series for row in s.values]
     if found != [nonce]:
         raise StorageError(f"self-test point written but read back as {found!r}")

@@ -101,8 +101,14 @@ def format_duration(value: timedelta) -> str:
     micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
     if micros <= 0:
         raise QueryError(f"a duration must be positive, got {value}")
-    for unit, size in (("w", 604_800_000_000), ("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000),
-                       ("s", 1_000_000), ("ms", 1_000)):  # fmt: skip
+    for unit, size in (
+        ("w", 604_800_000_000),
+        ("d", 86_400_000_000),
+        ("h", 3_600_000_000),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+    ):
         if micros % size == 0:
             return f"{micros // size}{unit}"
     return f"{micros}u"

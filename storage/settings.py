@@ -35,8 +35,17 @@ ROLLUP_RETENTION = "730d"
 
 # An InfluxQL duration literal, e.g. 30d, 104w, 720h; INF keeps data forever.
 _DURATION = re.compile(r"^(?:[1-9][0-9]*(?:ns|u|µ|ms|s|m|h|d|w))+$|^INF$")
-_DURATION_NS = {"ns": 1, "u": 10**3, "µ": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
-                "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}  # fmt: skip
+_DURATION_NS = {
+    "ns": 1,
+    "u": 10**3,
+    "µ": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
+    "w": 7 * 86400 * 10**9,
+}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 

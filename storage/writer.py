@@ -398,12 +398,24 @@ class Writer:
             if response.status < 300:
                 return batch.points, []
             lines = [line.encode() for line in batch.lines] if batch.lines is not None else split_lines(batch.body)
-            logger.debug("%s refused a batch of %s points (HTTP %s: %s); bisecting",
-                         self.describe(), len(lines), response.status, response.message)  # fmt: skip
+            logger.debug(
+                "%s refused a batch of %s points (HTTP %s: %s); bisecting",
+                self.describe(),
+                len(lines),
+                response.status,
+                response.message,
+            )
             written, letters = self._bisect(lines, batch.precision, response)
             if letters:
-                logger.warning("%s refused %s of %s points, e.g. (HTTP %s: %s) %r", self.describe(), len(letters),
-                               len(lines), letters[0].status, letters[0].reason, letters[0].line[:300])  # fmt: skip
+                logger.warning(
+                    "%s refused %s of %s points, e.g. (HTTP %s: %s) %r",
+                    self.describe(),
+                    len(letters),
+                    len(lines),
+                    letters[0].status,
+                    letters[0].reason,
+                    letters[0].line[:300],
+                )
             return written, letters
 
     def _bisect(self, lines: list[bytes], precision: Precision, response: Response) -> tuple[int, list[DeadLetter]]:
@@ -468,16 +480,29 @@ class Writer:
                 wait = max(wait, response.retry_after_s)
             if attempt >= s.max_retries or elapsed + wait > s.retry_max_total_s:
                 self.stats.record_failure()
-                logger.error("giving up a batch of %s points to %s after %s attempts in %.1f s: %s",
-                             points, self.describe(), attempt + 1, elapsed, problem)  # fmt: skip
+                logger.error(
+                    "giving up a batch of %s points to %s after %s attempts in %.1f s: %s",
+                    points,
+                    self.describe(),
+                    attempt + 1,
+                    elapsed,
+                    problem,
+                )
                 raise StorageWriteError(
                     f"write of {points} points to {self.describe()} failed after {attempt + 1} attempts "
                     f"in {elapsed:.1f} s: {problem}",
                     points,
                 )
             self.stats.record_retry()
-            logger.warning("write of %s points to %s failed (%s); retry %s/%s in %.2f s",
-                           points, self.describe(), problem, attempt + 1, s.max_retries, wait)  # fmt: skip
+            logger.warning(
+                "write of %s points to %s failed (%s); retry %s/%s in %.2f s",
+                points,
+                self.describe(),
+                problem,
+                attempt + 1,
+                s.max_retries,
+                wait,
+            )
             if self._abort.wait(wait):
                 raise StorageWriteError(f"writer to {self.describe()} was closed while retrying: {problem}", points)
             delay *= s.retry_backoff_base
@@ -560,6 +585,7 @@ class BufferedWriter:
                 self._counts[precision] = self._counts.get(precision, 0) + count
             if self._oldest is None and any(self._counts.values()):
                 self._oldest = time.monotonic()
+                self._cond.notify_all()  # the sender starts its flush_interval clock
             for precision, count in list(self._counts.items()):
                 if count >= self._batch_size:
                     self._cut(precision)
@@ -619,8 +645,11 @@ class BufferedWriter:
             self._cond.notify_all()
         self._thread.join(self._close_timeout_s)
         if self._thread.is_alive():
-            logger.warning("reached close_timeout_s=%s with batches unsent to %s; force closing",
-                           self._close_timeout_s, self.writer.describe())  # fmt: skip
+            logger.warning(
+                "reached close_timeout_s=%s with batches unsent to %s; force closing",
+                self._close_timeout_s,
+                self.writer.describe(),
+            )
             self.writer.close()
             self._thread.join(5.0)
         with self._cond:
@@ -629,8 +658,9 @@ class BufferedWriter:
         self.writer.close()
         if lost_batches:
             lost = sum(batch.points for batch in lost_batches)
-            logger.error("%s points in %s batches were not written to %s", lost, len(lost_batches),
-                         self.writer.describe())  # fmt: skip
+            logger.error(
+                "%s points in %s batches were not written to %s", lost, len(lost_batches), self.writer.describe()
+            )
             self._report(StorageWriteError(f"closed with {lost} points not written to {self.writer.describe()}", lost))
         logger.info("buffered writer to %s closed", self.writer.describe())
 

@@ -1,0 +1,64 @@
+"""Schema helpers build exactly the measurements, tags and fields of DESIGN.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from sensors.reading import Reading
+from storage.line_protocol import encode_line
+from storage.schema import (
+    SENSOR_TAGS,
+    aqi_point,
+    health_point,
+    raw_point,
+    rollup_fields,
+    rollup_measurement,
+    rollup_point,
+    rollup_tags,
+)
+
+READING = Reading(
+    sensor_id="cnx-aq-007",
+    kind="air_quality",
+    ts=1_764_028_800_000,
+    values={"pm25": 41, "pm10": 55.5},
+    vendor="acme",
+    super_cluster="northern",
+    city="chiang-mai",
+    district="mueang",
+    site="nimman",
+)
+
+
+def test_raw_point_of_a_reading() -> None:
+    point = raw_point(READING)
+    assert tuple(point.tags) == SENSOR_TAGS
+    assert encode_line(point) == (
+        "air_quality,city=chiang-mai,district=mueang,sensor_id=cnx-aq-007,site=nimman,super_cluster=northern,"
+        "vendor=acme pm25=41.0,pm10=55.5 1764028800000"
+    )
+
+
+def test_rollups_and_their_names() -> None:
+    assert rollup_measurement("air_quality", "1h") == "air_quality_1h"
+    assert rollup_fields("pm25") == ("pm25_mean", "pm25_min", "pm25_max", "pm25_count")
+    with pytest.raises(ValueError, match="window"):
+        rollup_measurement("air_quality", "5m")
+    tags = rollup_tags("city", "chiang-mai", super_cluster="northern", city="chiang-mai")
+    point = rollup_point("air_quality", "1m", tags, {"pm25": (40.5, 30.0, 51.0, 12)}, 1_764_028_800_000)
+    assert encode_line(point) == (
+        "air_quality_1m,area=chiang-mai,city=chiang-mai,level=city,super_cluster=northern "
+        "pm25_mean=40.5,pm25_min=30.0,pm25_max=51.0,pm25_count=12i 1764028800000"
+    )
+    with pytest.raises(ValueError, match="district"):
+        rollup_tags("sensor", "cnx-aq-007", super_cluster="northern", city="chiang-mai")
+
+
+def test_aqi_and_health_points() -> None:
+    tags = rollup_tags("district", "mueang", super_cluster="northern", city="chiang-mai", district="mueang")
+    aqi = aqi_point(tags, aqi=152, band=5, dominant="pm25", sub_indices={"pm25": 152, "o3": 40}, hour_start_ms=0)
+    assert dict(aqi.fields) == {"aqi": 152, "band": 5, "dominant": "pm25", "pm25_aqi": 152, "o3_aqi": 40}
+    assert aqi.measurement == "aqi_1h"
+    health = health_point(raw_point(READING).tags, received=55, expected=60, flatline=0, outliers=2, hour_start_ms=0)
+    assert health.measurement == "sensor_health_1h"
+    assert health.fields["completeness"] == pytest.approx(55 / 60)

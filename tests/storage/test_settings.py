@@ -1,0 +1,69 @@
+"""Settings from SMARTCITY_INFLUX_* with errors that name the variable; secrets stay out of repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.settings import InfluxSettings, InfluxSettingsError
+
+
+def test_from_env_reads_url_credentials_and_defaults() -> None:
+    settings = InfluxSettings.from_env({"SMARTCITY_INFLUX_URL": "http://admin:p%40ss:w@127.0.0.1:8086"})
+    assert (settings.url, settings.username, settings.password) == ("http://127.0.0.1:8086", "admin", "p@ss:w")
+    assert (settings.db, settings.raw_rp, settings.rollup_rp, settings.api) == ("smartcity", "raw", "rollup", "v1")
+    assert (settings.raw_retention, settings.rollup_retention) == ("30d", "730d")
+    assert "p@ss" not in repr(settings)
+
+
+def test_token_and_org_select_v2() -> None:
+    settings = InfluxSettings.from_env(
+        {
+            "SMARTCITY_INFLUX_URL": "https://influx.example",
+            "SMARTCITY_INFLUX_TOKEN": "tok",
+            "SMARTCITY_INFLUX_ORG": "city",
+            "SMARTCITY_INFLUX_DB": "pilot",
+        }
+    )
+    assert settings.api == "v2" and settings.bucket(settings.raw_rp) == "pilot/raw"
+    assert "tok" not in repr(settings)
+
+
+def test_every_field_can_be_set_from_the_environment() -> None:
+    settings = InfluxSettings.from_env(
+        {
+            "SMARTCITY_INFLUX_BATCH_SIZE": "100",
+            "SMARTCITY_INFLUX_FLUSH_INTERVAL_S": "0.5",
+            "SMARTCITY_INFLUX_GZIP": "false",
+            "SMARTCITY_INFLUX_RAW_RETENTION": "14d",
+            "SMARTCITY_INFLUX_ROLLUP_RETENTION": "INF",
+            "SMARTCITY_INFLUX_MAX_RETRIES": "0",
+        }
+    )
+    assert (settings.batch_size, settings.flush_interval_s, settings.gzip) == (100, 0.5, False)
+    assert (settings.raw_retention, settings.rollup_retention, settings.max_retries) == ("14d", "INF", 0)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SMARTCITY_INFLUX_URL": "influx:8086"}, "SMARTCITY_INFLUX_URL (url) must be http(s)://"),
+        ({"SMARTCITY_INFLUX_URL": "http://h:99999"}, "SMARTCITY_INFLUX_URL (url) "),
+        ({"SMARTCITY_INFLUX_TOKEN": "t"}, "SMARTCITY_INFLUX_ORG (org) is required"),
+        ({"SMARTCITY_INFLUX_ORG": "o"}, "SMARTCITY_INFLUX_TOKEN (token) is required"),
+        (
+            {"SMARTCITY_INFLUX_URL": "http://u:p@h", "SMARTCITY_INFLUX_TOKEN": "t", "SMARTCITY_INFLUX_ORG": "o"},
+            "not both",
+        ),
+        ({"SMARTCITY_INFLUX_BATCH_SIZE": "0"}, "SMARTCITY_INFLUX_BATCH_SIZE (batch_size) must be a number from 1"),
+        ({"SMARTCITY_INFLUX_BATCH_SIZE": "many"}, "SMARTCITY_INFLUX_BATCH_SIZE (batch_size) must be a int"),
+        ({"SMARTCITY_INFLUX_GZIP": "maybe"}, "SMARTCITY_INFLUX_GZIP (gzip) must be a bool"),
+        ({"SMARTCITY_INFLUX_RAW_RETENTION": "30 days"}, "SMARTCITY_INFLUX_RAW_RETENTION (raw_retention)"),
+        ({"SMARTCITY_INFLUX_RAW_RETENTION": "30m"}, "at least 1h"),
+        ({"SMARTCITY_INFLUX_DB": "a b"}, "SMARTCITY_INFLUX_DB (db)"),
+        ({"SMARTCITY_INFLUX_ROLLUP_RP": "raw"}, "SMARTCITY_INFLUX_ROLLUP_RP (rollup_rp) must differ"),
+        ({"SMARTCITY_INFLUX_RETRY_JITTER": "2"}, "SMARTCITY_INFLUX_RETRY_JITTER (retry_jitter)"),
+    ],
+)
+def test_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(InfluxSettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        InfluxSettings.from_env(env)

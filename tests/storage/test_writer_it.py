@@ -1,0 +1,320 @@
+"""Writers against the real InfluxDB 1.6.7: confirmed and buffered writes, retries, bisection, outages."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from sensors.reading import Reading
+from storage.errors import StorageWriteError
+from storage.line_protocol import FieldValue, Point, Precision, encode
+from storage.query import QueryClient, ident
+from storage.schema import raw_point
+from storage.settings import InfluxSettings
+from storage.writer import (
+    BufferedWriter,
+    DeadLetter,
+    Response,
+    Transport,
+    V1Transport,
+    Writer,
+    make_buffered_writer,
+    make_writer,
+)
+from tests.servers import StackHandle
+from tests.storage.conftest import fresh_db
+from tests.storage.faulty_proxy import FaultyProxy
+
+pytestmark = pytest.mark.integration
+
+NOW_MS = time.time_ns() // 1_000_000
+
+
+def count(settings: InfluxSettings, measurement: str, field: str = "v", rp: str | None = None) -> int:
+    with QueryClient(settings) as client:
+        series = client.query(
+            "SELECT count({f}) FROM {m}", {"f": ident(field), "m": ident(rp or settings.raw_rp, measurement)}
+        )
+    return int(series[0].values[0][1]) if series else 0
+
+
+def points(n: int, measurement: str = "m", start_ms: int = NOW_MS - 3_600_000) -> list[Point]:
+    return [
+        Point(measurement, {"sensor_id": f"s{i % 50}"}, {"v": float(i), "seq": i}, start_ms + i, "ms") for i in range(n)
+    ]
+
+
+def test_confirmed_write_of_readings_lands_with_ms_times_and_float_fields(influx: InfluxSettings) -> None:
+    reading = Reading(
+        sensor_id="pkt-aq-001",
+        kind="air_quality",
+        ts=NOW_MS - 60_000,
+        values={"pm25": 12, "pm10": 30.5},
+        vendor="acme",
+        super_cluster="andaman",
+        city="phuket",
+        district="kathu",
+        site="patong beach",
+    )
+    with make_writer(influx) as writer:
+        result = writer.write([raw_point(reading)])
+        again = writer.write([raw_point(reading)])  # a redelivered duplicate is harmless
+    assert (result.points, result.dead_letters, again.points) == (1, (), 1)
+    with QueryClient(influx) as client:
+        [series] = client.query("SELECT * FROM {m} GROUP BY *", {"m": ident("raw", "air_quality")})
+    assert series.tags == {
+        "super_cluster": "andaman",
+        "city": "phuket",
+        "district": "kathu",
+        "site": "patong beach",
+        "sensor_id": "pkt-aq-001",
+        "vendor": "acme",
+    }
+    [record] = series.records()
+    assert record["pm25"] == 12.0 and record["pm10"] == 30.5
+    assert record["time"].timestamp() * 1000 == reading.ts
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+def test_large_write_is_batched_and_every_point_lands(influx: InfluxSettings, gzip: bool) -> None:
+    settings = dataclasses.replace(influx, batch_size=1_000, gzip=gzip)
+    with make_writer(settings) as writer:
+        result = writer.write(points(5_500))
+        stats = writer.stats.snapshot()
+    assert result.points == 5_500
+    assert (stats.batches, stats.points, stats.batch_points_last) == (6, 5_500, 500)
+    assert stats.latency_s_max > 0
+    assert count(influx, "m") == 5_500
+
+
+def test_pre_encoded_lines_are_written_as_given(influx: InfluxSettings) -> None:
+    data = encode(points(300, "pre"))
+    with make_writer(influx) as writer:
+        assert writer.write_lines(data, "ms").points == 300
+        assert writer.write_lines([data[: data.index(b"\n") + 1]], "ms").points == 1
+    assert count(influx, "pre") == 300
+
+
+def test_refused_points_are_bisected_out_and_the_rest_is_written(influx: InfluxSettings) -> None:
+    batch = points(1_000, "bis")
+    with make_writer(influx) as writer:
+        writer.write(batch[:1])  # fixes the type of field v: float
+    bad: dict[int, dict[str, FieldValue]] = {
+        17: {"v": "text"},
+        500: {"v": True},
+        999: {"v": 1},
+    }  # type conflicts: 400 partial write
+    for index, fields in bad.items():
+        batch[index] = batch[index]._replace(fields=fields)
+    batch[42] = batch[42]._replace(time=NOW_MS - 40 * 86_400_000)  # older than the 30 d raw retention
+    letters: list[DeadLetter] = []
+    with make_writer(dataclasses.replace(influx, batch_size=1_000), on_dead_letter=letters.append) as writer:
+        result = writer.write(batch)
+        stats = writer.stats.snapshot()
+    assert result.points == 996
+    assert sorted(letter.line for letter in result.dead_letters) == sorted(
+        encode([batch[i]]).rstrip(b"\n") for i in (17, 42, 500, 999)
+    )
+    assert letters == list(result.dead_letters)
+    assert {letter.status for letter in letters} == {400}
+    assert any("field type conflict" in letter.reason for letter in letters)
+    assert any("retention" in letter.reason for letter in letters)
+    assert stats.dead_letters == 4 and stats.retries == 0
+    assert count(influx, "bis", "seq") == 996
+
+
+def test_unparsable_pre_encoded_line_is_dead_lettered(influx: InfluxSettings) -> None:
+    good = encode(points(10, "parse"))
+    cut = good.index(b"\n", good.index(b"\n") + 1) + 1  # after the second line
+    data = good[:cut] + b"not line protocol\n" + good[cut:]
+    letters: list[DeadLetter] = []
+    with make_writer(influx, on_dead_letter=letters.append) as writer:
+        result = writer.write_lines(data, "ms")
+    assert [letter.line for letter in letters] == [b"not line protocol"]
+    assert result.points == 10 and count(influx, "parse") == 10
+
+
+def test_a_failing_dead_letter_callback_does_not_lose_the_rest(influx: InfluxSettings) -> None:
+    def boom(letter: DeadLetter) -> None:
+        raise RuntimeError("callback bug")
+
+    batch = [*points(20, "cb"), Point("cb", {}, {"v": "x"}, NOW_MS, "ms")]
+    with make_writer(influx, on_dead_letter=boom) as writer:
+        writer.write(batch[:1])
+        result = writer.write(batch)
+    assert result.points == 20 and len(result.dead_letters) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"), [({"password": "wrong"}, "HTTP 401"), ({"db": "no_such_db"}, "database not found")]
+)
+def test_auth_and_database_errors_raise_without_retry_or_dead_letters(
+    influx: InfluxSettings, change: dict[str, str], message: str
+) -> None:
+    letters: list[DeadLetter] = []
+    with make_writer(dataclasses.replace(influx, **change), on_dead_letter=letters.append) as writer:  # type: ignore[arg-type]
+        with pytest.raises(StorageWriteError, match=message) as raised:
+            writer.write(points(10))
+        assert writer.stats.snapshot().retries == 0
+    assert raised.value.points == 10 and letters == []
+
+
+def test_5xx_and_429_are_retried_with_backoff(stack: StackHandle, influx: InfluxSettings) -> None:
+    with FaultyProxy(stack.influx_port, [503, 500, 429]) as proxy:
+        settings = dataclasses.replace(influx, url=proxy.url, retry_initial_delay_s=0.05)
+        with make_writer(settings) as writer:
+            started = time.monotonic()
+            assert writer.write(points(100, "flaky")).points == 100
+            elapsed = time.monotonic() - started
+            assert writer.stats.snapshot().retries == 3
+        assert proxy.requests == 4
+    assert elapsed >= 0.05 * 0.8 + 0.1 * 0.8 + 0.2 * 0.8  # backoff 0.05, 0.1, 0.2 s with 20 % jitter
+    assert count(influx, "flaky") == 100
+
+
+def test_retries_are_bounded(stack: StackHandle, influx: InfluxSettings) -> None:
+    with FaultyProxy(stack.influx_port, [503] * 10) as proxy:
+        settings = dataclasses.replace(influx, url=proxy.url, max_retries=2, retry_initial_delay_s=0.01)
+        with make_writer(settings) as writer, pytest.raises(StorageWriteError, match="after 3 attempts") as raised:
+            writer.write(points(10, "bounded"))
+        assert proxy.requests == 3
+    assert raised.value.points == 10
+
+
+def test_total_retry_time_is_capped(influx: InfluxSettings) -> None:
+    settings = dataclasses.replace(
+        influx,
+        url="http://127.0.0.1:9",
+        max_retries=1000,
+        retry_initial_delay_s=0.1,
+        retry_max_delay_s=0.2,
+        retry_max_total_s=1.0,
+        timeout_s=0.5,
+    )
+    started = time.monotonic()
+    with make_writer(settings) as writer, pytest.raises(StorageWriteError, match="ConnectionRefused"):
+        writer.write(points(1))
+    assert time.monotonic() - started < 2.0
+
+
+def test_buffered_writer_batches_by_size_and_flush_confirms(influx: InfluxSettings) -> None:
+    settings = dataclasses.replace(influx, batch_size=1_000, flush_interval_s=60)
+    with make_buffered_writer(settings) as writer:
+        for chunk in range(7):
+            writer.write(points(500, "buf", NOW_MS - 3_600_000 + chunk * 500))
+        writer.write_lines(encode(points(10, "buf_pre")), "ms")
+        writer.flush()
+        stats = writer.stats.snapshot()
+        assert stats.points == 3_510
+        assert stats.batches == 4  # 1000, 1000, 1000 by size; 500 + 10 lines of another precision group by flush
+    assert count(influx, "buf") == 3_500 and count(influx, "buf_pre") == 10
+
+
+def test_buffered_writer_sends_after_flush_interval(influx: InfluxSettings) -> None:
+    settings = dataclasses.replace(influx, batch_size=10_000, flush_interval_s=0.2)
+    with make_buffered_writer(settings) as writer:
+        writer.write(points(5, "timed"))
+        deadline = time.monotonic() + 5
+        while writer.stats.snapshot().points < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(influx, "timed") == 5
+
+
+def test_buffered_writer_flush_raises_for_a_lost_batch_and_reports_it(influx: InfluxSettings) -> None:
+    errors: list[StorageWriteError] = []
+    settings = dataclasses.replace(influx, password="wrong")
+    writer = make_buffered_writer(settings, on_error=errors.append)
+    writer.write(points(7, "lost"))
+    with pytest.raises(StorageWriteError, match="7 points, were not written"):
+        writer.flush()
+    writer.flush()  # reported once
+    writer.close()
+    assert [err.points for err in errors] == [7]
+
+
+def test_buffered_close_flushes_within_its_timeout_then_gives_up(influx: InfluxSettings) -> None:
+    with make_buffered_writer(influx) as writer:
+        writer.write(points(10, "closing"))
+    assert count(influx, "closing") == 10
+    errors: list[StorageWriteError] = []
+    settings = dataclasses.replace(
+        influx,
+        url="http://127.0.0.1:9",
+        close_timeout_s=0.5,
+        retry_max_total_s=30,
+        max_retries=1000,
+        retry_max_delay_s=0.1,
+    )
+    writer = BufferedWriter(make_writer(settings), on_error=errors.append)
+    writer.write(points(10, "never"))
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 3
+    assert sum(err.points for err in errors) == 10
+
+
+class _PauseAfter(Transport):
+    """The real 1.x transport, pausing the writer after `n` acknowledged batches until the test says go."""
+
+    def __init__(self, inner: V1Transport, n: int) -> None:
+        self.inner, self.n = inner, n
+        self.paused, self.go = threading.Event(), threading.Event()
+        self.acks = 0
+
+    def post(self, body: bytes, precision: Precision, rp: str) -> Response:
+        response = self.inner.post(body, precision, rp)
+        if response.status < 300:
+            self.acks += 1
+            if self.acks == self.n:
+                self.paused.set()
+                self.go.wait(30)
+        return response
+
+    def describe(self, rp: str) -> str:
+        return self.inner.describe(rp)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_influxdb_stopped_mid_write_every_point_lands_exactly_once(private_stack: StackHandle) -> None:
+    settings = fresh_db(
+        private_stack,
+        batch_size=1_000,
+        max_retries=100,
+        retry_initial_delay_s=0.1,
+        retry_max_delay_s=0.5,
+        retry_max_total_s=60,
+        timeout_s=5,
+    )
+    transport = _PauseAfter(V1Transport(settings), n=5)
+    writer = Writer(settings, transport)
+    total = 50_000
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = writer.write(points(total, "outage"))
+        except Exception as err:  # reported below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert transport.paused.wait(30), "the writer never got going"
+    private_stack.influxdb.stop()  # InfluxDB goes away in the middle of the write
+    transport.go.set()
+    time.sleep(1.5)  # the writer meets connection errors and retries
+    assert writer.stats.snapshot().retries > 0 and thread.is_alive()
+    private_stack.influxdb.start(detach=True)
+    thread.join(60)
+    writer.close()
+    assert "error" not in outcome, outcome
+    assert outcome["result"].points == total  # type: ignore[attr-defined]
+    with QueryClient(settings) as client:
+        [series] = client.query(
+            "SELECT count(seq), count(distinct(seq)), sum(seq) FROM {m}", {"m": ident("raw", "outage")}
+        )
+    assert series.values[0][1:] == (total, total, total * (total - 1) // 2)
