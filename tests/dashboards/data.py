@@ -103,8 +103,8 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
     for (kind_id, level, area, minute), metrics in minutes.items():
         stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
         rollup.append(schema.rollup_point(kind_id, "1m", places[(level, area)], stats, minute))
-        for m, v in metrics.items():
-            hours[(kind_id, level, area, minute // 3_600_000 * 3_600_000)][m].extend(v)
+        for m, readings in metrics.items():
+            hours[(kind_id, level, area, minute // 3_600_000 * 3_600_000)][m].extend(readings)
     for (kind_id, level, area, hour), metrics in hours.items():
         stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
         rollup.append(schema.rollup_point(kind_id, "1h", places[(level, area)], stats, hour))
