@@ -53,7 +53,7 @@ def handler(state: GrafanaContract) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._answer(401, {"message": "Unauthorized"})
             length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
+            body: Any = json.loads(self.rfile.read(length)) if length else {}
             path = self.path.split("?")[0]
             state.requests.append((method, path, body))
             parts = path.strip("/").split("/")
