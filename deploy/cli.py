@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from dashboards.cli import dashboards_group
 from deploy.acl import acl_command
 from sensors.cli import registry_from, registry_option, sensors_group
 from sensors.errors import SmartcityError
@@ -72,6 +73,7 @@ def config_show() -> None:
 
 
 app.add_command(sensors_group)
+app.add_command(dashboards_group)
 sensors_group.add_command(acl_command)
 
 
