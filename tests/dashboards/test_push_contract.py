@@ -160,8 +160,9 @@ def test_push_without_webhook_leaves_contact_points_alone(grafana: tuple[str, Gr
 
 
 def test_push_needs_the_datasource_and_a_valid_token(
-    grafana: tuple[str, GrafanaContract], capsys: pytest.CaptureFixture[str]
+    grafana: tuple[str, GrafanaContract], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
     url, state = grafana
     state.has_datasource = False
     with pytest.raises(PushError, match="no datasource with uid 'smartcity-influxdb'"):
