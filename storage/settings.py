@@ -94,8 +94,9 @@ class InfluxSettings:
     max_pending_batches: int = 4
     # Per HTTP request (connect and each read).
     timeout_s: float = 10.0
-    # Compress request bodies (InfluxDB answers gzip'd writes on every version).
-    gzip: bool = True
+    # Compress request bodies: True, False, or None for "auto": on, except to a loopback address
+    # (there it only costs CPU on both ends: 1M points on 2 cores took 1.6x as long with gzip).
+    gzip: bool | None = None
     # Retries of a batch on 5xx, 429, timeouts and connection errors (never on other 4xx).
     max_retries: int = 8
     retry_initial_delay_s: float = 0.2
@@ -160,6 +161,14 @@ class InfluxSettings:
             self._fail(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
 
     @property
+    def use_gzip(self) -> bool:
+        """Whether request bodies are compressed (`gzip`, with None meaning: unless the host is loopback)."""
+        if self.gzip is not None:
+            return self.gzip
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        return not (host == "localhost" or host.startswith("127.") or host == "::1")
+
+    @property
     def api(self) -> Literal["v1", "v2"]:
         """`v2` (2.x/3.x write API, token auth) when a token is set, else `v1` (1.x `/write`)."""
         return "v2" if self.token else "v1"
@@ -209,13 +218,16 @@ def _convert(name: str, type_name: object, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
-        if kind == "bool":
+        if kind in ("bool", "bool | None"):
             lowered = raw.lower()
+            if kind == "bool | None" and lowered == "auto":
+                return None
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
     except ValueError:
-        raise InfluxSettingsError(f"{env_name(name)} ({name}) must be a {kind}, got {raw!r}") from None
+        expected = "bool or auto" if kind == "bool | None" else kind
+        raise InfluxSettingsError(f"{env_name(name)} ({name}) must be a {expected}, got {raw!r}") from None
     return raw

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import gzip
 import http.client
 import itertools
@@ -38,7 +39,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from storage.errors import StorageWriteError
 from storage.line_protocol import Encoder, LineProtocolError, Point, Precision, split_lines
@@ -57,12 +58,15 @@ _DROPPED = re.compile(r"dropped=([0-9]+)")
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A point InfluxDB refused on its own (HTTP `status`), with its line and InfluxDB's reason."""
+    """A point that was not written, and why: InfluxDB refused it on its own (HTTP `status` and
+    InfluxDB's reason), or it cannot be represented in line protocol (`status` 0, `line` empty,
+    `point` set)."""
 
     line: bytes
     precision: Precision
     status: int
     reason: str
+    point: Point | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,8 @@ class V1Transport(Transport):
         self._port = parsed.port or (443 if self._https else 80)
         self._base_path = parsed.path.rstrip("/")
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if settings.gzip:
+        self._gzip = settings.use_gzip
+        if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         if settings.username:
             credentials = f"{settings.username}:{settings.password}".encode()
@@ -218,7 +223,7 @@ class V1Transport(Transport):
         return path
 
     def post(self, body: bytes, precision: Precision, rp: str) -> Response:
-        if self._settings.gzip:
+        if self._gzip:
             body = gzip.compress(body, compresslevel=1, mtime=0)
         path = self._path(precision, rp)
         for attempt in (1, 2):
@@ -260,7 +265,7 @@ class V2Transport(Transport):
             token=settings.token,
             org=settings.org,
             timeout=int(settings.timeout_s * 1000),
-            enable_gzip=settings.gzip,
+            enable_gzip=settings.use_gzip,
             retries=False,  # the Writer retries, with the same policy for both APIs
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
@@ -301,6 +306,13 @@ class _Batch:
     points: int
     lines: Sequence[str] | None = None  # the lines of `body`, when known (saves re-splitting to bisect)
 
+    @classmethod
+    def of_lines(cls, lines: list[str], precision: Precision) -> _Batch:
+        lines.append("")
+        body = "\n".join(lines).encode()
+        lines.pop()
+        return cls(body, precision, len(lines), lines)
+
 
 def _count_lines(data: bytes) -> int:
     if b'"' in data or b"\\" in data:
@@ -326,6 +338,8 @@ class Writer:
         self._transport = transport
         self._on_dead_letter = on_dead_letter
         self._encoder = Encoder()
+        self._encode_lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._abort = threading.Event()
         self._random = random.Random()
@@ -333,23 +347,91 @@ class Writer:
     # -- public API ---------------------------------------------------------------------------
 
     def write(self, points: Iterable[Point]) -> WriteResult:
-        """Write `points` in batches of `batch_size`; returns when all are acknowledged or dead-lettered.
+        """Write `points` in batches of `batch_size`; returns when every point is acknowledged or
+        dead-lettered, else raises `StorageWriteError`.
 
-        Raises `LineProtocolError` (nothing sent) if a point cannot be represented.
+        Batch k+1 is encoded while batch k is on the wire. A point that line protocol cannot
+        represent is dead-lettered (status 0) like one InfluxDB refuses; the others are written.
         """
-        groups: dict[str, list[str]] = {}
-        with self._lock:
-            self._encoder.add_lines(points, groups)
-        batches = []
+        iterator = iter(points)
         size = self.settings.batch_size
-        for precision, lines in groups.items():
-            for start in range(0, len(lines), size):
-                chunk = lines[start : start + size]
-                chunk.append("")
-                body = "\n".join(chunk).encode()
-                chunk.pop()
-                batches.append(_Batch(body, precision, len(chunk), chunk))  # type: ignore[arg-type]
-        return self._write_batches(batches)
+        written = 0
+        dead: list[DeadLetter] = []
+        in_flight: concurrent.futures.Future[tuple[int, list[DeadLetter]]] | None = None
+        try:
+            while True:
+                chunk = list(itertools.islice(iterator, size))
+                if not chunk:
+                    break
+                groups: dict[str, list[str]] = {}
+                with self._encode_lock:
+                    dead.extend(self.encode_into(self._encoder, chunk, groups))
+                last = len(chunk) < size
+                for precision, lines in groups.items():
+                    batch = _Batch.of_lines(lines, precision)  # type: ignore[arg-type]
+                    if in_flight is not None:
+                        done, letters = in_flight.result()
+                        written, in_flight = written + done, None
+                        dead.extend(letters)
+                    if last and len(groups) == 1:
+                        done, letters = self.write_batch(batch)  # the common single-batch write: no thread hop
+                        written += done
+                        dead.extend(letters)
+                    else:
+                        in_flight = self._sender().submit(self.write_batch, batch)
+            if in_flight is not None:
+                done, letters = in_flight.result()
+                written, in_flight = written + done, None
+                dead.extend(letters)
+        except StorageWriteError as err:
+            raise StorageWriteError(f"{err} ({written} points of this write were acknowledged)", err.points) from err
+        finally:
+            if in_flight is not None:
+                concurrent.futures.wait([in_flight])
+        return WriteResult(written, tuple(dead))
+
+    def encode_into(self, encoder: Encoder, chunk: Sequence[Point], out: dict[str, list[str]]) -> list[DeadLetter]:
+        """Encode `chunk` into `out`; points that cannot be represented become dead letters."""
+        marks = {precision: len(lines) for precision, lines in out.items()}
+        try:
+            encoder.add_lines(chunk, out)
+            return []
+        except LineProtocolError:
+            pass
+        for key in list(out):  # undo the partial chunk, then go point by point
+            if key in marks:
+                del out[key][marks[key] :]
+            else:
+                del out[key]
+        letters = []
+        for point in chunk:
+            try:
+                encoder.add_lines((point,), out)
+            except LineProtocolError as err:
+                given = getattr(point, "precision", "ns")
+                letter = DeadLetter(
+                    b"",
+                    cast(Precision, given if given in _V1_PRECISION else "ns"),
+                    0,
+                    f"cannot be written as line protocol: {err}",
+                    point,
+                )
+                self._dead_letter(letter)
+                letters.append(letter)
+        if letters:
+            logger.warning(
+                "%s of %s points cannot be written as line protocol, e.g.: %s",
+                len(letters),
+                len(chunk),
+                letters[0].reason,
+            )
+        return letters
+
+    def _sender(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._encode_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smartcity-influx-send")
+            return self._executor
 
     def write_lines(self, data: bytes | Sequence[bytes], precision: Precision = "ns") -> WriteResult:
         """Write pre-encoded line protocol (one request per bytes object; a sequence is sent in order)."""
@@ -362,6 +444,8 @@ class Writer:
     def close(self) -> None:
         """Stop retrying (a write in progress fails) and close the connection."""
         self._abort.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         with self._lock:
             self._transport.close()
 
@@ -548,19 +632,17 @@ class BufferedWriter:
         self._thread.start()
 
     def write(self, points: Iterable[Point]) -> None:
-        """Buffer points; raises `LineProtocolError` for a point that cannot be represented (the points
-        before it in this call are kept)."""
+        """Buffer points (blocks while `max_pending_batches` wait). A point that line protocol cannot
+        represent goes to the writer's `on_dead_letter` at once."""
         iterator = iter(points)
         while True:
             chunk = list(itertools.islice(iterator, self._batch_size))
             if not chunk:
                 return
             encoded: dict[str, list[str]] = {}
-            try:
-                with self._encode_lock:
-                    self._encoder.add_lines(chunk, encoded)
-            finally:
-                self._add(encoded, {})
+            with self._encode_lock:
+                self.writer.encode_into(self._encoder, chunk, encoded)
+            self._add(encoded, {})
 
     def write_lines(self, data: bytes, precision: Precision = "ns", points: int | None = None) -> None:
         """Buffer pre-encoded line protocol (newline-terminated lines); `points` defaults to its line count."""

@@ -56,7 +56,7 @@ def test_every_field_can_be_set_from_the_environment() -> None:
         ),
         ({"SMARTCITY_INFLUX_BATCH_SIZE": "0"}, "SMARTCITY_INFLUX_BATCH_SIZE (batch_size) must be a number from 1"),
         ({"SMARTCITY_INFLUX_BATCH_SIZE": "many"}, "SMARTCITY_INFLUX_BATCH_SIZE (batch_size) must be a int"),
-        ({"SMARTCITY_INFLUX_GZIP": "maybe"}, "SMARTCITY_INFLUX_GZIP (gzip) must be a bool"),
+        ({"SMARTCITY_INFLUX_GZIP": "maybe"}, "SMARTCITY_INFLUX_GZIP (gzip) must be a bool or auto"),
         ({"SMARTCITY_INFLUX_RAW_RETENTION": "30 days"}, "SMARTCITY_INFLUX_RAW_RETENTION (raw_retention)"),
         ({"SMARTCITY_INFLUX_RAW_RETENTION": "30m"}, "at least 1h"),
         ({"SMARTCITY_INFLUX_DB": "a b"}, "SMARTCITY_INFLUX_DB (db)"),
@@ -67,3 +67,13 @@ def test_every_field_can_be_set_from_the_environment() -> None:
 def test_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(InfluxSettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         InfluxSettings.from_env(env)
+
+
+def test_gzip_is_auto_by_default_off_on_loopback_only() -> None:
+    assert not InfluxSettings(url="http://127.0.0.1:8086").use_gzip
+    assert not InfluxSettings(url="http://localhost:8086").use_gzip
+    assert InfluxSettings(url="https://influx.example").use_gzip
+    assert InfluxSettings.from_env({"SMARTCITY_INFLUX_GZIP": "true"}).use_gzip
+    assert InfluxSettings.from_env(
+        {"SMARTCITY_INFLUX_GZIP": "auto", "SMARTCITY_INFLUX_URL": "http://10.0.0.5:8086"}
+    ).use_gzip

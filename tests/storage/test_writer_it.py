@@ -137,6 +137,23 @@ def test_unparsable_pre_encoded_line_is_dead_lettered(influx: InfluxSettings) ->
     assert result.points == 10 and count(influx, "parse") == 10
 
 
+def test_points_line_protocol_cannot_carry_are_dead_lettered_and_the_rest_written(influx: InfluxSettings) -> None:
+    batch = points(2_500, "unrep")
+    batch[5] = batch[5]._replace(tags={"sensor_id": "trailing\\"})
+    batch[2_100] = batch[2_100]._replace(fields={"v": float("nan")})
+    letters: list[DeadLetter] = []
+    with make_writer(dataclasses.replace(influx, batch_size=1_000), on_dead_letter=letters.append) as writer:
+        result = writer.write(batch)
+    assert result.points == 2_498 and list(result.dead_letters) == letters
+    assert [(letter.status, letter.point) for letter in letters] == [(0, batch[5]), (0, batch[2_100])]
+    assert "backslash" in letters[0].reason and "not finite" in letters[1].reason
+    assert count(influx, "unrep", "seq") == 2_498
+    with make_buffered_writer(influx, on_dead_letter=letters.append) as buffered:
+        buffered.write([Point("unrep2", {}, {"v": 1.0}, NOW_MS, "ms"), Point("#bad", {}, {"v": 1.0}, NOW_MS, "ms")])
+    assert letters[-1].point == Point("#bad", {}, {"v": 1.0}, NOW_MS, "ms")
+    assert count(influx, "unrep2") == 1
+
+
 def test_a_failing_dead_letter_callback_does_not_lose_the_rest(influx: InfluxSettings) -> None:
     def boom(letter: DeadLetter) -> None:
         raise RuntimeError("callback bug")
@@ -148,18 +165,20 @@ def test_a_failing_dead_letter_callback_does_not_lose_the_rest(influx: InfluxSet
     assert result.points == 20 and len(result.dead_letters) == 1
 
 
+@pytest.mark.parametrize("batch_size", [100, 3])
 @pytest.mark.parametrize(
     ("change", "message"), [({"password": "wrong"}, "HTTP 401"), ({"db": "no_such_db"}, "database not found")]
 )
 def test_auth_and_database_errors_raise_without_retry_or_dead_letters(
-    influx: InfluxSettings, change: dict[str, str], message: str
+    influx: InfluxSettings, change: dict[str, str], message: str, batch_size: int
 ) -> None:
     letters: list[DeadLetter] = []
-    with make_writer(dataclasses.replace(influx, **change), on_dead_letter=letters.append) as writer:  # type: ignore[arg-type]
+    settings = dataclasses.replace(influx, batch_size=batch_size, **change)  # type: ignore[arg-type]
+    with make_writer(settings, on_dead_letter=letters.append) as writer:
         with pytest.raises(StorageWriteError, match=message) as raised:
             writer.write(points(10))
         assert writer.stats.snapshot().retries == 0
-    assert raised.value.points == 10 and letters == []
+    assert raised.value.points == min(10, batch_size) and letters == []
 
 
 def test_5xx_and_429_are_retried_with_backoff(stack: StackHandle, influx: InfluxSettings) -> None:
