@@ -37,6 +37,8 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from deploy.servers import InfluxDB, free_port
 from sensors.reading import Reading
 from storage.bootstrap import bootstrap
@@ -74,7 +76,9 @@ def fleet_readings(n: int, seed: int = 7) -> list[Reading]:
         kind = list(KINDS)[i % len(KINDS)]
         super_cluster, city, district = districts[i % len(districts)]
         sensors.append(
-            dict(
+            Reading(
+                ts=0,
+                values={},
                 sensor_id=f"{city[:3]}-{kind[:2]}-{i:04d}",
                 kind=kind,
                 vendor=VENDORS[i % len(VENDORS)],
@@ -92,9 +96,8 @@ def fleet_readings(n: int, seed: int = 7) -> list[Reading]:
         for sensor in sensors:
             if len(readings) == n:
                 break
-            metrics = KINDS[sensor["kind"]]
-            values = {m: round(rng.uniform(0, 150), 1) for m in metrics}
-            readings.append(Reading(ts=ts + rng.randrange(0, 1000), values=values, **sensor))
+            values = {m: round(rng.uniform(0, 150), 1) for m in KINDS[sensor.kind]}
+            readings.append(msgspec.structs.replace(sensor, ts=ts + rng.randrange(0, 1000), values=values))
     return readings
 
 
