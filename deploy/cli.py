@@ -20,6 +20,7 @@ from rich.table import Table
 from dashboards.cli import dashboards_group
 from deploy.acl import acl_command
 from sensors.cli import registry_from, registry_option, sensors_group
+from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
 
 console = Console(stderr=True)
@@ -73,6 +74,7 @@ def config_show() -> None:
 
 
 app.add_command(sensors_group)
+app.add_command(contract_group)
 app.add_command(dashboards_group)
 sensors_group.add_command(acl_command)
 
