@@ -11,6 +11,7 @@ same code and detail offline as from the reject topic.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ import click
 import msgspec
 
 from sensors.cli import registry_from, registry_option
-from sensors.contract import DEFAULT_MAX_AGE_MS, Accepted, Contract, reject_topic, rejection_record
-from sensors.contract_spec import ContractSpecError, render_doc, spec_files
+from sensors.contract import DEFAULT_MAX_AGE_MS, Accepted, Contract, reject_topic
+from sensors.contract_spec import ContractSpecError, reject_message, render_doc, spec_files
 
 _DURATION = re.compile(r"^([1-9][0-9]*)(ms|s|m|h|d|w)$")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
@@ -154,7 +155,7 @@ def check(
         click.echo(f"accepted: {count} reading{'s' if count != 1 else ''} of {result.sensor.id}", err=True)
         return
     if as_json:
-        click.echo(msgspec.json.encode(rejection_record(topic, payload, result, received_ms)).decode())
+        click.echo(json.dumps(reject_message(topic, payload, result, received_ms)))
     else:
         click.echo(f"{result.code.value}: {result.detail}")
     click.echo(f"rejected: ingest would publish the reason on {reject_topic(topic)}", err=True)

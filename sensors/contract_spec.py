@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import msgspec
 import yaml
 
 from sensors.contract import (
@@ -50,6 +49,7 @@ from sensors.contract import (
     Contract,
     Decoded,
     RejectCode,
+    Rejected,
     reject_topic,
     rejection_record,
 )
@@ -73,6 +73,8 @@ EXAMPLE_TS = datetime(2026, 11, 25, 14, 30, tzinfo=timezone(timedelta(hours=7)))
 EXAMPLE_TS_MS = int(EXAMPLE_TS.timestamp()) * 1000
 EXAMPLE_RECEIVED_MS = EXAMPLE_TS_MS + 2_000
 ACCEPTED = "accepted"
+# What ingest publishes on the reject topic (the spool's record also keeps sensor_id and vendor).
+REJECT_MESSAGE_FIELDS = ("code", "detail", "topic", "received_at", "payload_b64")
 
 
 class ContractSpecError(SmartcityError):
@@ -270,7 +272,7 @@ def reject_schema() -> dict[str, Any]:
         "title": "Rejected message",
         "description": "Why a message was refused. Published on the reject topic of the message's topic.",
         "type": "object",
-        "required": ["code", "detail", "topic", "received_at", "payload_b64"],
+        "required": list(REJECT_MESSAGE_FIELDS),
         "properties": {
             "code": {"description": "Machine-readable reason.", "enum": [code.value for code in RejectCode]},
             "detail": {"description": "What exactly is wrong, for a person.", "type": "string"},
@@ -282,8 +284,6 @@ def reject_schema() -> dict[str, Any]:
                 "contentEncoding": "base64",
                 "maxLength": -(-REJECT_PAYLOAD_BYTES // 3) * 4,
             },
-            "sensor_id": {"description": "The sensor, when the topic names a known one.", "type": ["string", "null"]},
-            "vendor": {"description": "Its vendor.", "type": ["string", "null"]},
         },
     }
 
@@ -646,15 +646,18 @@ def asyncapi_document(registry: Registry, vendor: str | None = None, host: str =
     }
 
 
+def reject_message(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> dict[str, Any]:
+    """The message published on the reject topic: the fields of DESIGN.md, not the audit-only ones."""
+    record = rejection_record(topic, payload, rejected, received_ms)
+    return {field: getattr(record, field) for field in REJECT_MESSAGE_FIELDS}
+
+
 def _reject_message(registry: Registry, example: Example) -> dict[str, Any] | None:
     """The message ingest would publish on the reject topic for an example (None if accepted)."""
     decoded = example.decode(Contract(registry))
     if isinstance(decoded, Accepted):
         return None
-    message: dict[str, Any] = msgspec.to_builtins(
-        rejection_record(example.topic, example.payload.encode(), decoded, EXAMPLE_RECEIVED_MS)
-    )
-    return message
+    return reject_message(example.topic, example.payload.encode(), decoded, EXAMPLE_RECEIVED_MS)
 
 
 def spec_files(registry: Registry, vendor: str | None = None, host: str = "localhost") -> dict[str, str]:

@@ -555,5 +555,5 @@ def test_check_reads_a_file_and_prints_the_reject_message_as_json(
     assert code == 1
     message = json.loads(out)
     assert message["code"] == "ts_too_old" and "epoch seconds" in message["detail"]
-    assert message["topic"] == topic and message["sensor_id"] == "pkt-wl-001"
+    assert message["topic"] == topic and set(message) == {"code", "detail", "topic", "received_at", "payload_b64"}
     assert "smartcity/dlq/v1/phuket/water_level/pkt-wl-001" in err
