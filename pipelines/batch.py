@@ -1,0 +1,211 @@
+"""Readings as columns: the element that flows through the pipelines.
+
+Beam's local runners spend tens of microseconds on every element that crosses a
+window and a grouping (research/beam.md section 5: 40-130 us), so an element here
+is never one reading. It is a `ReadingBatch`: the readings of one kind from one
+spool segment, or from one window of it, as numpy columns. Windowing, grouping
+and triggers then work per batch and per window, and the arithmetic is numpy.
+
+A reading's places (super-cluster, city, district, site) and vendor are the ones
+recorded with it at ingest (`sensors.reading.Reading`), so history keeps the
+places that were true when it was measured. The batch stores them once per
+sensor in `series` and refers to them by index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, overload
+
+import numpy as np
+
+from storage.schema import SENSOR_TAGS
+
+
+class Series(NamedTuple):
+    """A sensor with the places and vendor recorded with its readings (the raw measurement's tags)."""
+
+    super_cluster: str
+    city: str
+    district: str
+    site: str
+    sensor_id: str
+    vendor: str
+
+    def tags(self) -> dict[str, str]:
+        return dict(zip(SENSOR_TAGS, self, strict=True))
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesTable:
+    """The distinct series of a batch, with a digest of their content.
+
+    Equal content gives an equal digest in every process, so work done per
+    table (e.g. mapping sensors to areas) can be cached across windows, even
+    after Beam has serialised the batch between stages.
+    """
+
+    items: tuple[Series, ...]
+    digest: bytes = field(default=b"")
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            text = "\x1e".join("\x1f".join(s) for s in self.items).encode()
+            object.__setattr__(self, "digest", hashlib.blake2b(text, digest_size=16).digest())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Series]:
+        return iter(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> Series: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Series, ...]: ...
+    def __getitem__(self, index: int | slice) -> Series | tuple[Series, ...]:
+        return self.items[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeriesTable) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+@dataclass(frozen=True, eq=False)
+class ReadingBatch:
+    """Readings of one kind as columns; row i is one reading.
+
+    `values[i, j]` is metric `metrics[j]` of reading i, NaN when the reading has no
+    value for it (metrics may be optional). Times are UTC epoch milliseconds.
+    """
+
+    kind: str
+    metrics: tuple[str, ...]
+    series: SeriesTable
+    sensor: np.ndarray  # int32, index into `series`
+    ts: np.ndarray  # int64, event time
+    received: np.ndarray  # int64, when ingest received it (breaks ties between duplicates)
+    values: np.ndarray  # float64, shape (len, len(metrics))
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, index: np.ndarray | slice) -> ReadingBatch:
+        """The readings at `index` (a boolean mask, positions or a slice), same series table."""
+        return ReadingBatch(
+            self.kind,
+            self.metrics,
+            self.series,
+            self.sensor[index],
+            self.ts[index],
+            self.received[index],
+            self.values[index],
+        )
+
+    def between(self, start_ms: int | None, end_ms: int | None) -> ReadingBatch:
+        """The readings with `start_ms <= ts < end_ms` (None: unbounded)."""
+        if start_ms is None and end_ms is None:
+            return self
+        keep = np.ones(len(self), dtype=bool)
+        if start_ms is not None:
+            keep &= self.ts >= start_ms
+        if end_ms is not None:
+            keep &= self.ts < end_ms
+        return self if keep.all() else self.take(keep)
+
+    def windows(self, width_ms: int, offset_ms: int = 0) -> Iterator[tuple[int, ReadingBatch]]:
+        """Split into fixed windows `[k * width + offset, ...)`: yields (window start ms, readings in it)."""
+        if not len(self):
+            return
+        starts = (self.ts - offset_ms) // width_ms * width_ms + offset_ms
+        first, last = int(starts.min()), int(starts.max())
+        if first == last:
+            yield first, self
+            return
+        order = np.argsort(starts, kind="stable")
+        ordered = starts[order]
+        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
+            yield int(ordered[lo]), self.take(order[lo:hi])
+
+    def select(self, metrics: Sequence[str]) -> ReadingBatch:
+        """The same readings with `metrics` as columns, in that order (NaN for a metric the batch lacks)."""
+        metrics = tuple(metrics)
+        if metrics == self.metrics:
+            return self
+        values = np.full((len(self), len(metrics)), np.nan)
+        for j, name in enumerate(metrics):
+            if name in self.metrics:
+                values[:, j] = self.values[:, self.metrics.index(name)]
+        return ReadingBatch(self.kind, metrics, self.series, self.sensor, self.ts, self.received, values)
+
+    @classmethod
+    def concat(cls, batches: Iterable[ReadingBatch]) -> ReadingBatch:
+        """One batch of the readings of `batches` (one kind, same metrics) with one series table."""
+        given = list(batches)
+        if not given:
+            raise ValueError("concat needs at least one batch")
+        kind, metrics = given[0].kind, given[0].metrics
+        for part in given:
+            if part.kind != kind or part.metrics != metrics:
+                raise ValueError(f"cannot concat {part.kind}{part.metrics} with {kind}{metrics}")
+        parts = [b for b in given if len(b)]
+        if not parts:
+            return empty_batch(kind, metrics)
+        if len(parts) == 1:
+            return parts[0]
+        if all(p.series == parts[0].series for p in parts):  # parts of one segment: no remapping
+            table = parts[0].series
+            sensors = [p.sensor for p in parts]
+        else:
+            table = SeriesTable(tuple(dict.fromkeys(s for part in parts for s in part.series)))
+            position = {s: i for i, s in enumerate(table)}
+            sensors = []
+            for part in parts:
+                remap = np.fromiter((position[s] for s in part.series), dtype=np.int32, count=len(part.series))
+                sensors.append(remap[part.sensor])
+        return cls(
+            kind,
+            metrics,
+            table,
+            np.concatenate(sensors),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.received for p in parts]),
+            np.concatenate([p.values for p in parts]),
+        )
+
+    def deduplicated(self) -> ReadingBatch:
+        """One reading per (sensor, ts), sorted by sensor then time.
+
+        A reading's identity is (sensor_id, ts): a QoS 1 redelivery lands in the
+        spool twice and must count once. Of duplicates, the one received last
+        wins, as in the raw measurement where the later write replaces the earlier.
+        """
+        order = np.lexsort((self.received, self.ts, self.sensor))
+        sensor, ts = self.sensor[order], self.ts[order]
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = (sensor[1:] != sensor[:-1]) | (ts[1:] != ts[:-1])
+        return self.take(order[last])
+
+    def group_starts(self) -> np.ndarray:
+        """Positions where a new sensor starts, for a batch sorted by sensor (e.g. `deduplicated()`)."""
+        if not len(self):
+            return np.zeros(0, dtype=np.intp)
+        return np.flatnonzero(np.r_[True, self.sensor[1:] != self.sensor[:-1]])
+
+
+def empty_batch(kind: str, metrics: Sequence[str]) -> ReadingBatch:
+    """A batch without readings (e.g. to make a window fire for an hour in which nothing arrived)."""
+    return ReadingBatch(
+        kind,
+        tuple(metrics),
+        SeriesTable(()),
+        np.zeros(0, dtype=np.int32),
+        np.zeros(0, dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+        np.zeros((0, len(metrics))),
+    )

@@ -1,0 +1,230 @@
+"""`smartcity pipeline ...`: run the Beam pipelines over a time range, or follow the spool.
+
+Options after the command's own are Beam's (`--runner=...`, `--direct_num_workers=2`, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+
+from pipelines.settings import PIPELINES, PipelineSettings
+from sensors.cli import registry_from, registry_option
+from sensors.registry import Registry
+from storage.settings import InfluxSettings
+
+if TYPE_CHECKING:  # Beam takes a second to import: only the commands that run a pipeline load it
+    from pipelines.run import RunReport
+
+console = Console(stderr=True)
+out = Console(highlight=False)
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+_BEAM_HELP = "Options after these go to Beam, e.g. --runner=PortableRunner --job_endpoint=HOST:PORT."
+
+
+class Instant(click.ParamType):
+    """An ISO 8601 date or date-time (UTC unless it has an offset), as epoch milliseconds."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time like 2025-11-25 or 2025-11-25T10:00+07:00", param, ctx)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return int(parsed.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+_COMMON: list[_Decorator] = [
+    click.option("--from", "start", type=Instant(), help="Start (widened to its hour) [default: spool start]."),
+    click.option("--to", "end", type=Instant(), help="End, exclusive (widened to the hour) [default: spool end]."),
+    registry_option,
+    click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="SMARTCITY_HOME",
+        help="State folder [env: SMARTCITY_HOME; default .smartcity].",
+    ),
+    click.option(
+        "--spool",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Spool folder [default: SMARTCITY_PIPELINE_SPOOL_DIR, else HOME/spool].",
+    ),
+    click.option("--no-cache", is_flag=True, help="Do not keep Parquet copies of the segments read."),
+    click.option(
+        "--allowed-lateness",
+        type=click.IntRange(0, 366 * 86400),
+        metavar="SECONDS",
+        help="How late a reading may still update its windows [default 86400].",
+    ),
+]
+
+
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_COMMON):
+        command = option(command)
+    return command
+
+
+def _settings(
+    home: Path | None, spool: Path | None, no_cache: bool, lateness: int | None, poll: float | None = None
+) -> PipelineSettings:
+    return PipelineSettings.from_env(
+        home=home,
+        spool_dir=spool,
+        column_cache=False if no_cache else None,
+        allowed_lateness_s=lateness,
+        poll_interval_s=poll,
+    )
+
+
+@click.group("pipeline")
+def pipeline_group() -> None:
+    """Beam pipelines: rollups, Thai AQI, sensor health and anomalies, from the spool into InfluxDB."""
+
+
+def _beam() -> Any:
+    """Import the pipelines' Beam side, without Beam's import-time warning about missing Google clients."""
+    quiet = _DropBeamImportNoise()
+    logging.getLogger().addFilter(quiet)
+    try:
+        from pipelines import run
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return run
+
+
+class _DropBeamImportNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+def _bounded(
+    pipelines: Sequence[str],
+    start: int | None,
+    end: int | None,
+    registry: Registry,
+    settings: PipelineSettings,
+    beam_args: Sequence[str],
+) -> None:
+    run = _beam()
+    if start is None or end is None:
+        extent = run.spool_extent(settings)
+        if extent is None:
+            raise run.PipelineRunError(f"no closed spool segments in {settings.spool_root}; give --from and --to")
+        start = extent[0] if start is None else start
+        end = extent[1] + 1 if end is None else end
+    plan = run.Plan.bounded(pipelines, start, end)
+    influx = _influx()
+    with console.status(f"{'+'.join(plan.pipelines)} {_iso(plan.start_ms)}..{_iso(plan.end_ms)}: running"):
+        report = run.run_plan(plan, settings, registry, beam_args, influx)
+    _print(report)
+
+
+def _influx() -> InfluxSettings:
+    from storage.bootstrap import bootstrap
+
+    influx = InfluxSettings.from_env()
+    bootstrap(influx)  # the rollup retention policy must exist before the first write
+    return influx
+
+
+def _print(report: RunReport) -> None:
+    plan, c = report.plan, report.counters
+    rate = report.readings / report.seconds if report.seconds else 0.0
+    out.print(
+        f"{'+'.join(plan.pipelines)} {_iso(plan.start_ms)}..{_iso(plan.end_ms)}: "
+        f"{report.readings:,} readings from {c.get('segments', 0):,} segments "
+        f"({c.get('segments_from_cache', 0):,} from Parquet) -> {report.points_written:,} points "
+        f"in {report.seconds:.1f} s ({rate:,.0f} readings/s)"
+    )
+    for name in ("corrupt_lines", "unknown_kind", "dead_letters"):
+        if c.get(name):
+            console.print(f"[yellow]warning:[/] {c[name]:,} {name.replace('_', ' ')}")
+
+
+def _command(name: str) -> click.Command:
+    @pipeline_group.command(name, context_settings=_PASS_THROUGH, epilog=_BEAM_HELP)
+    @_common
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        start: int | None,
+        end: int | None,
+        registry_paths: Sequence[Path],
+        home: Path | None,
+        spool: Path | None,
+        no_cache: bool,
+        allowed_lateness: int | None,
+    ) -> None:
+        settings = _settings(home, spool, no_cache, allowed_lateness)
+        _bounded([name], start, end, registry_from(registry_paths), settings, ctx.args)
+
+    command.help = {
+        "rollup": "Write {kind}_1m and {kind}_1h rollups (mean/min/max/count) at every level.",
+        "aqi": "Write the hourly Thai AQI (aqi_1h) of every sensor and area.",
+        "health": "Write sensor_health_1h: received vs expected, completeness, flatline, outliers.",
+        "anomalies": "Write anomalies: spikes (robust z-score) and rapid rises towards a site's danger level.",
+    }[name] + " Idempotent: re-running a range rewrites the same points."
+    return command
+
+
+for _name in PIPELINES:
+    _command(_name)
+
+
+@pipeline_group.command("run", context_settings=_PASS_THROUGH, epilog=_BEAM_HELP)
+@_common
+@click.option("--follow", "follow_mode", is_flag=True, help="Keep going: process segments as they close.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.1, 86400),
+    metavar="SECONDS",
+    help="With --follow: seconds between looks at the spool [default 10].",
+)
+@click.pass_context
+def run_all(
+    ctx: click.Context,
+    start: int | None,
+    end: int | None,
+    registry_paths: Sequence[Path],
+    home: Path | None,
+    spool: Path | None,
+    no_cache: bool,
+    allowed_lateness: int | None,
+    follow_mode: bool,
+    poll_interval: float | None,
+) -> None:
+    """Run every pipeline over a range, or with --follow continuously as ingest closes segments."""
+    settings = _settings(home, spool, no_cache, allowed_lateness, poll_interval)
+    registry = registry_from(registry_paths)
+    if not follow_mode:
+        _bounded(PIPELINES, start, end, registry, settings, ctx.args)
+        return
+    if start is not None or end is not None:
+        raise click.UsageError("--follow takes no --from/--to: it continues from its checkpoint")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    influx = _influx()
+    console.print(f"following {settings.spool_root} (checkpoint {settings.checkpoint_path}); Ctrl-C stops")
+    _beam().follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
+    console.print("stopped")

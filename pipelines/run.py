@@ -1,0 +1,254 @@
+"""The pipelines: rollups, Thai AQI, sensor health and anomalies, from the spool into InfluxDB.
+
+    ReadSpool -> WindowedStats -> \\
+              -> ThaiAQI       ->  Flatten -> WriteToInflux
+              -> SensorHealth  -> /
+              -> Anomalies     -> /
+
+A bounded run covers whole hours `[start, end)`: a range given with minutes is
+widened to the hours around it, so no window is cut by the range and written
+with part of its data over a complete value. It reads 23 h more before the
+start for the AQI's 24 h means (and 15 min for the rate of rise), and writes
+only the hours in range. Every point is a function of the readings in the
+spool alone, so re-running a range rewrites exactly the same points: a
+backfill after late data is safe.
+
+`follow` runs the same pipelines again and again: each cycle takes the segments
+closed since the checkpoint, re-aggregates the hours they touch (back to the
+allowed lateness before the previous watermark), and the clock hours that
+ended meanwhile for sensor health; then records its progress
+(`pipelines.checkpoint`).
+
+EXAMPLES (the first is what `smartcity pipeline ...` does by default)
+
+    smartcity pipeline run --from 2025-11-25 --to 2025-11-26
+    smartcity pipeline rollup --from 2025-11-25T10:00+07:00 --to 2025-11-25T18:00+07:00 \\
+        --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=2
+    smartcity pipeline aqi --from 2025-11-25 --to 2025-11-26 \\
+        --runner=PortableRunner --job_endpoint=localhost:8099 --environment_type=LOOPBACK
+    smartcity pipeline run --follow
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms import window
+
+from pipelines import anomalies, thai_aqi
+from pipelines.anomalies import Anomalies
+from pipelines.batch import ReadingBatch
+from pipelines.checkpoint import Checkpoint
+from pipelines.columns import prune_cache
+from pipelines.options import beam_options
+from pipelines.read_spool import ReadSpool
+from pipelines.sensor_health import SensorHealth
+from pipelines.settings import PIPELINES, PipelineSettings
+from pipelines.thai_aqi import ThaiAQI
+from pipelines.timing import HOUR_MS, ceil_to, floor_to
+from pipelines.windowed_stats import WindowedStats
+from pipelines.write_to_influx import WriteToInflux
+from sensors.errors import SmartcityError
+from sensors.registry import Registry
+from sensors.spool import READINGS, SegmentInfo, closed_segments
+from storage.settings import InfluxSettings
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineRunError(SmartcityError):
+    """A pipeline run did not finish, or was asked for an empty range."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run computes: `pipelines` over whole hours [start_ms, end_ms), AQI hours up to `aqi_end_ms`."""
+
+    pipelines: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+    aqi_end_ms: int
+
+    @classmethod
+    def bounded(cls, pipelines: Sequence[str], start_ms: int, end_ms: int) -> Plan:
+        """The plan of a bounded run, widened to whole hours."""
+        unknown = [p for p in pipelines if p not in PIPELINES]
+        if unknown:
+            raise PipelineRunError(f"unknown pipeline {unknown[0]!r} (known: {', '.join(PIPELINES)})")
+        start, end = floor_to(start_ms, HOUR_MS), ceil_to(end_ms, HOUR_MS)
+        if end <= start:
+            raise PipelineRunError("the range is empty: --to must be after --from")
+        return cls(tuple(pipelines), start, end, end)
+
+    @property
+    def read_range(self) -> tuple[int, int]:
+        """The readings the plan needs: its hours, plus the look-back of the AQI and of the rate of rise."""
+        lookback = max(
+            thai_aqi.LOOKBACK_MS if "aqi" in self.pipelines else 0,
+            anomalies.LOOKBACK_MS if "anomalies" in self.pipelines else 0,
+        )
+        end = max(self.end_ms, self.aqi_end_ms) if "aqi" in self.pipelines else self.end_ms
+        return self.start_ms - lookback, end
+
+
+@dataclass
+class RunReport:
+    """What a run did, from the pipeline's counters."""
+
+    plan: Plan
+    seconds: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def readings(self) -> int:
+        return self.counters.get("readings", 0)
+
+    @property
+    def points_written(self) -> int:
+        return self.counters.get("points_written", 0)
+
+
+def build(pipeline: beam.Pipeline, plan: Plan, settings: PipelineSettings, registry: Registry) -> beam.PCollection:
+    """Apply the plan's transforms; returns the PCollection[PointBatch] of everything to write."""
+    read_start, read_end = plan.read_range
+    readings = pipeline | "ReadSpool" >> ReadSpool(
+        settings.spool_root, registry, read_start, read_end, cache_dir=settings.cache_dir
+    )
+    in_range = readings
+    if (read_start, read_end) != (plan.start_ms, plan.end_ms):
+        in_range = readings | "KeepRange" >> beam.Map(ReadingBatch.between, plan.start_ms, plan.end_ms)
+    lateness = settings.allowed_lateness_s
+    steps = {
+        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(allowed_lateness_s=lateness),
+        "aqi": lambda: (
+            readings
+            | "ThaiAQI" >> ThaiAQI(registry, hours=(plan.start_ms, plan.aqi_end_ms), allowed_lateness_s=lateness)
+        ),
+        "health": lambda: (
+            in_range
+            | "SensorHealth" >> SensorHealth(registry, hours=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
+        ),
+        "anomalies": lambda: (
+            readings
+            | "Anomalies" >> Anomalies(registry, emit=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
+        ),
+    }
+    outputs = []
+    for name in plan.pipelines:
+        # The sink is window-agnostic: one global window lets the outputs be flattened together.
+        outputs.append(steps[name]() | f"Unwindow{name.title()}" >> beam.WindowInto(window.GlobalWindows()))
+    return tuple(outputs) | "MergeOutputs" >> beam.Flatten()
+
+
+def run_plan(
+    plan: Plan,
+    settings: PipelineSettings,
+    registry: Registry,
+    beam_args: Sequence[str] = (),
+    influx: InfluxSettings | None = None,
+) -> RunReport:
+    """Run the plan on the runner `beam_args` select and write its points; returns its counters."""
+    options = beam_options(beam_args)
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, plan, settings, registry) | "WriteToInflux" >> WriteToInflux(influx)
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise PipelineRunError(f"the pipeline ended in state {state}")
+    counters: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter()).get("counters", []):
+        name = counter.key.metric.name
+        counters[name] = counters.get(name, 0) + int(counter.committed or counter.attempted or 0)
+    return RunReport(plan, time.monotonic() - started, counters)
+
+
+def spool_extent(settings: PipelineSettings) -> tuple[int, int] | None:
+    """The event-time range [first, last] of the closed segments, or None if there is none."""
+    segments = [s for s in closed_segments(settings.spool_root, READINGS) if s.min_ts is not None]
+    if not segments:
+        return None
+    return min(s.min_ts for s in segments if s.min_ts is not None), max(s.max_ts or 0 for s in segments)
+
+
+def plan_cycle(
+    new: Sequence[SegmentInfo], checkpoint: Checkpoint, now_ms: int, lateness_ms: int
+) -> tuple[Plan | None, int]:
+    """The plan of a follow cycle over `new` segments, and how many of their readings are too late to count.
+
+    Data hours: those the new segments touch, but none whose window closed
+    (ended more than `lateness_ms` before the previous watermark). Clock hours:
+    those that ended since health was last written (at most `lateness_ms`
+    back), so silent hours get their health points too.
+    """
+    spans = [(s.min_ts, s.max_ts, s.count) for s in new if s.min_ts is not None and s.max_ts is not None]
+    clock = floor_to(now_ms, HOUR_MS)
+    too_late = 0
+    start = end = None
+    if spans:
+        start = min(floor_to(lo, HOUR_MS) for lo, _, _ in spans)
+        end = max(ceil_to(hi + 1, HOUR_MS) for _, hi, _ in spans)
+        if checkpoint.watermark_ms is not None:
+            closed = floor_to(checkpoint.watermark_ms - lateness_ms, HOUR_MS)
+            too_late = sum(count for _, hi, count in spans if hi < closed)
+            start = max(start, closed)
+    pipelines = PIPELINES if spans and start is not None and end is not None and start < end else ("health",)
+    if pipelines == ("health",):
+        start = end = None
+    if checkpoint.hours_done_ms is not None and clock > checkpoint.hours_done_ms:
+        since = max(checkpoint.hours_done_ms, clock - ceil_to(lateness_ms, HOUR_MS))
+        start = since if start is None else min(start, since)
+        end = clock if end is None else max(end, clock)
+    if start is None or end is None or start >= end:
+        return None, too_late
+    aqi_end = end
+    if "aqi" in pipelines:
+        watermark = max(checkpoint.watermark_ms or 0, *(hi for _, hi, _ in spans))
+        aqi_end = max(end, min(end + thai_aqi.LOOKBACK_MS, ceil_to(watermark + 1, HOUR_MS)))
+    return Plan(pipelines, start, end, aqi_end), too_late
+
+
+def follow(
+    settings: PipelineSettings,
+    registry: Registry,
+    beam_args: Sequence[str] = (),
+    influx: InfluxSettings | None = None,
+    *,
+    stop: threading.Event,
+    on_report: Callable[[RunReport], None] = lambda _: None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Run cycles until `stop` is set: new closed segments and ended hours in, points out, checkpoint saved."""
+    checkpoint = Checkpoint.load(settings.checkpoint_path)
+    if checkpoint.hours_done_ms is None:  # health of clock hours starts now; earlier hours come from data
+        checkpoint.hours_done_ms = floor_to(int(clock() * 1000), HOUR_MS)
+    while not stop.is_set():
+        now_ms = int(clock() * 1000)
+        segments = closed_segments(settings.spool_root, READINGS)
+        new = [s for s in segments if not checkpoint.is_done(s)]
+        plan, too_late = plan_cycle(new, checkpoint, now_ms, settings.allowed_lateness_s * 1000)
+        if too_late:
+            logger.warning(
+                "%s readings are older than the allowed lateness and were not re-aggregated; "
+                "backfill them with 'smartcity pipeline run --from ... --to ...'",
+                too_late,
+            )
+        if plan is not None:
+            report = run_plan(plan, settings, registry, beam_args, influx)
+            on_report(report)
+        if plan is not None or new:
+            checkpoint.mark_done(new)
+            if plan is not None and "health" in plan.pipelines:
+                done = min(plan.end_ms, floor_to(now_ms, HOUR_MS))
+                checkpoint.hours_done_ms = max(checkpoint.hours_done_ms, done)
+            checkpoint.save(settings.checkpoint_path)
+            if settings.cache_dir is not None:
+                prune_cache(settings.cache_dir, segments)
+        stop.wait(settings.poll_interval_s)

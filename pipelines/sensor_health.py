@@ -1,0 +1,128 @@
+"""SensorHealth: per sensor and hour, what arrived against what its kind promises.
+
+    PCollection[ReadingBatch] -> PCollection[PointBatch]   (`sensor_health_1h`)
+
+Concepts: hourly event-time `FixedWindows`; the registry as the list of sensors
+that should report (a silent sensor produces no readings, so it can only be
+found by name); empty marker elements make every hour of a bounded range fire,
+even one in which nothing arrived; `ACCUMULATING` late panes.
+
+Fields per sensor-hour (tags: the raw measurement's sensor tags):
+- `received`: readings in the hour, duplicates (same sensor_id and ts) once;
+- `expected`: 3600 / the kind's `interval_s`;
+- `completeness`: received / expected, at most 1;
+- `flatline`: readings whose every value repeats the sensor's previous reading
+  in the hour exactly (`pipelines.robust.repeats_previous`); a stuck sensor
+  shows flatline close to received;
+- `outliers`: readings with a metric whose modified z-score within the
+  sensor-hour exceeds 3.5 (`pipelines.robust`), the same readings `Anomalies`
+  writes as spikes.
+Sensors of the registry without readings get received 0; sensors with readings
+that the registry no longer lists are reported under the tags they came with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines.batch import ReadingBatch, Series, empty_batch
+from pipelines.columns import metrics_by_kind
+from pipelines.points import PointBatch
+from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
+from pipelines.settings import ALLOWED_LATENESS_S
+from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, stamped_windows, window_start_ms
+from sensors.registry import Registry
+from storage.schema import HEALTH_MEASUREMENT
+
+
+class SensorHealth(beam.PTransform):
+    """`sensor_health_1h` for every registry sensor; `hours=(start_ms, end_ms)` makes each of those hours report."""
+
+    def __init__(
+        self, registry: Registry, hours: tuple[int, int] | None = None, allowed_lateness_s: int = ALLOWED_LATENESS_S
+    ) -> None:
+        super().__init__()
+        self.metrics = metrics_by_kind(registry)
+        self.expected = {kind.id: 3600 // kind.interval_s for kind in registry.kinds.values()}
+        self.sensors: dict[str, tuple[Series, ...]] = {}
+        for s in registry.sensors.values():
+            series = Series(s.super_cluster, s.city, s.district, s.site, s.id, s.vendor)
+            self.sensors[s.kind] = (*self.sensors.get(s.kind, ()), series)
+        self.hours = hours
+        self.allowed_lateness_s = allowed_lateness_s
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        parts = batches | "SplitIntoHours" >> beam.FlatMap(stamped_windows, 3600)
+        if self.hours is not None:
+            start, end = floor_to(self.hours[0], HOUR_MS), ceil_to(self.hours[1], HOUR_MS)
+            every_hour = [(kind, hour) for kind in sorted(self.metrics) for hour in range(start, end, HOUR_MS)]
+            markers = (
+                batches.pipeline
+                | "ListHours" >> beam.Create(every_hour)
+                | "MarkHours" >> beam.Map(_marker, self.metrics)
+            )
+            parts = (parts, markers) | "AddEveryHour" >> beam.Flatten()
+        return (
+            parts
+            | "WindowIntoHours"
+            >> beam.WindowInto(
+                window.FixedWindows(3600),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=self.allowed_lateness_s,
+            )
+            | "GroupByHour" >> beam.GroupByKey()
+            | "AssessHour" >> beam.ParDo(AssessHour(self.expected, self.sensors))
+        )
+
+
+def _marker(kind_hour: tuple[str, int], metrics: Mapping[str, tuple[str, ...]]) -> TimestampedValue:
+    kind, hour_ms = kind_hour
+    return TimestampedValue((kind, empty_batch(kind, metrics[kind])), hour_ms / 1000)
+
+
+class AssessHour(beam.DoFn):
+    """(kind, parts of one hour) -> the hour's health point of every sensor of that kind."""
+
+    def __init__(self, expected: Mapping[str, int], sensors: Mapping[str, tuple[Series, ...]]) -> None:
+        self.expected = dict(expected)
+        self.sensors = dict(sensors)
+
+    def process(
+        self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
+    ) -> Iterator[PointBatch]:
+        kind, parts = element
+        batch = ReadingBatch.concat(parts).deduplicated()
+        counts: dict[Series, tuple[int, int, int]] = dict.fromkeys(self.sensors.get(kind, ()), (0, 0, 0))
+        if len(batch):
+            groups = len(batch.series)
+            received = np.bincount(batch.sensor, minlength=groups)
+            flatline = np.bincount(batch.sensor, weights=repeats_previous(batch), minlength=groups)
+            outlier = (np.abs(modified_z(batch)) > Z_THRESHOLD).any(axis=1)
+            outliers = np.bincount(batch.sensor, weights=outlier, minlength=groups)
+            for i in np.flatnonzero(received).tolist():
+                counts[batch.series[i]] = (int(received[i]), int(flatline[i]), int(outliers[i]))
+        if not counts:
+            return
+        rows = sorted(counts)
+        expected = self.expected.get(kind, 0)
+        table = np.array([counts[row] for row in rows], dtype=np.float64).reshape(len(rows), 3)
+        fields = {
+            "received": table[:, 0],
+            "expected": np.full(len(rows), float(expected)),
+            "completeness": np.minimum(table[:, 0] / expected, 1.0) if expected else np.zeros(len(rows)),
+            "flatline": table[:, 1],
+            "outliers": table[:, 2],
+        }
+        yield PointBatch(
+            HEALTH_MEASUREMENT,
+            [row.tags() for row in rows],
+            np.full(len(rows), window_start_ms(win), dtype=np.int64),
+            fields,
+            integers=frozenset({"received", "expected", "flatline", "outliers"}),
+        )

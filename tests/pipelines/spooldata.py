@@ -1,0 +1,113 @@
+"""Closed spool segments for pipeline tests, written the way ingest closes them (sensors/spool.py).
+
+A segment is appended as `.open`, its metadata is written, then it is renamed to
+`.seg`; the readings are made from registry sensors so their places are real.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pipelines.batch import ReadingBatch
+from pipelines.columns import SegmentDecoder, metrics_by_kind
+from sensors.reading import Reading, encode_reading
+from sensors.registry import Registry, Sensor
+from sensors.spool import CLOSED_SUFFIX, OPEN_SUFFIX, READINGS, SegmentInfo, read_meta, segment_name, write_meta
+
+T0 = 1_764_028_800_000  # 2025-11-25T00:00:00Z, a whole day
+MINUTE = 60_000
+HOUR = 3_600_000
+
+
+def reading(sensor: Sensor, ts: int, values: dict[str, float], received: int | None = None) -> Reading:
+    return Reading(
+        sensor_id=sensor.id,
+        kind=sensor.kind,
+        ts=ts,
+        values=values,
+        vendor=sensor.vendor,
+        super_cluster=sensor.super_cluster,
+        city=sensor.city,
+        district=sensor.district,
+        site=sensor.site,
+        received=ts + 500 if received is None else received,
+    )
+
+
+def write_segment(root: Path, seq: int, readings: Sequence[Reading], stream: str = "ingest-1") -> SegmentInfo:
+    """Write `readings` as closed segment `seq` of `stream` under spool `root`, following the closing protocol."""
+    folder = root / stream
+    folder.mkdir(parents=True, exist_ok=True)
+    growing = folder / segment_name(READINGS, seq, OPEN_SUFFIX)
+    closed = folder / segment_name(READINGS, seq, CLOSED_SUFFIX)
+    data = b"".join(encode_reading(r) for r in readings)
+    with open(growing, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    info = SegmentInfo(
+        stream=stream,
+        record_type=READINGS,
+        seq=seq,
+        count=len(readings),
+        bytes=len(data),
+        min_ts=min((r.ts for r in readings), default=None),
+        max_ts=max((r.ts for r in readings), default=None),
+        closed_at=max((r.received for r in readings), default=0),
+        kinds=dict(collections.Counter(r.kind for r in readings)),
+    )
+    write_meta(info, closed)
+    os.replace(growing, closed)
+    return read_meta(closed)
+
+
+def write_segments(root: Path, readings: Sequence[Reading], per_segment: int, stream: str = "ingest-1") -> int:
+    """Write readings in order as consecutive segments of at most `per_segment`; returns how many."""
+    count = 0
+    for seq, start in enumerate(range(0, len(readings), per_segment), start=1):
+        write_segment(root, seq, readings[start : start + per_segment], stream)
+        count += 1
+    return count
+
+
+def fleet_readings(
+    registry: Registry,
+    sensors: Iterable[Sensor],
+    start_ms: int,
+    end_ms: int,
+    rng: random.Random,
+    *,
+    drop: float = 0.0,
+) -> list[Reading]:
+    """A reading per sensor every `interval_s` of its kind in [start_ms, end_ms), in time order.
+
+    Values are random within a plausible part of each metric's range; a fraction `drop`
+    of readings is left out, and optional metrics are sometimes missing.
+    """
+    out = []
+    for sensor in sensors:
+        kind = registry.kinds[sensor.kind]
+        step = kind.interval_s * 1000
+        jitter = rng.randrange(0, min(step, 30_000))
+        for ts in range(start_ms + jitter, end_ms, step):
+            if rng.random() < drop:
+                continue
+            values = {}
+            for metric in kind.metrics:
+                if metric.required or rng.random() < 0.95:
+                    span = min(metric.max - metric.min, 200.0)
+                    values[metric.name] = round(metric.min + rng.random() * span * 0.5, 3)
+            if values:
+                out.append(reading(sensor, ts, values))
+    out.sort(key=lambda r: (r.ts, r.sensor_id))
+    return out
+
+
+def batches_of(readings: Sequence[Reading], registry: Registry) -> list[ReadingBatch]:
+    """The batches ReadSpool would make of these readings as one segment (through the real decoder)."""
+    decoder = SegmentDecoder(metrics_by_kind(registry))
+    return decoder.decode(b"".join(encode_reading(r) for r in readings)).batches
