@@ -22,6 +22,7 @@ from deploy.acl import acl_command
 from sensors.cli import registry_from, registry_option, sensors_group
 from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
+from sensors.simulate_cli import simulate_command
 
 console = Console(stderr=True)
 out = Console()
@@ -77,6 +78,7 @@ app.add_command(sensors_group)
 app.add_command(contract_group)
 app.add_command(dashboards_group)
 sensors_group.add_command(acl_command)
+app.add_command(simulate_command)
 
 
 @app.group("stack")
