@@ -1,0 +1,109 @@
+"""`smartcity ingest`: run the ingest service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ingest.settings import ROLES, IngestSettings
+from sensors.cli import registry_from, registry_option
+from sensors.contract import DEFAULT_MAX_AGE_MS, Contract
+
+# The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
+METRICS_WRITE_RETRIES = 1
+METRICS_WRITE_MAX_TOTAL_S = 3.0
+
+
+@click.command("ingest")
+@click.option("--role", type=click.Choice(ROLES), help="Loops to run [env: SMARTCITY_INGEST_ROLE; default: all].")
+@click.option(
+    "--client-id",
+    help="Stable MQTT client id; also the spool stream folder [env: SMARTCITY_INGEST_CLIENT_ID].",
+)
+@click.option(
+    "--topics",
+    help="Comma-separated topic filters, e.g. 'smartcity/v1/phuket/#' [env: SMARTCITY_INGEST_TOPICS].",
+)
+@click.option(
+    "--share-group",
+    help="Join $share/GROUP/... (brokers that restore shared subscriptions) [env: SMARTCITY_INGEST_SHARE_GROUP].",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State folder; the spool is HOME/spool [env: SMARTCITY_HOME].",
+)
+@registry_option
+@click.option("-q", "--quiet", is_flag=True, help="No status line every metrics interval.")
+def ingest_command(
+    role: str | None,
+    client_id: str | None,
+    topics: str | None,
+    share_group: str | None,
+    home: Path | None,
+    registry_paths: Sequence[Path],
+    quiet: bool,
+) -> None:
+    """Run the ingest service: MQTT -> validated, durable spool -> InfluxDB raw.
+
+    Messages are acknowledged only once their readings (or their rejection) are
+    fsync'd in the spool; rejections go to smartcity/dlq/v1/... . Runs until
+    SIGTERM or SIGINT, then drains, acknowledges and exits 0. Settings: see
+    ingest/sample.toml (smartcity.toml [ingest], SMARTCITY_INGEST_*).
+    """
+    overrides: dict[str, Any] = {"role": role, "client_id": client_id, "share_group": share_group, "home": home}
+    if topics is not None:
+        overrides["topics"] = tuple(t.strip() for t in topics.split(",") if t.strip())
+    from ingest.service import IngestService
+    from storage.settings import InfluxSettings, duration_ns
+    from storage.writer import make_writer
+
+    settings = IngestSettings.from_env(**overrides)
+    influx = InfluxSettings.from_env()
+    retention_ms = duration_ns(influx.raw_retention) // 1_000_000 or DEFAULT_MAX_AGE_MS * 1000
+    contract = Contract(registry_from(registry_paths), max_age_ms=retention_ms)
+    metrics_influx = InfluxSettings.from_env(
+        max_retries=METRICS_WRITE_RETRIES, retry_max_total_s=METRICS_WRITE_MAX_TOTAL_S
+    )
+
+    console = Console(stderr=True)
+    service = IngestService(
+        settings,
+        contract,
+        sink_factory=lambda: make_writer(influx),
+        on_report=None if quiet else _status_printer(console, settings),
+        metrics_sink_factory=lambda: make_writer(metrics_influx),
+    )
+    # SIGINT and SIGTERM only set an event: the main thread then drains in order.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    console.print(
+        f"[dim]ingest {settings.client_id}: role {settings.role}, {settings.mqtt.display} "
+        f"{', '.join(settings.subscriptions)} -> {settings.stream_dir} -> {influx.url}[/]"
+    )
+    service.run(stop)
+
+
+def _status_printer(console: Console, settings: IngestSettings) -> Any:
+    interval = settings.metrics_interval_s
+
+    def show(fields: dict[str, Any]) -> None:
+        def rate(name: str) -> str:
+            return f"{float(fields.get(name, 0)) / interval:,.0f}/s"
+
+        console.print(
+            f"[dim]received {rate('received')}, accepted {rate('accepted')}, rejected {rate('rejected')}, "
+            f"written {rate('write_points')}; spool {float(fields.get('spool_bytes', 0)) / 2**20:,.1f} MiB, "
+            f"writer lag {float(fields.get('spool_lag_s', 0)):.1f} s"
+            + (" [yellow]paused: spool budget[/]" if fields.get("paused") else "")
+            + "[/]"
+        )
+
+    return show

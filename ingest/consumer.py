@@ -1,0 +1,498 @@
+"""MQTT 5 consumer: persistent session, QoS 1, and an acknowledgement only after the spool's fsync.
+
+Threads and what they own:
+
+- paho's network loop calls `_on_message`: decode with the contract, append
+  the readings (or the rejection) to the spool's pending batch with a token
+  `(generation, mid, qos, ...)`. Nothing is acknowledged here.
+- the committer (`_run_committer`) group-commits the spool every
+  `flush_interval_ms` (sooner when `flush_max_kib` are waiting), then
+  publishes each rejection to its reject topic and acknowledges the messages
+  whose records are now on disk. It also watches the disk budget.
+
+A message id is only valid on the connection it arrived on: every connect and
+disconnect bumps `generation`, and a token of an older generation is never
+acknowledged (the broker redelivers that message on the new connection, and
+the duplicate is harmless). When the disk budget is exceeded the consumer
+disconnects, so the broker keeps the messages, and reconnects once there is room.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import ssl
+import struct
+import threading
+import time
+from typing import Any, NamedTuple, cast
+
+import msgspec
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.metrics import Metrics
+from ingest.settings import IngestSettings
+from ingest.spool import SpoolError, StreamWriter, usage_bytes
+from sensors.contract import Accepted, Contract, RejectCode, Rejected, reject_topic, rejection_record
+from sensors.errors import SmartcityError
+from sensors.reading import Rejection
+
+logger = logging.getLogger(__name__)
+
+SYS_VERSION_TOPIC = "$SYS/broker/version"
+# Mosquitto restores shared subscriptions of persistent sessions from this version on.
+SHARED_SUBSCRIPTIONS_RESTORED = (2, 0, 12)
+# Reject notices in flight to the broker at once; more wait in paho's queue.
+REJECT_INFLIGHT = 1000
+BUDGET_CHECK_INTERVAL_S = 1.0
+# Reason codes of a CONNACK that retrying will not fix.
+FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
+WARN_FRACTION = 0.9
+# After a failed spool write, wait this long before consuming again.
+SPOOL_ERROR_PAUSE_S = 10.0
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+class ConsumerError(SmartcityError):
+    """The broker refused this consumer (credentials, ACL, client id): retrying will not help."""
+
+
+class Pending(NamedTuple):
+    """A received message waiting for its records to be durable."""
+
+    generation: int
+    mid: int
+    qos: int
+    received_ns: int
+    rejection: Rejection | None
+
+
+def mosquitto_version(text: str) -> tuple[int, ...] | None:
+    """(2, 0, 11) from 'mosquitto version 2.0.11'; None for another broker."""
+    match = re.search(r"mosquitto version (\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+class _Client(mqtt.Client):
+    """paho's client with two changes to its hot path (paho 2.x internals; see bench/ingest.py).
+
+    - Reads are buffered: paho reads each packet with three or more `recv()`
+      calls (type byte, length bytes, body) and handles one packet per
+      `select()`; here one `recv()` fetches up to `READ_BYTES` and `loop_read()`
+      handles every packet that arrived.
+    - A PUBLISH at QoS 0 or 1 without properties (what a QoS 1 subscription
+      gets from Mosquitto) is decoded here and handed straight to `on_message`,
+      skipping paho's generic property parser and callback-filter matching
+      (together half of paho's time per message); anything else goes to paho.
+    - `ack_many()` queues the PUBACKs of a whole group commit as one write
+      instead of one queued packet (and one wake-up of the loop) per message.
+    """
+
+    READ_BYTES = 65_536
+    # recv() calls per loop_read(), so outgoing acknowledgements are not starved under load.
+    READS_PER_LOOP = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._reads_left = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            if self._reads_left <= 0:
+                raise BlockingIOError  # paho keeps the partial packet and resumes after select()
+            self._reads_left -= 1
+            self._rbuf = super()._sock_recv(self.READ_BYTES)
+            self._rpos = 0
+            if not self._rbuf:
+                return b""  # connection closed
+        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
+        self._rpos += len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+        self._reads_left = self.READS_PER_LOOP
+        while True:
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                if self._rpos < len(self._rbuf):
+                    continue  # paho pauses within a large packet; select() cannot see our buffer
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        header = self._in_packet["command"]
+        packet = self._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        end = 2 + int.from_bytes(packet[0:2], "big")
+        if qos:
+            end += 2
+        if qos == 2 or self._protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
+            return super()._handle_publish()  # QoS 2, MQTT 3, properties or a malformed packet
+        message = mqtt.MQTTMessage(mid=int.from_bytes(packet[end - 2 : end], "big") if qos else 0)
+        message._topic = bytes(packet[2 : end - 2 if qos else end])
+        message.qos = qos
+        message.dup = bool(header & 0x08)
+        message.retain = bool(header & 0x01)
+        message.payload = bytes(packet[end + 1 :])
+        message.timestamp = time.monotonic()
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0  # bytes of the old connection
+        return super().reconnect()
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK (success) for each QoS 1 message id, in order, as one write."""
+        if mids:
+            packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
+            self._packet_queue(mqtt.PUBACK, packet, 0, 0)
+
+
+_PUBACK = struct.Struct("!BBH")
+
+
+class Consumer:
+    """Consumes the configured topics into a spool stream. `start()`, then `stop()` (drains and acks)."""
+
+    def __init__(self, settings: IngestSettings, contract: Contract, spool: StreamWriter[Pending], metrics: Metrics):
+        self.settings = settings
+        self.contract = contract
+        self.spool = spool
+        self.metrics = metrics
+        self.fatal: SmartcityError | None = None
+        self.failed = threading.Event()  # set with `fatal`
+        self.session_present: bool | None = None
+        self.broker_version: str | None = None
+        self._generation = 0
+        self._connected_once = False
+        self._ack_lock = threading.Lock()  # acks vs. generation changes
+        self._wake = threading.Event()
+        self._stopping = False
+        self._committer_done = threading.Event()
+        self._paused = False
+        self._resume_after = 0.0
+        self._flush_bytes = settings.flush_max_kib * 1024
+        self._reject_infos: list[mqtt.MQTTMessageInfo] = []
+        self._client = self._make_client()
+        self._committer = threading.Thread(target=self._run_committer, name="ingest-committer", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _make_client(self) -> _Client:
+        s = self.settings
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        if s.mqtt.username is not None:
+            client.username_pw_set(s.mqtt.username, s.mqtt.password)
+        if s.mqtt.tls:
+            client.tls_set(ca_certs=str(s.mqtt.ca_file) if s.mqtt.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
+        client.max_inflight_messages_set(REJECT_INFLIGHT)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self) -> None:
+        s = self.settings
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = s.session_expiry_s
+        properties.ReceiveMaximum = s.receive_maximum
+        self._client.connect_async(
+            s.mqtt.host, s.mqtt.port, keepalive=s.keepalive_s, clean_start=False, properties=properties
+        )
+        self._client.loop_start()
+
+    def start(self) -> None:
+        logger.info(
+            "connecting to %s as %s (session expiry %d s, receive maximum %d)",
+            self.settings.mqtt.display,
+            self.settings.client_id,
+            self.settings.session_expiry_s,
+            self.settings.receive_maximum,
+        )
+        self._connect()
+        self._committer.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop taking messages, commit and acknowledge what was received, disconnect, close the spool.
+
+        Messages that arrive after this call are not acknowledged: the broker
+        keeps them for the next run.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._stopping = True
+        self._wake.set()
+        self._committer_done.wait(max(0.0, deadline - time.monotonic()))
+        # Let paho send the acknowledgements and reject notices before DISCONNECT.
+        while time.monotonic() < deadline and (
+            self._client.want_write() or any(not info.is_published() for info in self._reject_infos)
+        ):
+            time.sleep(0.005)
+        properties = Properties(PacketTypes.DISCONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        self._client.disconnect(properties=properties)
+        self._client.loop_stop()
+        self.spool.close()
+        logger.info("consumer stopped; spool segments closed")
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            if str(reason) in FATAL_CONNACK:
+                self._fail(
+                    ConsumerError(
+                        f"broker {self.settings.mqtt.display} refused client {self.settings.client_id}: {reason} "
+                        "(check SMARTCITY_MQTT_URL's user and password, and the broker's ACL)"
+                    )
+                )
+            else:
+                logger.warning("broker refused the connection: %s; retrying", reason)
+            return
+        with self._ack_lock:
+            self._generation += 1
+        self.metrics.connects += 1
+        self.session_present = bool(flags.session_present)
+        expected_fresh = not self._connected_once and not self.spool.had_data
+        if not flags.session_present and not expected_fresh:
+            self.metrics.session_not_present += 1
+            logger.warning(
+                "the broker had no session for %s: messages published while ingest was away may be lost "
+                "(session expired, or the broker runs without persistence)",
+                self.settings.client_id,
+            )
+        logger.info(
+            "connected to %s (session present: %s); subscribing to %s",
+            self.settings.mqtt.display,
+            bool(flags.session_present),
+            ", ".join(self.settings.subscriptions),
+        )
+        self._connected_once = True
+        # Re-subscribe on every connect: it is harmless with a session, and a lost session needs it.
+        # retainHandling=1: retained messages only for a new subscription, not on each reconnect.
+        options = SubscribeOptions(qos=1, retainHandling=1)
+        client.subscribe([(topic, options) for topic in self.settings.subscriptions])
+        if self.settings.share_group and self.broker_version is None:
+            client.subscribe(SYS_VERSION_TOPIC, qos=0)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        logger.warning("cannot connect to %s; retrying", self.settings.mqtt.display)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        with self._ack_lock:
+            self._generation += 1
+        if not self._stopping and not self._paused:
+            logger.warning("disconnected from %s (%s); reconnecting", self.settings.mqtt.display, reason)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self._fail(
+                ConsumerError(
+                    f"broker refused the subscription to {', '.join(self.settings.subscriptions)}: "
+                    f"{', '.join(refused)} (check the ACL of user {self.settings.mqtt.username})"
+                )
+            )
+
+    def _on_version(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        self.broker_version = message.payload.decode(errors="replace")
+        client.unsubscribe(SYS_VERSION_TOPIC)
+        version = mosquitto_version(self.broker_version)
+        if self.settings.share_group and version is not None and version < SHARED_SUBSCRIPTIONS_RESTORED:
+            logger.warning(
+                "broker is %s, which does not restore shared subscriptions after a restart: messages "
+                "published before ingest re-subscribes are lost. Use topic partitions (--topics, one "
+                "client id each) or Mosquitto >= 2.0.12",
+                self.broker_version,
+            )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._stopping:
+            return  # not acknowledged: the broker keeps it for the next run
+        if message._topic[:1] == b"$":
+            if message._topic == SYS_VERSION_TOPIC.encode():
+                self._on_version(client, message)
+            return
+        try:
+            self._consume(message)
+        except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
+            logger.exception("handling a message on %r failed", message._topic[:200])
+            self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
+
+    def _consume(self, message: mqtt.MQTTMessage) -> None:
+        received_ns = time.time_ns()
+        received_ms = received_ns // 1_000_000
+        metrics = self.metrics
+        metrics.received += 1
+        if message.dup:
+            metrics.duplicates += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", errors="replace")
+        payload = cast(bytes, message.payload)  # paho hands bytes; the contract also takes bytearray
+        try:
+            result = self.contract.decode(topic, payload, received_ms)
+        except Exception as err:
+            # The contract promises never to raise; if it does, this message must still not
+            # block the others (a poison message redelivered forever): reject it and go on.
+            logger.exception("the contract raised on a message on %r (a bug in sensors.contract)", topic[:200])
+            result = Rejected(RejectCode.INVALID_JSON, f"payload could not be decoded: {err}"[:300])
+        if type(result) is Accepted:
+            metrics.accepted += 1
+            metrics.readings += len(result.readings)
+            self.spool.append_readings(
+                result.readings, Pending(self._generation, message.mid, message.qos, received_ns, None)
+            )
+        else:
+            assert isinstance(result, Rejected)
+            metrics.rejected[result.code.value] += 1
+            rejection = rejection_record(topic, payload, result, received_ms)
+            self.spool.append_rejection(
+                rejection, Pending(self._generation, message.mid, message.qos, received_ns, rejection)
+            )
+            logger.debug("rejected a message on %s: %s: %s", topic[:200], result.code.value, result.detail)
+        if self.spool.pending_bytes >= self._flush_bytes:
+            self._wake.set()
+
+    # -- committer thread ----------------------------------------------------------------------
+
+    def _run_committer(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000
+        next_budget_check = 0.0
+        try:
+            while True:
+                self._wake.wait(interval)
+                self._wake.clear()
+                stopping = self._stopping
+                self._commit()
+                now = time.monotonic()
+                if now >= next_budget_check and not stopping:
+                    next_budget_check = now + BUDGET_CHECK_INTERVAL_S
+                    self._check_budget()
+                if stopping:
+                    return
+        except Exception as err:  # a bug here would silently stop all acknowledgements
+            logger.exception("the spool committer failed")
+            self._fail(SmartcityError(f"the spool committer failed: {err}"))
+        finally:
+            self._committer_done.set()
+
+    def _commit(self) -> None:
+        started = time.monotonic()
+        try:
+            done = self.spool.commit()
+        except SpoolError as err:
+            # These messages are not on disk: drop the connection so the broker redelivers them later.
+            logger.error("%s; pausing consumption for %.0f s", err, SPOOL_ERROR_PAUSE_S)
+            self._resume_after = time.monotonic() + SPOOL_ERROR_PAUSE_S
+            self._pause()
+            return
+        if not done:
+            return
+        now_ns = time.time_ns()
+        self.metrics.observe_commit(
+            len(done), (time.monotonic() - started) * 1000, (now_ns - done[0].received_ns) / 1e6
+        )
+        client = self._client
+        for pending in done:
+            if pending.rejection is not None:
+                self._publish_rejection(pending.rejection)
+        with self._ack_lock:
+            generation = self._generation
+            mids = [p.mid for p in done if p.generation == generation and p.qos == 1]
+            client.ack_many(mids)
+        stale = sum(1 for p in done if p.generation != generation)
+        if stale:
+            self.metrics.stale_acks += stale
+            logger.debug("%d messages of a previous connection not acknowledged (the broker redelivers them)", stale)
+
+    def _publish_rejection(self, rejection: Rejection) -> None:
+        body = _encode_json(
+            {
+                "code": rejection.code,
+                "detail": rejection.detail,
+                "topic": rejection.topic,
+                "received_at": rejection.received_at,
+                "payload_b64": rejection.payload_b64,
+            }
+        )
+        info = self._client.publish(reject_topic(rejection.topic), body, qos=1)
+        self._reject_infos = [i for i in self._reject_infos if not i.is_published()][-REJECT_INFLIGHT:]
+        self._reject_infos.append(info)
+
+    # -- disk budget ---------------------------------------------------------------------------
+
+    def _check_budget(self) -> None:
+        s = self.settings
+        used = usage_bytes(s.spool_root)
+        self.metrics.spool_bytes = used
+        free = shutil.disk_usage(s.spool_root).free
+        max_bytes = s.spool_max_mib * 2**20
+        min_free = s.min_free_disk_mib * 2**20
+        full = (max_bytes and used >= max_bytes) or free <= min_free
+        warn = (max_bytes and used >= WARN_FRACTION * max_bytes) or free <= 2 * min_free
+        if full and not self._paused:
+            logger.warning(
+                "spool budget reached (%.0f MiB used of %s, %.0f MiB free disk, minimum %.0f MiB): stopped "
+                "reading and acknowledging; the broker keeps the messages until there is room",
+                used / 2**20,
+                f"{s.spool_max_mib:g} MiB" if max_bytes else "no limit",
+                free / 2**20,
+                s.min_free_disk_mib,
+            )
+            self._pause()
+        elif self._paused and not full and self.fatal is None and time.monotonic() >= self._resume_after:
+            logger.warning("spool has room again (%.0f MiB used, %.0f MiB free): resuming", used / 2**20, free / 2**20)
+            self._resume()
+        elif warn and not full:
+            logger.warning(
+                "spool is filling: %.0f MiB used (limit %s), %.0f MiB free disk (minimum %.0f MiB)",
+                used / 2**20,
+                f"{s.spool_max_mib:g} MiB" if max_bytes else "none",
+                free / 2**20,
+                s.min_free_disk_mib,
+            )
+
+    def _pause(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        self.metrics.paused = 1
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _resume(self) -> None:
+        self._paused = False
+        self.metrics.paused = 0
+        self._connect()
+
+    def _fail(self, error: SmartcityError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            logger.error("%s", error)
+        self.failed.set()

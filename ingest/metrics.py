@@ -1,0 +1,207 @@
+"""The service's own figures, written to the `ingest` measurement every `metrics_interval_s`.
+
+Counters are plain integers, each incremented by one thread only (the MQTT
+loop, the committer or the raw writer); the reporter reads them and writes the
+difference since its previous report, so a field like `received` is "messages
+received in this interval" and `SUM()` over any range is exact. Gauges
+(`spool_bytes`, `spool_lag`, ...) are the value at report time.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sensors.contract import RejectCode
+from storage.line_protocol import FieldValue, Point
+from storage.schema import INGEST_MEASUREMENT, INGEST_TAGS
+
+logger = logging.getLogger(__name__)
+
+# Points kept while InfluxDB is unreachable (one hour at the default interval); older ones are dropped.
+BACKLOG_POINTS = 360
+
+
+class PointSink(Protocol):
+    """Where points go: `storage.writer.Writer` (confirmed writes; raises `StorageWriteError`)."""
+
+    def write(self, points: Iterable[Point]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Metrics:
+    """Counters and gauges of one ingest process."""
+
+    # MQTT loop
+    received: int = 0
+    accepted: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys((c.value for c in RejectCode), 0))
+    # connection and committer
+    session_not_present: int = 0
+    connects: int = 0
+    stale_acks: int = 0
+    commits: int = 0
+    committed_records: int = 0
+    commit_ms_max: float = 0.0
+    ack_lag_ms_max: float = 0.0
+    paused: int = 0
+    spool_bytes: int = 0
+    # raw writer
+    write_points: int = 0
+    write_batches: int = 0
+    write_retries: int = 0
+    dead_letters: int = 0
+    corrupt_records: int = 0
+    write_ms: list[float] = field(default_factory=list)
+    spool_lag: int = 0
+    spool_lag_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe_commit(self, records: int, commit_ms: float, ack_lag_ms: float) -> None:
+        with self._lock:
+            self.commits += 1
+            self.committed_records += records
+            self.commit_ms_max = max(self.commit_ms_max, commit_ms)
+            self.ack_lag_ms_max = max(self.ack_lag_ms_max, ack_lag_ms)
+
+    def observe_write(self, points: int, latency_ms: float) -> None:
+        with self._lock:
+            self.write_points += points
+            self.write_batches += 1
+            self.write_ms.append(latency_ms)
+
+    def take_interval(self) -> dict[str, float]:
+        """Per-interval maxima and means, reset for the next interval."""
+        with self._lock:
+            write_ms, self.write_ms = self.write_ms, []
+            out = {
+                "commit_ms_max": self.commit_ms_max,
+                "ack_lag_ms_max": self.ack_lag_ms_max,
+                "write_latency_ms_mean": sum(write_ms) / len(write_ms) if write_ms else 0.0,
+                "write_latency_ms_max": max(write_ms, default=0.0),
+            }
+            self.commit_ms_max = self.ack_lag_ms_max = 0.0
+        return out
+
+    def counters(self) -> dict[str, int]:
+        flat = {
+            name: getattr(self, name)
+            for name in (
+                "received",
+                "accepted",
+                "readings",
+                "duplicates",
+                "session_not_present",
+                "stale_acks",
+                "commits",
+                "committed_records",
+                "write_points",
+                "write_batches",
+                "write_retries",
+                "dead_letters",
+                "corrupt_records",
+            )
+        }
+        flat["rejected"] = sum(self.rejected.values())
+        flat.update({f"rejected_{code}": n for code, n in self.rejected.items()})
+        return flat
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "spool_bytes": self.spool_bytes,
+            "spool_lag": self.spool_lag,
+            "spool_lag_s": self.spool_lag_s,
+            "paused": self.paused,
+        }
+
+
+class Reporter:
+    """Writes a point of `Metrics` every interval; keeps a bounded backlog while InfluxDB is down."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        instance: str,
+        sink: PointSink,
+        interval_s: float,
+        on_report: Callable[[dict[str, FieldValue]], None] | None = None,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.instance = instance
+        self.sink = sink
+        self.interval_s = interval_s
+        self.on_report = on_report
+        self.refresh = refresh  # updates the gauges just before a report
+        self._previous = metrics.counters()
+        self._backlog: collections.deque[Point] = collections.deque(maxlen=BACKLOG_POINTS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Write a last report (best effort) and stop."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def report(self) -> dict[str, FieldValue]:
+        """The fields of this interval, queued for InfluxDB."""
+        if self.refresh is not None:
+            self.refresh()
+        counters = self.metrics.counters()
+        values: dict[str, float] = {name: value - self._previous.get(name, 0) for name, value in counters.items()}
+        self._previous = counters
+        values.update(self.metrics.take_interval())
+        values.update(self.metrics.gauges())
+        values["commit_records_mean"] = values["committed_records"] / values["commits"] if values["commits"] else 0.0
+        batches = values["write_batches"]
+        values["write_batch_points_mean"] = values["write_points"] / batches if batches else 0.0
+        fields: dict[str, FieldValue] = dict(values)
+        point = Point(
+            INGEST_MEASUREMENT,
+            {INGEST_TAGS[0]: self.instance},
+            fields,
+            int(time.time() * 1000),
+            "ms",
+        )
+        self._backlog.append(point)
+        return fields
+
+    def flush(self) -> bool:
+        """Send the backlog; False (kept for later) if InfluxDB did not take it."""
+        if not self._backlog:
+            return True
+        points = list(self._backlog)
+        try:
+            self.sink.write(points)
+        except Exception as err:  # a metrics failure must never stop ingest
+            logger.warning("could not write %d ingest metrics points (kept for the next try): %s", len(points), err)
+            return False
+        for _ in points:
+            self._backlog.popleft()
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._once()
+        self._once()
+
+    def _once(self) -> None:
+        try:
+            fields = self.report()
+            if self.on_report is not None:
+                self.on_report(fields)
+        except Exception:
+            logger.exception("building the ingest metrics failed")
+        self.flush()

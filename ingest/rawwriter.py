@@ -1,0 +1,220 @@
+"""Raw writer: follows spool streams and writes every reading to InfluxDB's raw retention policy.
+
+Each stream has a committed position (`Offsets`, an atomically replaced file
+in the stream folder), saved only after InfluxDB acknowledged everything
+before it. A crash or an InfluxDB outage therefore replays from the last
+saved position, and replaying is harmless: a reading becomes the point
+(measurement `{kind}`, sensor tags, time `ts`), so the same (sensor, ts)
+overwrites the same point with the same values.
+
+While InfluxDB is down the writer retries the same batch with capped
+exponential backoff, forever: the spool holds the data, so nothing is dropped
+and nothing is skipped. Garbage collection of the spool (`collect_garbage`)
+runs here because only the writer knows what InfluxDB has.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ingest.metrics import Metrics, PointSink
+from ingest.spool import Offsets, Position, StreamTail, collect_garbage, streams
+from sensors.reading import Reading
+from storage.errors import StorageWriteError
+from storage.line_protocol import LineProtocolError, Point, encode_line
+from storage.schema import raw_point
+
+logger = logging.getLogger(__name__)
+
+RETRY_MIN_DELAY_S = 0.5
+RESCAN_INTERVAL_S = 5.0
+GC_INTERVAL_S = 60.0
+
+
+class _Stream:
+    def __init__(self, stream_dir: Path) -> None:
+        self.dir = stream_dir
+        self.offsets = Offsets(stream_dir)
+        self.saved = self.offsets.load()
+        self.tail = StreamTail(stream_dir, self.saved)
+        self.last_received_ms = 0  # receive time of the last reading written
+
+
+class RawWriter:
+    """Writes the readings of spool streams to InfluxDB; `run()` in a thread, `stop()` to drain and end.
+
+    `stream_names` limits it to some streams (a process writing its own
+    stream); None follows every stream folder under `spool_root`, including
+    ones that appear later (a separate `--role write` process).
+    """
+
+    def __init__(
+        self,
+        spool_root: Path,
+        stream_names: list[str] | None,
+        sink: PointSink,
+        metrics: Metrics,
+        *,
+        batch_points: int,
+        poll_interval_s: float,
+        retry_max_delay_s: float,
+        retention_s: float,
+        to_point: Callable[[Reading], Point] = raw_point,
+    ) -> None:
+        self.spool_root = spool_root
+        self.stream_names = stream_names
+        self.sink = sink
+        self.metrics = metrics
+        self.batch_points = batch_points
+        self.poll_interval_s = poll_interval_s
+        self.retry_max_delay_s = retry_max_delay_s
+        self.retention_s = retention_s
+        self.to_point = to_point
+        self._streams: dict[str, _Stream] = {}
+        self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._next_rescan = 0.0
+        self._next_gc = 0.0
+        self._thread = threading.Thread(target=self.run, name="ingest-raw-writer", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Write what the spool holds until `timeout_s`, then stop (an unfinished batch is replayed next run)."""
+        self._deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("raw writer did not finish within %.1f s; the rest is written on the next start", timeout_s)
+            self.sink.close()  # aborts a write that is retrying
+            self._thread.join(2.0)
+        for stream in self._streams.values():
+            stream.tail.close()
+
+    def run(self) -> None:
+        try:
+            while True:
+                progressed = self.step()
+                if self._stop.is_set():
+                    if not progressed or time.monotonic() >= self._deadline:
+                        return
+                elif not progressed:
+                    self._stop.wait(self.poll_interval_s)
+        except Exception:
+            logger.exception("the raw writer failed; readings stay in the spool and are written on the next start")
+
+    # -- work --------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One batch per stream; True if anything was written."""
+        now = time.monotonic()
+        if now >= self._next_rescan:
+            self._next_rescan = now + RESCAN_INTERVAL_S
+            self._discover()
+        progressed = False
+        for stream in list(self._streams.values()):
+            batch = stream.tail.read(self.batch_points)
+            self.metrics.corrupt_records += stream.tail.corrupt
+            stream.tail.corrupt = 0
+            if batch:
+                if not self._write([self.to_point(reading) for reading, _ in batch]):
+                    # Not acknowledged (shutting down): reread from the saved position next time.
+                    stream.tail.close()
+                    stream.tail = StreamTail(stream.dir, stream.saved)
+                    return False
+                stream.last_received_ms = batch[-1][0].received
+                progressed = True
+            if stream.tail.position != stream.saved:
+                stream.offsets.save(stream.tail.position)
+                stream.saved = stream.tail.position
+        if now >= self._next_gc and not self._stop.is_set():
+            self._next_gc = now + GC_INTERVAL_S
+            self._collect_garbage()
+        return progressed
+
+    def _discover(self) -> None:
+        names = self.stream_names
+        if names is None:
+            names = [path.name for path in streams(self.spool_root)]
+        for name in names:
+            if name not in self._streams and (self.spool_root / name).is_dir():
+                stream = _Stream(self.spool_root / name)
+                self._streams[name] = stream
+                logger.info("writing stream %s to InfluxDB from %s", name, stream.saved)
+
+    def _write(self, points: list[Point]) -> bool:
+        """Write until InfluxDB acknowledges; False only if stopping passed its deadline first."""
+        delay = RETRY_MIN_DELAY_S
+        while True:
+            started = time.monotonic()
+            try:
+                result = self.sink.write(points)
+            except LineProtocolError as err:
+                points = self._representable(points, err)
+                continue
+            except StorageWriteError as err:
+                self.metrics.write_retries += 1
+                wait = min(delay, self.retry_max_delay_s) * random.uniform(0.8, 1.2)
+                if self._stop.is_set() and time.monotonic() + wait >= self._deadline:
+                    logger.warning("InfluxDB write failed while stopping (%s); the spool keeps the readings", err)
+                    return False
+                logger.warning(
+                    "writing %d points to InfluxDB failed (%s); retrying in %.1f s, the spool keeps them",
+                    len(points),
+                    err,
+                    wait,
+                )
+                if self._stop.is_set():
+                    time.sleep(wait)
+                else:
+                    self._stop.wait(wait)
+                delay *= 2
+                continue
+            dead = len(getattr(result, "dead_letters", ()))
+            self.metrics.dead_letters += dead
+            self.metrics.observe_write(len(points) - dead, (time.monotonic() - started) * 1000)
+            return True
+
+    def _representable(self, points: list[Point], err: LineProtocolError) -> list[Point]:
+        """Drop the points line protocol cannot carry (validated readings should never be such)."""
+        kept = []
+        for point in points:
+            try:
+                encode_line(point)
+            except LineProtocolError as point_err:
+                self.metrics.dead_letters += 1
+                logger.error("dropped a point InfluxDB cannot store (%s): %r", point_err, point)
+            else:
+                kept.append(point)
+        if len(kept) == len(points):
+            raise err
+        return kept
+
+    def _collect_garbage(self) -> None:
+        for stream in self._streams.values():
+            collect_garbage(stream.dir, self.retention_s, stream.saved)
+
+    def refresh_gauges(self) -> None:
+        """Update the writer-lag gauges (called by the metrics reporter)."""
+        lag = 0
+        lag_s = 0.0
+        now_ms = time.time() * 1000
+        for stream in list(self._streams.values()):
+            behind = stream.tail.lag_bytes()
+            lag += behind
+            if behind and stream.last_received_ms:
+                lag_s = max(lag_s, (now_ms - stream.last_received_ms) / 1000)
+        self.metrics.spool_lag = lag
+        self.metrics.spool_lag_s = lag_s
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return {name: stream.saved for name, stream in self._streams.items()}

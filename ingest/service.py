@@ -1,0 +1,121 @@
+"""The ingest service: consumer, spool, raw writer and self-metrics wired together for one process.
+
+    service = IngestService(settings, contract, sink_factory=lambda: make_writer(influx))
+    service.run(stop)          # returns after `stop` is set and everything is drained
+
+Shutdown (SIGTERM/SIGINT sets `stop`) within `shutdown_timeout_s`: the
+consumer stops taking messages, commits and acknowledges what it received
+and closes its open segments; the raw writer writes what the spool holds
+until the deadline (the rest is written on the next start); a last metrics
+point is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ingest.consumer import Consumer, Pending
+from ingest.metrics import Metrics, PointSink, Reporter
+from ingest.rawwriter import RawWriter
+from ingest.settings import IngestSettings
+from ingest.spool import StreamWriter
+from sensors.contract import Contract
+from storage.line_protocol import FieldValue
+
+logger = logging.getLogger(__name__)
+
+# Share of the shutdown budget the consumer may use to commit, acknowledge and disconnect.
+CONSUMER_STOP_SHARE = 0.4
+REPORTER_STOP_S = 1.0
+
+
+class IngestService:
+    """One `smartcity ingest` process.
+
+    `sink_factory` makes a writer to InfluxDB for the raw writer; `metrics_sink_factory` (default: the
+    same) one for the self-metrics, which should give up quickly rather than retry for long.
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        contract: Contract,
+        sink_factory: Callable[[], PointSink],
+        on_report: Callable[[dict[str, FieldValue]], None] | None = None,
+        metrics_sink_factory: Callable[[], PointSink] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.contract = contract
+        self.sink_factory = sink_factory
+        self.metrics_sink_factory = metrics_sink_factory or sink_factory
+        self.on_report = on_report
+        self.metrics = Metrics()
+        self.consumer: Consumer | None = None
+        self.writer: RawWriter | None = None
+        self.reporter: Reporter | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        if s.role in ("all", "consume"):
+            spool: StreamWriter[Pending] = StreamWriter(
+                s.stream_dir,
+                segment_max_bytes=int(s.segment_max_mib * 2**20),
+                segment_max_age_s=s.segment_max_age_s,
+            )
+            for recovered in spool.recovered:
+                logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
+                            recovered.truncated_bytes)  # fmt: skip
+            self.consumer = Consumer(s, self.contract, spool, self.metrics)
+        if s.role in ("all", "write"):
+            s.spool_root.mkdir(parents=True, exist_ok=True)
+            self.writer = RawWriter(
+                s.spool_root,
+                [s.client_id] if s.role == "all" else None,
+                self.sink_factory(),
+                self.metrics,
+                batch_points=s.write_batch_points,
+                poll_interval_s=s.write_poll_interval_ms / 1000,
+                retry_max_delay_s=s.write_retry_max_delay_s,
+                retention_s=s.spool_retention_h * 3600,
+            )
+        self.reporter = Reporter(
+            self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh
+        )
+        if self.consumer is not None:
+            self.consumer.start()
+        if self.writer is not None:
+            self.writer.start()
+        self.reporter.start()
+        logger.info("ingest %s started (role %s, spool %s)", s.client_id, s.role, s.spool_root)
+
+    def _refresh(self) -> None:
+        if self.writer is not None:
+            self.writer.refresh_gauges()
+
+    def stop(self) -> None:
+        """Drain and stop within `shutdown_timeout_s`."""
+        budget = self.settings.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+        if self.consumer is not None:
+            self.consumer.stop(budget * CONSUMER_STOP_SHARE)
+        if self.writer is not None:
+            self.writer.stop(max(0.1, deadline - time.monotonic() - REPORTER_STOP_S))
+            self.writer.sink.close()
+        if self.reporter is not None:
+            self.reporter.stop(max(0.1, deadline - time.monotonic()))
+            self.reporter.sink.close()
+        logger.info("ingest %s stopped", self.settings.client_id)
+
+    def run(self, stop: threading.Event) -> None:
+        """Start, serve until `stop` is set (or the broker refuses us for good), then drain and stop."""
+        self.start()
+        failed = self.consumer.failed if self.consumer is not None else threading.Event()
+        while not stop.wait(0.1):
+            if failed.is_set():
+                break
+        self.stop()
+        if self.consumer is not None and self.consumer.fatal is not None:
+            raise self.consumer.fatal

@@ -1,0 +1,291 @@
+"""Settings of the ingest service, read from `SMARTCITY_*` variables (smartcity.toml feeds them).
+
+`sample.toml` next to this module is the reference: it documents every key
+with its default, the README copies it, and `CONFIG_KEYS` (what `smartcity
+config show` lists) is parsed from it. The dataclass defaults below must equal
+the sample's; a test checks both ways.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
+from sensors.errors import SmartcityError
+
+SAMPLE_PATH = Path(__file__).with_name("sample.toml")
+
+Role = Literal["all", "consume", "write"]
+ROLES: tuple[Role, ...] = ("all", "consume", "write")
+
+# The client id names a folder and an MQTT session: keep it to portable characters.
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHARE_GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+MAX_FLUSH_INTERVAL_MS = 50
+
+
+class SettingsError(SmartcityError):
+    """A setting that cannot be used; the message names its variable and smartcity.toml key."""
+
+
+def _where(env: str) -> str:
+    section, _, key = env.removeprefix("SMARTCITY_").lower().partition("_")
+    return f"{env} ([{section}] {key})" if key else env
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The broker connection: `SMARTCITY_MQTT_URL` (user and password in it) and a TLS CA bundle."""
+
+    url: str = field(default="mqtt://127.0.0.1:1883", repr=False)
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        where = _where("SMARTCITY_MQTT_URL")
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as err:
+            raise SettingsError(f"{where}: not a URL: {err}") from None
+        if parts.scheme not in MQTT_PORTS:
+            raise SettingsError(f"{where}: scheme must be mqtt:// or mqtts://, got {parts.scheme or 'none'!r}")
+        if not parts.hostname:
+            raise SettingsError(f"{where}: no host in the URL")
+        if parts.path not in ("", "/"):
+            raise SettingsError(f"{where}: unexpected path {parts.path!r}; expected mqtt://user:password@host:port")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise SettingsError(f"{_where('SMARTCITY_MQTT_CA_FILE')}: no such file {self.ca_file}")
+
+    @property
+    def _parts(self) -> urllib.parse.SplitResult:
+        return urllib.parse.urlsplit(self.url)
+
+    @property
+    def host(self) -> str:
+        return self._parts.hostname or ""
+
+    @property
+    def port(self) -> int:
+        return self._parts.port or MQTT_PORTS[self._parts.scheme]
+
+    @property
+    def tls(self) -> bool:
+        return self._parts.scheme == "mqtts"
+
+    @property
+    def username(self) -> str | None:
+        user = self._parts.username
+        return urllib.parse.unquote(user) if user else None
+
+    @property
+    def password(self) -> str | None:
+        password = self._parts.password
+        return urllib.parse.unquote(password) if password is not None else None
+
+    @property
+    def display(self) -> str:
+        """The URL without the password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{self._parts.scheme}://{user}{self.host}:{self.port}"
+
+
+# Allowed ranges of the numeric [ingest] keys (inclusive).
+_RANGES: dict[str, tuple[float, float]] = {
+    "session_expiry_s": (0, 2**32 - 1),
+    "receive_maximum": (1, 65_535),
+    "keepalive_s": (5, 65_535),
+    "reconnect_min_delay_s": (1, 3600),
+    "reconnect_max_delay_s": (1, 3600),
+    "flush_interval_ms": (1, MAX_FLUSH_INTERVAL_MS),
+    "flush_max_kib": (1, 1024 * 1024),
+    "segment_max_mib": (0.001, 4096),
+    "segment_max_age_s": (0.1, 86_400),
+    "spool_max_mib": (0, 2**40),
+    "min_free_disk_mib": (0, 2**40),
+    "spool_retention_h": (0, 100 * 365 * 24),
+    "write_batch_points": (1, 1_000_000),
+    "write_poll_interval_ms": (1, 10_000),
+    "write_retry_max_delay_s": (0.1, 3600),
+    "metrics_interval_s": (0.1, 3600),
+    "shutdown_timeout_s": (0.5, 300),
+}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything `smartcity ingest` needs but the InfluxDB connection (that is `storage`'s)."""
+
+    role: Role = "all"
+    client_id: str = "smartcity-ingest"
+    topics: tuple[str, ...] = (SUBSCRIPTION,)
+    share_group: str = ""
+    session_expiry_s: int = 14 * 24 * 3600
+    receive_maximum: int = 5000
+    keepalive_s: int = 30
+    reconnect_min_delay_s: int = 1
+    reconnect_max_delay_s: int = 30
+    spool_dir: Path | None = None
+    flush_interval_ms: int = 20
+    flush_max_kib: int = 1024
+    segment_max_mib: float = 64
+    segment_max_age_s: float = 60
+    spool_max_mib: float = 0
+    min_free_disk_mib: float = 1024
+    spool_retention_h: float = 0
+    write_batch_points: int = 5000
+    write_poll_interval_ms: int = 50
+    write_retry_max_delay_s: float = 30
+    metrics_interval_s: float = 10
+    shutdown_timeout_s: float = 8
+    home: Path = Path(".smartcity")
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise SettingsError(f"{env_of('role')}: must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if not CLIENT_ID_PATTERN.match(self.client_id):
+            raise SettingsError(
+                f"{env_of('client_id')}: {self.client_id!r} is not a usable client id "
+                "(letters, digits, '.', '_', '-'; 1-64 characters)"
+            )
+        if not self.topics:
+            raise SettingsError(f"{env_of('topics')}: give at least one topic filter")
+        for topic in self.topics:
+            _check_filter(topic)
+        if self.share_group and not SHARE_GROUP_PATTERN.match(self.share_group):
+            raise SettingsError(
+                f"{env_of('share_group')}: {self.share_group!r} is not a usable group name (letters, digits, '_', '-')"
+            )
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise SettingsError(f"{env_of(name)}: must be between {low:g} and {high:g}, got {value:g}")
+        if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
+            raise SettingsError(
+                f"{env_of('reconnect_min_delay_s')}: {self.reconnect_min_delay_s} is above "
+                f"reconnect_max_delay_s ({self.reconnect_max_delay_s})"
+            )
+
+    # -- derived values in the units the code uses ------------------------------------------
+
+    @property
+    def spool_root(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.home / "spool"
+
+    @property
+    def stream_dir(self) -> Path:
+        return self.spool_root / self.client_id
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The filters as subscribed: plain, or within the shared subscription group."""
+        if self.share_group:
+            return [f"$share/{self.share_group}/{topic}" for topic in self.topics]
+        return list(self.topics)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> IngestSettings:
+        """Settings from `SMARTCITY_*` variables (defaults for the rest); `overrides` win (command-line options)."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in ("mqtt", "home"):
+                continue
+            env = env_var(f.name)
+            raw = environ.get(env)
+            if raw is not None and raw != "":
+                values[f.name] = _convert(env, hints[f.name], raw)
+            elif raw == "" and f.name in ("spool_dir", "share_group"):
+                values[f.name] = f.default
+        if environ.get("SMARTCITY_HOME"):
+            values["home"] = Path(environ["SMARTCITY_HOME"])
+        ca_file = environ.get("SMARTCITY_MQTT_CA_FILE")
+        values["mqtt"] = MqttSettings(
+            url=environ.get("SMARTCITY_MQTT_URL") or MqttSettings.url, ca_file=Path(ca_file) if ca_file else None
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def env_var(name: str) -> str:
+    """The variable of an [ingest] key."""
+    return f"SMARTCITY_INGEST_{name.upper()}"
+
+
+def env_of(name: str) -> str:
+    """`SMARTCITY_INGEST_NAME ([ingest] name)`: how a message names an [ingest] key."""
+    return _where(env_var(name))
+
+
+def _convert(env: str, hint: Any, raw: str) -> Any:
+    where = _where(env)
+    try:
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        kind = "an integer" if hint is int else "a number"
+        raise SettingsError(f"{where}: must be {kind}, got {raw!r}") from None
+    if hint == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if hint == (Path | None):
+        return Path(raw)
+    return raw
+
+
+def _check_filter(topic: str) -> None:
+    """A topic filter inside the reading tree, with '+' and '#' used as MQTT allows."""
+    where = env_of("topics")
+    if topic.startswith("$share/"):
+        raise SettingsError(f"{where}: give the plain filter and set share_group instead of {topic!r}")
+    if not (topic.startswith(TOPIC_PREFIX) or topic == TOPIC_PREFIX.rstrip("/") + "/#"):
+        raise SettingsError(f"{where}: {topic!r} is outside the reading topics {SUBSCRIPTION}")
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
+            raise SettingsError(f"{where}: {topic!r} is not a valid MQTT topic filter")
+
+
+# -- the documented keys, parsed from sample.toml ---------------------------------------------
+
+_KEY_LINE = re.compile(r"^# (\w+) = (.*)$")
+_SECTION_LINE = re.compile(r"^\[(\w+)\]$")
+
+
+def sample_keys(text: str | None = None) -> list[tuple[str, str, str]]:
+    """(variable, default, help) of every key in sample.toml: `##` lines explain, `# key = default` shows it.
+
+    A key without its own `##` lines shares the help of the key just above it.
+    """
+    text = SAMPLE_PATH.read_text(encoding="utf-8") if text is None else text
+    keys: list[tuple[str, str, str]] = []
+    section = ""
+    explain: list[str] = []
+    last_help = ""
+    for line in text.splitlines():
+        if match := _SECTION_LINE.match(line):
+            section, explain, last_help = match.group(1), [], ""
+        elif line.startswith("##"):
+            explain.append(line[2:].strip())
+        elif match := _KEY_LINE.match(line):
+            if explain:
+                last_help, explain = " ".join(explain), []
+            name, default = match.groups()
+            env = f"SMARTCITY_{section.upper() + '_' if section else ''}{name.upper()}"
+            keys.append((env, default.strip('"'), last_help))
+        elif not line.strip():
+            explain = []
+    return keys
+
+
+CONFIG_KEYS = sample_keys()

@@ -1,0 +1,542 @@
+"""The durable spool, writing side: group-committed, checksummed, append-only segments.
+
+The layout (stream folders, `.open` and `.seg` files, metadata, closing
+protocol) is `sensors.spool`'s, so the pipelines read what is written here
+without importing `ingest`. This module adds what only the writer needs:
+
+- `StreamWriter` buffers records with an opaque token per MQTT message;
+  `commit()` writes and fsyncs everything buffered (one group commit) and
+  returns the tokens that are now durable, in arrival order. Only those
+  messages may be acknowledged.
+- Segments rotate by size and by age (counted from their first record) and
+  are closed by writing metadata, then renaming `.open` to `.seg`.
+- `recover_stream()` runs before a stream is reopened: the torn or corrupt
+  tail of an `.open` segment left by a crash is truncated (and logged), and
+  the segment is closed properly. Nothing after a bad line is propagated.
+- `StreamTail` follows a stream's readings across open and closed segments
+  for the raw writer; `Offsets` keeps its position durably; `collect_garbage`
+  applies the retention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Generic, TypeVar
+
+from sensors.errors import SmartcityError
+from sensors.reading import (
+    CorruptRecord,
+    Reading,
+    Rejection,
+    decode_reading,
+    encode_reading,
+    encode_rejection,
+    verify_line,
+)
+from sensors.spool import (
+    CLOSED_SUFFIX,
+    META_SUFFIX,
+    OPEN_SUFFIX,
+    READINGS,
+    REJECTS,
+    SegmentInfo,
+    meta_path,
+    read_meta,
+    segment_name,
+    write_meta,
+)
+
+logger = logging.getLogger(__name__)
+
+RECORD_TYPES = (READINGS, REJECTS)
+OFFSET_FILE = "raw-writer.offset.json"
+_FILE = re.compile(r"^(readings|rejects)-(\d{12})(\.open|\.seg)$")
+
+T = TypeVar("T")
+
+
+class SpoolError(SmartcityError):
+    """The spool cannot be written (disk full, permissions); the message names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a create, rename or delete in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def segment_files(stream_dir: Path, record_type: str) -> dict[int, Path]:
+    """Sequence number -> path of every segment (open or closed) of one type in a stream."""
+    found: dict[int, Path] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(stream_dir):
+            match = _FILE.match(entry.name)
+            if match and match.group(1) == record_type:
+                found[int(match.group(2))] = Path(entry.path)
+    return found
+
+
+@dataclass
+class _Batch:
+    """Records of one type waiting for the next commit, with what the segment metadata needs."""
+
+    data: bytearray = field(default_factory=bytearray)
+    count: int = 0
+    min_ts: int | None = None
+    max_ts: int | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def add_readings(self, readings: Sequence[Reading]) -> None:
+        for reading in readings:
+            self.data += encode_reading(reading)
+            ts = reading.ts
+            if self.min_ts is None or ts < self.min_ts:
+                self.min_ts = ts
+            if self.max_ts is None or ts > self.max_ts:
+                self.max_ts = ts
+            self.kinds[reading.kind] = self.kinds.get(reading.kind, 0) + 1
+        self.count += len(readings)
+
+    def merge(self, other: _Batch) -> None:
+        """Fold `other`'s metadata into this one (the data is not kept)."""
+        self.count += other.count
+        if other.min_ts is not None and (self.min_ts is None or other.min_ts < self.min_ts):
+            self.min_ts = other.min_ts
+        if other.max_ts is not None and (self.max_ts is None or other.max_ts > self.max_ts):
+            self.max_ts = other.max_ts
+        for kind, n in other.kinds.items():
+            self.kinds[kind] = self.kinds.get(kind, 0) + n
+
+
+class _OpenSegment:
+    """The segment being appended to, for one record type of one stream."""
+
+    def __init__(self, stream_dir: Path, record_type: str, seq: int) -> None:
+        self.stream_dir = stream_dir
+        self.record_type = record_type
+        self.seq = seq
+        self.path = stream_dir / segment_name(record_type, seq, OPEN_SUFFIX)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        _fsync_dir(stream_dir)
+        self.size = 0  # durable bytes
+        self.meta = _Batch()
+        self.first_write: float | None = None  # monotonic time of the first record
+
+    def append(self, batch: _Batch) -> None:
+        """Write and fsync a batch; on failure the segment is cut back to its last durable size."""
+        view = memoryview(batch.data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            os.fdatasync(self.fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            raise SpoolError(f"{self.path}: cannot write: {err.strerror}") from err
+        self.size += len(batch.data)
+        self.meta.merge(batch)
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+
+    def close(self) -> SegmentInfo | None:
+        """Close the segment: metadata first (atomic), then `.open` -> `.seg`; an empty one is removed."""
+        os.close(self.fd)
+        if self.meta.count == 0:
+            self.path.unlink()
+            _fsync_dir(self.stream_dir)
+            return None
+        return _close_file(self.path, self.stream_dir.name, self.record_type, self.seq, self.meta, self.size)
+
+
+def _close_file(path: Path, stream: str, record_type: str, seq: int, meta: _Batch, size: int) -> SegmentInfo:
+    closed = path.with_name(segment_name(record_type, seq, CLOSED_SUFFIX))
+    info = SegmentInfo(
+        stream=stream,
+        record_type=record_type,
+        seq=seq,
+        count=meta.count,
+        bytes=size,
+        min_ts=meta.min_ts if record_type == READINGS else None,
+        max_ts=meta.max_ts if record_type == READINGS else None,
+        closed_at=int(time.time() * 1000),
+        kinds=dict(sorted(meta.kinds.items())) if record_type == READINGS else {},
+        path=closed,
+    )
+    write_meta(info, closed)
+    os.replace(path, closed)
+    _fsync_dir(path.parent)
+    return info
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What `recover_stream` found in one `.open` segment left by a previous run."""
+
+    path: Path
+    records: int
+    truncated_bytes: int
+
+
+def recover_stream(stream_dir: Path) -> list[Recovered]:
+    """Close the `.open` segments a previous run left, cutting any torn or corrupt tail first.
+
+    A segment is only ever appended to, so a crash can leave at worst a partial
+    last line; everything from the first line that does not verify is cut off.
+    If verified lines follow a bad one (a corruption, not a torn write), the cut
+    bytes are kept next to the segment as `.corrupt` for inspection.
+    """
+    results: list[Recovered] = []
+    for leftover in stream_dir.glob(f"*{META_SUFFIX}.tmp"):
+        leftover.unlink()
+    for record_type in RECORD_TYPES:
+        for seq, path in sorted(segment_files(stream_dir, record_type).items()):
+            if path.suffix != OPEN_SUFFIX:
+                continue
+            results.append(_recover_segment(path, stream_dir.name, record_type, seq))
+    return results
+
+
+def _recover_segment(path: Path, stream: str, record_type: str, seq: int) -> Recovered:
+    data = path.read_bytes()
+    meta = _Batch()
+    good = 0
+    for line in data.splitlines(keepends=True):
+        if not verify_line(line):
+            break
+        if record_type == READINGS:
+            try:
+                meta.add_readings([decode_reading(line)])
+            except CorruptRecord:
+                break
+        else:
+            meta.count += 1
+        good += len(line)
+    meta.data = bytearray()
+    cut = len(data) - good
+    if cut:
+        tail = data[good:]
+        if any(verify_line(line) for line in tail.splitlines(keepends=True)[1:]):
+            corrupt = path.with_name(path.name + ".corrupt")
+            corrupt.write_bytes(tail)
+            logger.error(
+                "%s: corrupt line at byte %d followed by valid records; cut %d bytes, kept them in %s",
+                path,
+                good,
+                cut,
+                corrupt,
+            )
+        else:
+            logger.warning(
+                "%s: torn tail of %d bytes after %d records cut (crash during a write)", path, cut, meta.count
+            )
+        with open(path, "r+b") as handle:
+            handle.truncate(good)
+            os.fsync(handle.fileno())
+    if meta.count == 0:
+        path.unlink()
+        _fsync_dir(path.parent)
+    else:
+        _close_file(path, stream, record_type, seq, meta, good)
+        logger.info("%s: closed the segment a previous run left open (%d records)", path, meta.count)
+    return Recovered(path, meta.count, cut)
+
+
+class StreamWriter(Generic[T]):
+    """Appends readings and rejections of one stream, with group commit and rotation.
+
+    `append_*` may be called from one thread (the MQTT network loop) while
+    another calls `commit()`; each record carries a token (e.g. the MQTT message
+    to acknowledge) that `commit()` hands back once the record is on disk.
+    """
+
+    def __init__(self, stream_dir: Path, *, segment_max_bytes: int, segment_max_age_s: float) -> None:
+        self.stream_dir = stream_dir
+        self.segment_max_bytes = segment_max_bytes
+        self.segment_max_age_s = segment_max_age_s
+        stream_dir.mkdir(parents=True, exist_ok=True)
+        self.recovered = recover_stream(stream_dir)
+        self._next_seq = {rt: max(segment_files(stream_dir, rt), default=0) + 1 for rt in RECORD_TYPES}
+        self._segments: dict[str, _OpenSegment | None] = dict.fromkeys(RECORD_TYPES)
+        self._lock = threading.Lock()  # guards the pending batches and tokens
+        self._commit_lock = threading.Lock()
+        self._pending = {rt: _Batch() for rt in RECORD_TYPES}
+        self._tokens: list[T] = []
+        self.closed: list[SegmentInfo] = []  # segments closed by this writer (most recent last)
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending[READINGS].data) + len(self._pending[REJECTS].data)
+
+    @property
+    def had_data(self) -> bool:
+        """True if the stream held segments before this writer started (a previous run existed)."""
+        return any(seq > 1 for seq in self._next_seq.values()) or bool(self.recovered)
+
+    def append_readings(self, readings: Sequence[Reading], token: T) -> None:
+        with self._lock:
+            self._pending[READINGS].add_readings(readings)
+            self._tokens.append(token)
+
+    def append_rejection(self, rejection: Rejection, token: T) -> None:
+        line = encode_rejection(rejection)
+        with self._lock:
+            batch = self._pending[REJECTS]
+            batch.data += line
+            batch.count += 1
+            self._tokens.append(token)
+
+    def commit(self) -> list[T]:
+        """Write and fsync everything appended so far; returns the tokens now durable.
+
+        On a write error (`SpoolError`) the records of this commit are dropped
+        (the segment is cut back to its durable size) and their tokens are not
+        returned: their messages must not be acknowledged.
+        """
+        with self._commit_lock:
+            with self._lock:
+                pending, tokens = self._pending, self._tokens
+                self._pending = {rt: _Batch() for rt in RECORD_TYPES}
+                self._tokens = []
+            for record_type, batch in pending.items():
+                if batch.count:
+                    self._segment(record_type).append(batch)
+            self._rotate(force=False)
+            return tokens
+
+    def close(self) -> None:
+        """Commit what is pending and close the open segments (so the pipelines see everything)."""
+        self.commit()
+        with self._commit_lock:
+            self._rotate(force=True)
+
+    def _segment(self, record_type: str) -> _OpenSegment:
+        segment = self._segments[record_type]
+        if segment is None:
+            seq = self._next_seq[record_type]
+            self._next_seq[record_type] = seq + 1
+            try:
+                segment = _OpenSegment(self.stream_dir, record_type, seq)
+            except OSError as err:
+                raise SpoolError(f"{self.stream_dir}: cannot create a segment: {err.strerror}") from err
+            self._segments[record_type] = segment
+        return segment
+
+    def _rotate(self, force: bool) -> None:
+        now = time.monotonic()
+        for record_type, segment in self._segments.items():
+            if segment is None:
+                continue
+            due = segment.size >= self.segment_max_bytes or (
+                segment.first_write is not None and now - segment.first_write >= self.segment_max_age_s
+            )
+            if force or due:
+                self._segments[record_type] = None
+                try:
+                    info = segment.close()
+                except OSError as err:
+                    raise SpoolError(f"{segment.path}: cannot close: {err.strerror}") from err
+                if info is not None:
+                    self.closed.append(info)
+                    del self.closed[:-100]
+                    logger.debug("closed %s (%d records, %d bytes)", info.path.name, info.count, info.bytes)
+
+
+# -- reading side for the raw writer --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a reader of a stream stands: segment `seq`, byte `offset` in it (after the last record read)."""
+
+    seq: int = 0
+    offset: int = 0
+
+
+class Offsets:
+    """The raw writer's committed position in one stream, kept in an atomically replaced file."""
+
+    def __init__(self, stream_dir: Path) -> None:
+        self.path = stream_dir / OFFSET_FILE
+
+    def load(self) -> Position:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return Position(int(data["seq"]), int(data["offset"]))
+        except FileNotFoundError:
+            return Position()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SpoolError(f"{self.path}: unreadable writer offset ({err}); delete it to rewrite the stream") from err
+
+    def save(self, position: Position) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"seq": position.seq, "offset": position.offset, "saved_at": int(time.time() * 1000)}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+
+class StreamTail:
+    """Follows the readings of one stream from a position, across its open and closed segments.
+
+    It only returns complete lines that verify; a partial last line of the open
+    segment is left for the next call. A line that does not verify in the
+    middle of a segment is logged, counted in `corrupt` and skipped.
+    """
+
+    def __init__(self, stream_dir: Path, position: Position) -> None:
+        self.stream_dir = stream_dir
+        self.position = position
+        self.corrupt = 0
+        self._file: BinaryIO | None = None
+        self._file_seq = -1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open_path(self, seq: int) -> Path:
+        return self.stream_dir / segment_name(READINGS, seq, OPEN_SUFFIX)
+
+    def _open(self) -> bool:
+        """Open the segment of the current position, or move to the next one that exists."""
+        seq = self.position.seq
+        files = segment_files(self.stream_dir, READINGS)
+        if seq not in files:
+            later = [s for s in files if s > seq]
+            if not later:
+                return False
+            seq = min(later)
+            self.position = Position(seq, 0)
+        for suffix in (CLOSED_SUFFIX, OPEN_SUFFIX, CLOSED_SUFFIX):  # it may be closed while we look
+            try:
+                self._file = open(self.stream_dir / segment_name(READINGS, seq, suffix), "rb")  # noqa: SIM115
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            return False
+        self._file_seq = seq
+        self._file.seek(self.position.offset)
+        return True
+
+    def read(self, max_records: int) -> list[tuple[Reading, Position]]:
+        """Up to `max_records` readings with the position after each."""
+        out: list[tuple[Reading, Position]] = []
+        while len(out) < max_records:
+            if self._file is None and not self._open():
+                break
+            assert self._file is not None
+            line = self._file.readline()
+            if line.endswith(b"\n"):
+                offset = self.position.offset + len(line)
+                self.position = Position(self._file_seq, offset)
+                try:
+                    out.append((decode_reading(line), self.position))
+                except CorruptRecord as err:
+                    self.corrupt += 1
+                    logger.error(
+                        "%s-%012d: skipped a corrupt record at byte %d: %s",
+                        READINGS,
+                        self._file_seq,
+                        offset - len(line),
+                        err,
+                    )
+                continue
+            # End of what is written so far: a closed segment is finished, an open one may grow.
+            self._file.seek(self.position.offset)
+            if self._open_path(self._file_seq).exists():
+                break
+            if self._file.readline().endswith(b"\n"):  # written just before it was closed
+                self._file.seek(self.position.offset)
+                continue
+            self.close()
+            later = [s for s in segment_files(self.stream_dir, READINGS) if s > self._file_seq]
+            if not later:
+                self.position = Position(self._file_seq + 1, 0)
+                break
+            self.position = Position(min(later), 0)
+        return out
+
+    def lag_bytes(self) -> int:
+        """Bytes of readings in this stream after the current position."""
+        total = 0
+        for seq, path in segment_files(self.stream_dir, READINGS).items():
+            if seq >= self.position.seq:
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size - (self.position.offset if seq == self.position.seq else 0)
+        return max(total, 0)
+
+
+def streams(root: Path) -> list[Path]:
+    """Stream folders under a spool root."""
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
+    return []
+
+
+def usage_bytes(root: Path) -> int:
+    """Bytes used by every file of every stream under `root`."""
+    total = 0
+    for stream_dir in streams(root):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(stream_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+    return total
+
+
+def closed_before(stream_dir: Path, record_type: str) -> Iterator[tuple[int, Path]]:
+    """Closed segments of one type, oldest first, except the newest segment of the stream."""
+    files = segment_files(stream_dir, record_type)
+    newest = max(files, default=0)
+    for seq in sorted(files):
+        if seq != newest and files[seq].suffix == CLOSED_SUFFIX:
+            yield seq, files[seq]
+
+
+def collect_garbage(
+    stream_dir: Path, retention_s: float, written: Position, now_ms: Callable[[], int] | None = None
+) -> list[Path]:
+    """Delete closed segments older than the retention; reading segments only once written to InfluxDB.
+
+    A reading segment is written when the writer's position is in a later
+    segment. The newest segment of each type is kept, so sequence numbers never
+    restart and the writer's position stays meaningful. Returns what was deleted.
+    """
+    if retention_s <= 0:
+        return []
+    now = now_ms() if now_ms else int(time.time() * 1000)
+    deleted: list[Path] = []
+    for record_type in RECORD_TYPES:
+        for seq, path in closed_before(stream_dir, record_type):
+            if record_type == READINGS and seq >= written.seq:
+                break
+            try:
+                info = read_meta(path)
+            except (OSError, ValueError, TypeError) as err:
+                logger.warning("%s: unreadable metadata, kept: %s", path, err)
+                continue
+            if now - info.closed_at < retention_s * 1000:
+                break
+            path.unlink()
+            meta_path(path).unlink(missing_ok=True)
+            deleted.append(path)
+    if deleted:
+        _fsync_dir(stream_dir)
+        logger.info("%s: deleted %d segments past the %.0f h retention", stream_dir, len(deleted), retention_s / 3600)
+    return deleted
