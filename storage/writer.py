@@ -357,7 +357,9 @@ class Writer:
         size = self.settings.batch_size
         written = 0
         dead: list[DeadLetter] = []
-        in_flight: concurrent.futures.Future[tuple[int, list[DeadLetter]]] | None = None
+        # Batches handed to the sender thread, oldest first; at most max_pending_batches wait.
+        in_flight: collections.deque[tuple[concurrent.futures.Future[tuple[int, list[DeadLetter]]], int]]
+        in_flight = collections.deque()
         try:
             while True:
                 chunk = list(itertools.islice(iterator, size))
@@ -366,28 +368,45 @@ class Writer:
                 groups: dict[str, list[str]] = {}
                 with self._encode_lock:
                     dead.extend(self.encode_into(self._encoder, chunk, groups))
-                last = len(chunk) < size
+                if len(chunk) < size and len(groups) == 1 and not in_flight:
+                    # The common small write (one batch): no thread hop.
+                    [(precision, lines)] = groups.items()
+                    done, letters = self.write_batch(_Batch.of_lines(lines, precision))  # type: ignore[arg-type]
+                    written += done
+                    dead.extend(letters)
+                    continue
                 for precision, lines in groups.items():
                     batch = _Batch.of_lines(lines, precision)  # type: ignore[arg-type]
-                    if in_flight is not None:
-                        done, letters = in_flight.result()
-                        written, in_flight = written + done, None
-                        dead.extend(letters)
-                    if last and len(groups) == 1:
-                        done, letters = self.write_batch(batch)  # the common single-batch write: no thread hop
+                    while len(in_flight) >= self.settings.max_pending_batches:
+                        done, letters = in_flight.popleft()[0].result()
                         written += done
                         dead.extend(letters)
-                    else:
-                        in_flight = self._sender().submit(self.write_batch, batch)
-            if in_flight is not None:
-                done, letters = in_flight.result()
-                written, in_flight = written + done, None
+                    in_flight.append((self._sender().submit(self.write_batch, batch), batch.points))
+            while in_flight:
+                done, letters = in_flight.popleft()[0].result()
+                written += done
                 dead.extend(letters)
         except StorageWriteError as err:
-            raise StorageWriteError(f"{err} ({written} points of this write were acknowledged)", err.points) from err
+            # Stop what has not started; settle what has. `points` counts every point handed over
+            # so far that InfluxDB did not acknowledge.
+            failed = err.points
+            while in_flight:
+                future, count = in_flight.popleft()
+                if future.cancel():
+                    failed += count
+                    continue
+                try:
+                    done, letters = future.result()
+                except StorageWriteError:
+                    failed += count
+                else:
+                    written += done
+                    dead.extend(letters)
+            raise StorageWriteError(f"{err} ({written} points of this write were acknowledged)", failed) from err
         finally:
-            if in_flight is not None:
-                concurrent.futures.wait([in_flight])
+            for future, _ in in_flight:
+                future.cancel()
+            concurrent.futures.wait([future for future, _ in in_flight])
         return WriteResult(written, tuple(dead))
 
     def encode_into(self, encoder: Encoder, chunk: Sequence[Point], out: dict[str, list[str]]) -> list[DeadLetter]:

@@ -178,7 +178,7 @@ def test_auth_and_database_errors_raise_without_retry_or_dead_letters(
         with pytest.raises(StorageWriteError, match=message) as raised:
             writer.write(points(10))
         assert writer.stats.snapshot().retries == 0
-    assert raised.value.points == min(10, batch_size) and letters == []
+    assert raised.value.points == 10 and letters == []
 
 
 def test_5xx_and_429_are_retried_with_backoff(stack: StackHandle, influx: InfluxSettings) -> None:
