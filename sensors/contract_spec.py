@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -839,8 +839,22 @@ def render_doc(text: str, registry: Registry, where: str = "docs/vendors.md") ->
     return rendered
 
 
-def example_blocks(text: str) -> Iterator[tuple[dict[str, str], str]]:
-    """The `example` fenced blocks of a guide: (their key=value markers, their payload)."""
-    for match in re.finditer(r"^```\w+ example (?P<info>[^\n]*)\n(?P<body>.*?)\n```$", text, re.S | re.M):
-        markers = dict(item.split("=", 1) for item in match["info"].split())
-        yield markers, match["body"]
+@dataclass(frozen=True)
+class GuideExample:
+    """An example as the guide shows it: its markers, its payload, and the reject message shown after it."""
+
+    markers: dict[str, str]
+    payload: str
+    reject_message: dict[str, Any] | None
+
+
+def guide_examples(text: str) -> list[GuideExample]:
+    """Every `example` fenced block of a guide, in order, with the `reject-message` block that follows it."""
+    found: list[GuideExample] = []
+    for block in re.finditer(r"^```json (example|reject-message)(?: ([^\n]*))?\n(.*?)\n```$", text, re.S | re.M):
+        if block[1] == "example":
+            found.append(GuideExample(dict(item.split("=", 1) for item in block[2].split()), block[3], None))
+        elif found:
+            last = found[-1]
+            found[-1] = GuideExample(last.markers, last.payload, json.loads(block[3]))
+    return found

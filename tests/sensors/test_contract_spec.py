@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ from sensors.contract_spec import (
     ACCEPTED,
     SCHEMA_LIMITS,
     asyncapi_document,
-    example_blocks,
     examples,
+    guide_examples,
     object_schema,
     render_doc,
     schema_files,
@@ -410,19 +409,6 @@ def test_the_documented_leniencies_are_real(form: str, document: Any) -> None:
 # -- the guide ----------------------------------------------------------------------------------
 
 
-def guide_examples(text: str) -> list[tuple[dict[str, str], str, dict[str, Any] | None]]:
-    """(markers, payload, reject message shown after it or None) for every example of the guide."""
-    blocks = re.finditer(r"^```json (example|reject-message)(?: ([^\n]*))?\n(.*?)\n```$", text, re.S | re.M)
-    found: list[tuple[dict[str, str], str, dict[str, Any] | None]] = []
-    for block in blocks:
-        if block[1] == "example":
-            found.append((dict(item.split("=", 1) for item in block[2].split()), block[3], None))
-        else:
-            markers, payload, _ = found[-1]
-            found[-1] = (markers, payload, json.loads(block[3]))
-    return found
-
-
 def test_the_guide_is_up_to_date_with_the_registry() -> None:
     text = GUIDE.read_text()
     assert render_doc(text, REGISTRY) == text, "run: smartcity contract docs docs/vendors.md"
@@ -431,26 +417,26 @@ def test_the_guide_is_up_to_date_with_the_registry() -> None:
 def test_every_example_of_the_guide_gets_its_stated_outcome_from_contract_check(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    text = GUIDE.read_text()
-    found = guide_examples(text)
-    assert [m for m, _ in example_blocks(text)] == [m for m, _, _ in found]
+    found = guide_examples(GUIDE.read_text())
     # Both forms for every kind, and every reject code a vendor can meet but the 16 KiB one.
-    accepted = [m for m, _, _ in found if m["expect"] == ACCEPTED]
+    accepted = [e for e in found if e.markers["expect"] == ACCEPTED]
     assert len(accepted) >= 2 * len(REGISTRY.kinds)
-    assert {m["expect"] for m, _, _ in found} == {ACCEPTED} | {c.value for c in RejectCode} - {"payload_too_large"}
-    for markers, payload, message in found:
+    codes = {c.value for c in RejectCode} - {"payload_too_large"}
+    assert {e.markers["expect"] for e in found} == {ACCEPTED} | codes
+    for example in found:
+        markers = example.markers
         args = ["contract", "check", "--topic", markers["topic"], "--payload", "-", "--received-at"]
-        code, out, err = run([*args, markers["received-at"]], capsys, stdin=payload.encode())
+        code, out, err = run([*args, markers["received-at"]], capsys, stdin=example.payload.encode())
         if markers["expect"] == ACCEPTED:
             assert code == 0, (markers, out, err)
             readings = [json.loads(line) for line in out.splitlines()]
             assert readings and all(r["sensor_id"] == markers["topic"].rsplit("/", 1)[1] for r in readings)
-            assert message is None
+            assert example.reject_message is None
         else:
             assert code == 1, (markers, out, err)
             assert out.startswith(f"{markers['expect']}: "), out
-            code, out, err = run([*args, markers["received-at"], "--json"], capsys, stdin=payload.encode())
-            assert json.loads(out) == message, "the reject message shown is not the one ingest would publish"
+            code, out, err = run([*args, markers["received-at"], "--json"], capsys, stdin=example.payload.encode())
+            assert json.loads(out) == example.reject_message, "the guide shows another reject message"
 
 
 def test_accepted_examples_validate_against_their_json_schema() -> None:
