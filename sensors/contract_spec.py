@@ -660,10 +660,18 @@ def _reject_message(registry: Registry, example: Example) -> dict[str, Any] | No
     return reject_message(example.topic, example.payload.encode(), decoded, EXAMPLE_RECEIVED_MS)
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without &anchors and *aliases for objects used twice: plainer for every AsyncAPI tool."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def spec_files(registry: Registry, vendor: str | None = None, host: str = "localhost") -> dict[str, str]:
     """Relative path -> text of everything `smartcity contract build` writes."""
     document = asyncapi_document(registry, vendor, host)
-    files = {"asyncapi.yaml": yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)}
+    text = yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=100)
+    files = {"asyncapi.yaml": text}
     for name, schema in schema_files(registry).items():
         files[f"schemas/{name}"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     return files
