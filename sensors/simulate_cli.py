@@ -34,6 +34,7 @@ from sensors.simulator import (
     Plan,
     Publisher,
     Simulation,
+    SimulatorError,
     Tally,
     iso,
     load_passwords,
@@ -221,10 +222,13 @@ def simulate_command(
     stop = threading.Event()
     tally = Tally(simulation.info)
     started = time.monotonic()
-    with _stop_on_signals(stop), _progress(console) as show:
-        publisher = Publisher(address, passwords, tally.ack, max_inflight=max_inflight, stop=stop)
-        with publisher:
+    failure: SimulatorError | None = None
+    publisher = Publisher(address, passwords, tally.ack, max_inflight=max_inflight, stop=stop)
+    with _stop_on_signals(stop), _progress(console) as show, publisher:
+        try:
             finished = run(simulation, publisher, tally, on_progress=show)
+        except SimulatorError as err:  # e.g. the broker went away: still record what it acknowledged
+            failure, finished = err, False
     elapsed = time.monotonic() - started
 
     manifest = tally.manifest(
@@ -234,6 +238,7 @@ def simulate_command(
             "finished_at": iso(time.time() * 1000),
             "elapsed_s": round(elapsed, 3),
             "interrupted": not finished,
+            "error": str(failure) if failure else None,
             "from": iso(plan.start_ms),
             "to": iso(plan.end_ms) if plan.end_ms is not None else None,
             "speed": "max" if plan.speed == float("inf") else plan.speed,
@@ -249,6 +254,8 @@ def simulate_command(
     )
     path = manifest_path or home / "manifests" / f"simulate-{iso(now_ms).replace(':', '')}.json"
     write_manifest(path, manifest)
+    if failure is not None:
+        raise SimulatorError(f"{failure}; what the broker acknowledged is in {path}")
     totals = manifest["totals"]
     click.echo(
         f"simulate: {totals['messages']:,} messages from {len(sensors) - len(simulation.silent):,} sensors in "

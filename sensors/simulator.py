@@ -406,7 +406,8 @@ class _KindGroup:
             return good[: max(1, len(good) * 2 // 3)]  # a torn buffer
         if fault is Fault.OUT_OF_RANGE:
             bad = list(row)
-            bad[metric_index] = next((v for v in ERROR_VALUES if not metric.min <= v <= metric.max), metric.max * 2)
+            span = metric.max - metric.min
+            bad[metric_index] = next((v for v in ERROR_VALUES if not metric.min <= v <= metric.max), metric.max + span)
             return self.encode_senml(sensor.id, ts, bad) if senml else self.encode_json(ts, seq, bad)
         if fault is Fault.UNIT_MISMATCH:  # only SenML carries units, whatever the vendor's usual format
             units = [m.unit for m in self.kind.metrics]
@@ -637,6 +638,7 @@ class _Connection:
     refused: str | None = None
     lost_since: float | None = None
     next_attempt: float = 0.0
+    retries: int = 0
 
 
 class Publisher:
@@ -696,7 +698,7 @@ class Publisher:
             if reason.is_failure:
                 conn.refused = str(reason)
             else:
-                conn.connected, conn.lost_since = True, None
+                conn.connected, conn.lost_since, conn.retries = True, None, 0
                 logger.info("connected to %s as %s", self.address, conn.account)
 
         return on_connect
@@ -816,8 +818,10 @@ class Publisher:
         conn.next_attempt = now + 1.0
         try:
             conn.client.reconnect()
-        except OSError as err:
-            logger.warning("reconnecting %s to %s: %s", conn.account, self.address, err)
+        except OSError as err:  # once per second: say it once, then only in debug
+            log = logger.debug if conn.retries else logger.warning
+            log("reconnecting %s to %s: %s (retrying every second)", conn.account, self.address, err)
+            conn.retries += 1
 
     def flush(self, timeout_s: float) -> list[Token]:
         """Wait for every PUBACK (up to `timeout_s`); returns the tokens still unacknowledged."""
