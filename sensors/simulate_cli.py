@@ -189,6 +189,8 @@ def simulate_command(
         raise click.BadParameter(str(err).removeprefix("--faults: "), param_hint="--faults") from None
     registry = registry_from(registry_paths)
     sensors = select_sensors(registry, sensor_count)
+    if not sensors:
+        raise SimulatorError(f"the registry ({', '.join(map(str, registry.files))}) has no sensors to simulate")
     address = BrokerAddress.from_url(mqtt_url, "--mqtt-url / SMARTCITY_MQTT_URL")
 
     if replay:
