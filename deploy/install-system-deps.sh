@@ -8,6 +8,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || needed+=(m
 command -v mosquitto_sub >/dev/null 2>&1 || needed+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || needed+=(influxdb)
 command -v influx >/dev/null 2>&1 || needed+=(influxdb-client)
+# Test only: `smartcity report` pages are checked in a headless browser (tests/deploy/test_report_browser.py).
+[ -x /usr/bin/chromium ] || needed+=(chromium)
 for extra in "$@"; do
     command -v "$extra" >/dev/null 2>&1 || needed+=("$extra")
 done
