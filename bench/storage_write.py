@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     client.execute("DROP DATABASE {db}", {"db": ident(settings.db)}, db="")
                 times.setdefault(label, []).append(elapsed)
                 print(f"{label}: {elapsed:.2f} s, {n / elapsed:,.0f} points/s", file=sys.stderr)
-                time.sleep(1.0)  # let InfluxDB settle after the drop
+                time.sleep(2.0)  # let InfluxDB settle after the drop
 
             def lines_writer(settings: InfluxSettings) -> None:
                 with make_writer(settings) as writer:
@@ -189,13 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                 with make_writer(settings) as writer:
                     writer.write(points)
 
-            # Interleaved rounds, so that load from elsewhere and InfluxDB's own state hit every run alike.
+            runs: list[tuple[str, Callable[[InfluxSettings], None], bool]] = [
+                (CEILING, lambda s: post_plain(s, bodies), False),
+                ("Writer.write_lines, pre-encoded bytes", lines_writer, False),
+                ("BufferedWriter.write(points)", buffered, False),
+                ("BufferedWriter.write(points), gzip", buffered, True),
+                ("Writer.write(points), confirmed", confirmed, False),
+            ]
+            # Interleaved rounds in a shuffled order, so that load from elsewhere and InfluxDB's own
+            # background work (after the previous run's DROP DATABASE) hit every run alike.
+            order = random.Random(1)
             for _ in range(args.repeat):
-                run(CEILING, lambda s: post_plain(s, bodies))
-                run("Writer.write_lines, pre-encoded bytes", lines_writer)
-                run("BufferedWriter.write(points)", buffered)
-                run("BufferedWriter.write(points), gzip", buffered, gzip=True)
-                run("Writer.write(points), confirmed", confirmed)
+                for label, body, gzip in order.sample(runs, len(runs)):
+                    run(label, body, gzip)
         finally:
             influx.stop()
 
@@ -215,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| run | median s | points/s (median) | of ceiling (median) | of ceiling (best) | all runs, s |")
     print("|---|---:|---:|---:|---:|---|")
-    for label, seconds in medians.items():
-        runs = ", ".join(f"{t:.2f}" for t in times[label])
+    for label, _, _ in runs:
+        seconds = medians[label]
+        all_runs = ", ".join(f"{t:.2f}" for t in times[label])
         print(
             f"| {label} | {seconds:.2f} | {n / seconds:,.0f} | {medians[CEILING] / seconds:.2f} "
-            f"| {best[CEILING] / best[label]:.2f} | {runs} |"
+            f"| {best[CEILING] / best[label]:.2f} | {all_runs} |"
         )
     print(f"| encoding only (Encoder.encode, no HTTP) | {encode_s:.2f} | {n / encode_s:,.0f} | | | |")
     return 0
