@@ -39,8 +39,10 @@ from pipelines.robust import Z_THRESHOLD, modified_z
 from pipelines.settings import ALLOWED_LATENESS_S
 from pipelines.timing import HOUR_MS, WINDOW, stamped_windows, window_end_ms, window_start_ms
 from sensors.registry import Registry
+from storage.schema import SENSOR_TAGS
 
 ANOMALY_MEASUREMENT = "anomalies"
+ANOMALY_TAGS = (*SENSOR_TAGS, "kind", "metric", "type")
 RISE_SPAN_S = 900
 RISE_HORIZON_S = 3600
 LOOKBACK_MS = RISE_SPAN_S * 1000
@@ -112,13 +114,11 @@ class DetectAnomalies(beam.DoFn):
         if not found:
             return
         found.sort(key=lambda f: (int(batch.sensor[f[0]]), int(batch.ts[f[0]]), f[1], f[2]))
-        tags = []
-        for i, j, kind_of, _, _ in found:
-            tags.append({**batch.series[int(batch.sensor[i])].tags(), "kind": kind, "metric": batch.metrics[j],
-                         "type": kind_of})  # fmt: skip
+        tags = [(*batch.series[int(batch.sensor[i])], kind, batch.metrics[j], type_) for i, j, type_, _, _ in found]
         rows = np.array([i for i, *_ in found])
-        yield PointBatch(
+        yield PointBatch.of(
             ANOMALY_MEASUREMENT,
+            ANOMALY_TAGS,
             tags,
             batch.ts[rows],
             {

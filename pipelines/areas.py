@@ -12,18 +12,17 @@ window of a segment shares the table.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from pipelines.batch import Series, SeriesTable
-from storage.schema import LEVELS, rollup_tags
+from pipelines.batch import PackedRows, Series, SeriesTable
+from storage.schema import LEVELS, ROLLUP_TAGS
 
 
 class Area(NamedTuple):
-    """One row of a rollup or AQI measurement; empty enclosing places are left out of the tags."""
+    """One row of a rollup or AQI measurement: its tag values in `ROLLUP_TAGS` order ("" = no such tag)."""
 
     level: str
     area: str
@@ -31,15 +30,8 @@ class Area(NamedTuple):
     city: str
     district: str
 
-    def tags(self) -> dict[str, str]:
-        return _tags(self)
 
-
-@functools.lru_cache(maxsize=1 << 16)
-def _tags(area: Area) -> dict[str, str]:
-    return rollup_tags(
-        area.level, area.area, super_cluster=area.super_cluster, city=area.city or None, district=area.district or None
-    )
+assert Area._fields == ROLLUP_TAGS, "Area rows are written as the tags of ROLLUP_TAGS"
 
 
 def areas_of(series: Series) -> tuple[Area, ...]:
@@ -59,6 +51,7 @@ class Levels:
     def __init__(self, table: Sequence[Series]) -> None:
         of = [areas_of(s) for s in table]
         self.rows: tuple[Area, ...] = tuple(sorted({a for areas in of for a in areas}, key=_row_order))
+        self.packed = PackedRows(self.rows, len(ROLLUP_TAGS), Area)  # the tags of every row, shared by windows
         position = {area: i for i, area in enumerate(self.rows)}
         # member[i, level]: the row of series i at that level.
         self.member = np.array([[position[a] for a in areas] for areas in of], dtype=np.intp).reshape(

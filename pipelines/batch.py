@@ -15,9 +15,9 @@ sensor in `series` and refers to them by index.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple, overload
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,41 +38,87 @@ class Series(NamedTuple):
         return dict(zip(SENSOR_TAGS, self, strict=True))
 
 
-@dataclass(frozen=True, eq=False)
-class SeriesTable:
-    """The distinct series of a batch, with a digest of their content.
+class PackedRows:
+    """Rows of strings (all of one width) kept as one byte string, with a digest of the content.
 
-    Equal content gives an equal digest in every process, so work done per
-    table (e.g. mapping sensors to areas) can be cached across windows, even
-    after Beam has serialised the batch between stages.
+    Beam serialises elements between stages; a few thousand small tuples per
+    element cost more to pickle than all the numpy arithmetic on them. Packed,
+    they pickle as one `bytes` and are parsed back only when their rows are
+    needed. Equal content gives an equal digest in every process, so work done
+    per table (e.g. mapping sensors to areas) is cached across windows.
+    `row` builds each row (a named tuple class; default a plain tuple).
     """
 
-    items: tuple[Series, ...]
-    digest: bytes = field(default=b"")
+    __slots__ = ("_items", "_size", "_text", "digest", "row", "width")
 
-    def __post_init__(self) -> None:
-        if not self.digest:
-            text = "\x1e".join("\x1f".join(s) for s in self.items).encode()
-            object.__setattr__(self, "digest", hashlib.blake2b(text, digest_size=16).digest())
+    def __init__(self, items: Sequence[Sequence[str]], width: int, row: Callable[..., Any] | None = None) -> None:
+        self._items: tuple[Any, ...] | None = tuple(items)
+        self._size, self.width, self.row = len(self._items), width, row or _strings
+        text = _RECORD.join(_FIELD.join(s) for s in self._items)
+        if text.count(_FIELD) != (width - 1) * self._size or text.count(_RECORD) != max(self._size - 1, 0):
+            raise ValueError(f"rows must have {width} strings without the separators \\x1e or \\x1f")
+        self._text = text.encode()
+        self.digest = hashlib.blake2b(self._text, digest_size=16).digest()
+
+    @classmethod
+    def _restore(cls, text: bytes, size: int, width: int, row: Callable[..., Any], digest: bytes) -> PackedRows:
+        table = cls.__new__(cls)
+        table._items, table._text, table._size, table.width, table.row, table.digest = (
+            None,
+            text,
+            size,
+            width,
+            row,
+            digest,
+        )
+        return table
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return type(self)._restore, (self._text, self._size, self.width, self.row, self.digest)
+
+    @property
+    def items(self) -> tuple[Any, ...]:
+        if self._items is None:
+            records = self._text.decode().split(_RECORD) if self._size else []
+            self._items = tuple(self.row(*record.split(_FIELD)) for record in records)
+        return self._items
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self._size
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PackedRows) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+class SeriesTable(PackedRows):
+    """The distinct series of a batch (`PackedRows` of `Series`)."""
+
+    __slots__ = ()
+
+    def __init__(self, items: Sequence[Series]) -> None:
+        super().__init__(items, len(Series._fields), Series)
 
     def __iter__(self) -> Iterator[Series]:
         return iter(self.items)
 
-    @overload
-    def __getitem__(self, index: int) -> Series: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Series, ...]: ...
-    def __getitem__(self, index: int | slice) -> Series | tuple[Series, ...]:
+    def __getitem__(self, index: int) -> Series:
         return self.items[index]
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SeriesTable) and other.digest == self.digest
 
-    def __hash__(self) -> int:
-        return hash(self.digest)
+_FIELD, _RECORD = "\x1f", "\x1e"
+
+
+def _strings(*fields: str) -> tuple[str, ...]:
+    return fields
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +242,14 @@ class ReadingBatch:
         if not len(self):
             return np.zeros(0, dtype=np.intp)
         return np.flatnonzero(np.r_[True, self.sensor[1:] != self.sensor[:-1]])
+
+
+def by_kind(parts: Iterable[ReadingBatch]) -> dict[str, ReadingBatch]:
+    """The parts of a window, concatenated per kind (kinds in sorted order)."""
+    grouped: dict[str, list[ReadingBatch]] = {}
+    for part in parts:
+        grouped.setdefault(part.kind, []).append(part)
+    return {kind: ReadingBatch.concat(grouped[kind]) for kind in sorted(grouped)}
 
 
 def empty_batch(kind: str, metrics: Sequence[str]) -> ReadingBatch:

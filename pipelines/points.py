@@ -1,9 +1,11 @@
 """Output of the transforms: InfluxDB points of one measurement, as columns.
 
-Like the input, the output crosses Beam in batches: one `PointBatch` per kind
-and window holds every row (sensor, district, city, super-cluster) of it.
-`points()` turns it into `storage.line_protocol.Point`s at the sink, the only
-place that needs one Python object per point.
+Like the input, the output crosses Beam in batches: one `PointBatch` per
+window (and kind) holds every row of it, tags packed into one byte string
+(`PackedRows`) and fields as numpy columns, so passing it between stages
+costs a copy, not a pickled object per point. `points()` turns it into
+`storage.line_protocol.Point`s at the sink, the only place that needs one
+Python object per point.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.batch import PackedRows
 from storage.line_protocol import FieldValue, Point
 
 
 @dataclass(frozen=True, eq=False)
 class PointBatch:
-    """Points of one measurement: row i has tags `tags[i]`, time `time_ms[i]` and the fields of column i.
+    """Points of one measurement: row i has the tag values `tags[i]` (keys `tag_keys`, "" = no such tag),
+    time `time_ms[i]` and the fields of column i.
 
     A field column is float64 with NaN where the row has no such field, or an
     object array with None for that; columns named in `integers` are written
@@ -26,25 +30,44 @@ class PointBatch:
     """
 
     measurement: str
-    tags: Sequence[Mapping[str, str]]
+    tag_keys: tuple[str, ...]
+    tags: PackedRows
     time_ms: np.ndarray  # int64
     fields: Mapping[str, np.ndarray]
     integers: frozenset[str] = field(default_factory=frozenset)
+    # Row i's tags are `tags[tag_index[i]]` when set: a table shared by many batches (e.g. all areas of a segment).
+    tag_index: np.ndarray | None = None
+
+    @classmethod
+    def of(
+        cls,
+        measurement: str,
+        tag_keys: Sequence[str],
+        tag_rows: Sequence[Sequence[str]],
+        time_ms: np.ndarray,
+        fields: Mapping[str, np.ndarray],
+        integers: frozenset[str] = frozenset(),
+    ) -> PointBatch:
+        return cls(measurement, tuple(tag_keys), PackedRows(tag_rows, len(tag_keys)), time_ms, fields, integers)
 
     def __len__(self) -> int:
         return len(self.time_ms)
 
     def points(self) -> list[Point]:
-        """One point per row, without the fields that row does not have."""
+        """One point per row, without the tags and fields that row does not have."""
+        keys = self.tag_keys
         columns = [(name, column.tolist(), name in self.integers) for name, column in self.fields.items()]
         points = []
-        for i, (tags, time) in enumerate(zip(self.tags, self.time_ms.tolist(), strict=True)):
+        table = self.tags.items
+        rows = table if self.tag_index is None else [table[i] for i in self.tag_index.tolist()]
+        for i, (values, time) in enumerate(zip(rows, self.time_ms.tolist(), strict=True)):
             fields: dict[str, FieldValue] = {}
-            for name, values, integer in columns:
-                value = values[i]
+            for name, column, integer in columns:
+                value = column[i]
                 if value is None or value != value:  # None or NaN: absent in this row
                     continue
                 fields[name] = int(value) if integer else value
             if fields:
-                points.append(Point(self.measurement, dict(tags), fields, time, "ms"))
+                tags = {k: v for k, v in zip(keys, values, strict=True) if v}
+                points.append(Point(self.measurement, tags, fields, time, "ms"))
         return points

@@ -1,9 +1,9 @@
 """The pipelines: rollups, Thai AQI, sensor health and anomalies, from the spool into InfluxDB.
 
-    ReadSpool -> WindowedStats -> \\
-              -> ThaiAQI       ->  Flatten -> WriteToInflux
-              -> SensorHealth  -> /
-              -> Anomalies     -> /
+    ReadSpool -> WindowedStats -> WriteToInflux
+              -> ThaiAQI       -> WriteToInflux
+              -> SensorHealth  -> WriteToInflux
+              -> Anomalies     -> WriteToInflux
 
 A bounded run covers whole hours `[start, end)`: a range given with minutes is
 widened to the hours around it, so no window is cut by the range and written
@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
-from apache_beam.transforms import window
 
 from pipelines import anomalies, thai_aqi
 from pipelines.anomalies import Anomalies
@@ -115,8 +114,15 @@ class RunReport:
         return self.counters.get("points_written", 0)
 
 
-def build(pipeline: beam.Pipeline, plan: Plan, settings: PipelineSettings, registry: Registry) -> beam.PCollection:
-    """Apply the plan's transforms; returns the PCollection[PointBatch] of everything to write."""
+def build(
+    pipeline: beam.Pipeline, plan: Plan, settings: PipelineSettings, registry: Registry
+) -> dict[str, beam.PCollection]:
+    """Apply the plan's transforms; returns each pipeline's PCollection[PointBatch], by name.
+
+    The outputs are not flattened into one: a Flatten of outputs of different
+    stages makes the local runner copy every point batch between stages, while
+    a sink applied to each output runs fused with the step that made it.
+    """
     read_start, read_end = plan.read_range
     readings = pipeline | "ReadSpool" >> ReadSpool(
         settings.spool_root, registry, read_start, read_end, cache_dir=settings.cache_dir
@@ -140,11 +146,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, settings: PipelineSettings, regis
             | "Anomalies" >> Anomalies(registry, emit=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
         ),
     }
-    outputs = []
-    for name in plan.pipelines:
-        # The sink is window-agnostic: one global window lets the outputs be flattened together.
-        outputs.append(steps[name]() | f"Unwindow{name.title()}" >> beam.WindowInto(window.GlobalWindows()))
-    return tuple(outputs) | "MergeOutputs" >> beam.Flatten()
+    return {name: steps[name]() for name in plan.pipelines}
 
 
 def run_plan(
@@ -158,7 +160,8 @@ def run_plan(
     options = beam_options(beam_args)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, plan, settings, registry) | "WriteToInflux" >> WriteToInflux(influx)
+    for name, points in build(pipeline, plan, settings, registry).items():
+        points | f"Write{name.title()}" >> WriteToInflux(influx)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:

@@ -37,7 +37,7 @@ from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
 from pipelines.settings import ALLOWED_LATENESS_S
 from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, stamped_windows, window_start_ms
 from sensors.registry import Registry
-from storage.schema import HEALTH_MEASUREMENT
+from storage.schema import HEALTH_MEASUREMENT, SENSOR_TAGS
 
 
 class SensorHealth(beam.PTransform):
@@ -119,9 +119,10 @@ class AssessHour(beam.DoFn):
             "flatline": table[:, 1],
             "outliers": table[:, 2],
         }
-        yield PointBatch(
+        yield PointBatch.of(
             HEALTH_MEASUREMENT,
-            [row.tags() for row in rows],
+            SENSOR_TAGS,
+            rows,
             np.full(len(rows), window_start_ms(win), dtype=np.int64),
             fields,
             integers=frozenset({"received", "expected", "flatline", "outliers"}),

@@ -51,7 +51,7 @@ from pipelines.settings import ALLOWED_LATENESS_S
 from pipelines.timing import HOUR_MS, PANE, WINDOW, stamped_windows, window_end_ms, window_start_ms
 from sensors.aqi import AVERAGING_HOURS, POLLUTANTS, UNITS, thai_aqi
 from sensors.registry import Registry
-from storage.schema import AQI_MEASUREMENT, pollutant_aqi_field
+from storage.schema import AQI_MEASUREMENT, ROLLUP_TAGS, pollutant_aqi_field
 
 POLLUTANT_NAMES: tuple[str, ...] = tuple(p.name for p in POLLUTANTS)
 MIN_HOUR_COVERAGE = 0.75
@@ -264,9 +264,10 @@ class ComputeAQI(beam.DoFn):
             for name, value in result.sub_indices.items():
                 fields[pollutant_aqi_field(name)][i] = value
         if rows:
-            yield PointBatch(
+            yield PointBatch.of(
                 AQI_MEASUREMENT,
-                [row.tags() for row in rows],
+                ROLLUP_TAGS,
+                rows,
                 np.full(len(rows), window_start_ms(win), dtype=np.int64),
                 {**fields, "dominant": dominant},
                 integers=frozenset(fields),

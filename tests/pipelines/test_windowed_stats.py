@@ -123,15 +123,17 @@ def test_batches_split_across_segments_give_the_same_stats(registry: Registry) -
         assert_that(result, equal_to(expected_minutes()))
 
 
+def _sensor_pm25(r: Any) -> list[tuple[Any, ...]]:
+    if ("area", "pkt-aq-001") not in r[1]:
+        return []
+    fields = dict(r[3])
+    window = () if r[0] == "air_quality_1m" else ("1h",)
+    return [(r[2], *window, fields["pm25_count"], fields["pm25_mean"])]
+
+
 def sensor_pm25(pane_rows: beam.PCollection) -> beam.PCollection:
-    """(window start, pm25 count, pm25 mean) of pkt-aq-001's minute rows."""
-    return pane_rows | beam.FlatMap(
-        lambda r: (
-            [(r[2], dict(r[3])["pm25_count"], dict(r[3])["pm25_mean"])]
-            if r[0] == "air_quality_1m" and ("area", "pkt-aq-001") in r[1]
-            else []
-        )
-    )
+    """(window start, ["1h",] pm25 count, pm25 mean) of pkt-aq-001's rows, one per pane."""
+    return pane_rows | beam.FlatMap(_sensor_pm25)
 
 
 def test_late_reading_rewrites_the_window_and_too_late_is_dropped(registry: Registry) -> None:
@@ -145,15 +147,18 @@ def test_late_reading_rewrites_the_window_and_too_late_is_dropped(registry: Regi
         test_stream.TestStream()
         .advance_watermark_to(T0 / 1000)
         .add_elements(at(T0 + 10_000, 10.0))
-        .advance_watermark_to((T0 + 70_000) / 1000)  # the first minute is complete: on-time pane
+        .advance_watermark_to((T0 + HOUR + 10_000) / 1000)  # the hour is complete: on-time pane
         .add_elements(at(T0 + 20_000, 20.0))  # late, within the allowed lateness: late pane
-        .advance_watermark_to((T0 + 600_000) / 1000)  # past the minute's end + 300 s lateness
+        .advance_watermark_to((T0 + HOUR + 600_000) / 1000)  # past the hour's end + 300 s lateness
         .add_elements(at(T0 + 30_000, 1000.0))  # too late: dropped
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        rows = to_rows(p | stream | WindowedStats(windows=["1m"], allowed_lateness_s=300))
-        assert_that(sensor_pm25(rows), equal_to([(T0, 1, 10.0), (T0, 2, 15.0)]))
+        rows = to_rows(p | stream | WindowedStats(allowed_lateness_s=300))
+        assert_that(
+            sensor_pm25(rows),
+            equal_to([(T0, 1, 10.0), (T0, 2, 15.0), (T0, "1h", 1, 10.0), (T0, "1h", 2, 15.0)]),
+        )
 
 
 def run_rollups(spool: Path, registry: Registry, start: int, end: int) -> list[Any]:
