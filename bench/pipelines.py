@@ -168,6 +168,7 @@ def beam_rollup(root: Path, cache: Path | None, keep: Path | None = None) -> dic
     """The rollup pipeline; with `keep`, its point batches are also pickled into that file (for `write`)."""
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.transforms.window import GlobalWindows
 
     from pipelines.options import beam_options
     from pipelines.read_spool import ReadSpool
@@ -184,7 +185,7 @@ def beam_rollup(root: Path, cache: Path | None, keep: Path | None = None) -> dic
         | "Count" >> beam.Map(_count)
     )
     if keep is not None:
-        saved = rollups | "Unwindow" >> beam.WindowInto(beam.window.GlobalWindows()) | "Keep" >> beam.combiners.ToList()
+        saved = rollups | "Unwindow" >> beam.WindowInto(GlobalWindows()) | "Keep" >> beam.combiners.ToList()
         _ = saved | "Save" >> beam.Map(lambda b: keep.write_bytes(pickle.dumps(b)))
     result = pipeline.run()
     result.wait_until_finish()
