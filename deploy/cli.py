@@ -20,6 +20,7 @@ from rich.table import Table
 from dashboards.cli import dashboards_group
 from deploy.acl import acl_command
 from deploy.compose import compose_group
+from deploy.report import report_command
 from sensors.cli import registry_from, registry_option, sensors_group
 from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
@@ -80,6 +81,7 @@ app.add_command(contract_group)
 app.add_command(dashboards_group)
 sensors_group.add_command(acl_command)
 app.add_command(simulate_command)
+app.add_command(report_command)
 app.add_command(compose_group)
 
 
