@@ -200,7 +200,7 @@ def figure(chart: Chart, time_range: TimeRange, tz: tzinfo) -> dict[str, Any]:
                     "x": trace.x,
                     "y": trace.y,
                     "marker": {"color": trace.colours or "#2f6fab"},
-                    "texttemplate": "%{y:.3~f}",
+                    "texttemplate": "%{y:.1f}",
                     "hovertemplate": f"%{{x}}: %{{y:.3~f}} {unit}<extra></extra>",
                 }
             )
@@ -279,7 +279,7 @@ def figure(chart: Chart, time_range: TimeRange, tz: tzinfo) -> dict[str, Any]:
             "template": "none",
             "height": 340,
             "margin": {"l": 48, "r": 12, "t": 10, "b": 10},
-            "paper_bgcolor": "rgba(0,0,0,0)",
+            "paper_bgcolor": "#ffffff",  # also keeps the toolbar light (plotly picks it by contrast)
             "plot_bgcolor": "#ffffff",
             "font": {"family": "system-ui, 'Noto Sans Thai', 'Noto Sans', sans-serif", "size": 12},
             "xaxis": xaxis,
@@ -786,7 +786,10 @@ def write_report(
                 f"no AQI, rollup or sensor-health data in InfluxDB database {settings.db!r} at {settings.url}: "
                 "run the pipelines first ('smartcity pipeline run')"
             )
-        end = end or (latest if start is None else max(latest, start + DEFAULT_SPAN))
+        if end is None:
+            end = latest
+            if start is not None and start >= end:
+                raise ReportError(f"no data after --from {start.isoformat()}: the latest data ends {end.isoformat()}")
         start = start or end - DEFAULT_SPAN
         if start >= end:
             raise ReportError(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")

@@ -319,6 +319,10 @@ def test_explicit_range(stack: StackHandle, dataset: Dataset, tmp_path: Path) ->
     assert code == 0, stderr
     charts = figures((tmp_path / "andaman.html").read_text(encoding="utf-8"))
     assert len(charts["andaman-aqi"]["data"][0]["y"]) == 6
+    # --from alone: up to the end of the data.
+    code, _, stderr = run(dataset.env(stack), "--out", str(tmp_path), "--from", start.isoformat())
+    assert code == 0, stderr
+    assert figures((tmp_path / "andaman.html").read_text(encoding="utf-8"))["andaman-aqi"] == charts["andaman-aqi"]
     # Bare times are read in the report's time zone.
     code, _, stderr = run(dataset.env(stack), "--out", str(tmp_path), "--from", "2020-01-01", "--to", "2020-01-02")
     assert code == 1
