@@ -305,8 +305,8 @@ HEALTH_BY_VENDOR = (
     'AND time >= {start} AND time < {end} GROUP BY time(1h), "vendor" fill(none)'
 )
 HEALTH_BY_SENSOR = (
-    'SELECT sum("received") AS "received", sum("expected") AS "expected", sum("outliers") AS "outliers", '
-    'sum("flatline") AS "flatline" FROM {m} WHERE "super_cluster" = {cluster} '
+    'SELECT mean("completeness") AS "completeness", sum("received") AS "received", sum("expected") AS "expected", '
+    'sum("outliers") AS "outliers", sum("flatline") AS "flatline" FROM {m} WHERE "super_cluster" = {cluster} '
     'AND time >= {start} AND time < {end} GROUP BY "sensor_id"'
 )
 LATEST = "SELECT * FROM {m} ORDER BY time DESC LIMIT 1"
@@ -416,7 +416,7 @@ class ClusterReport:
         )
         cards = "".join(self.aqi_card(item) for item in now)
         markup = f'<div class="aqi-now">{cards}</div>{band_legend()}'
-        return Section("aqi", "Air quality now · คุณภาพอากาศขณะนี้", [chart], markup), now
+        return Section("aqi", "Air quality, latest hour · คุณภาพอากาศชั่วโมงล่าสุด", [chart], markup), now
 
     def aqi_card(self, item: AqiNow) -> str:
         name = html.escape(self.district_name(item.district))
@@ -523,44 +523,42 @@ class ClusterReport:
             vendor_traces,
             y_range=(0, 105),
         )
+        # Per kind: sums over its sensors, and each sensor's mean hourly completeness (capped at 1 per hour,
+        # so a sensor reporting too often cannot hide a silent one).
         totals: dict[str, dict[str, float]] = {}
-        silent: dict[str, int] = {}
+        ratios_of: dict[str, list[float]] = {}
         for item in self.query(HEALTH_BY_SENSOR, HEALTH_MEASUREMENT):
             sensor = self.registry.sensors.get(item.tags.get("sensor_id", ""))
             kind_id = sensor.kind if sensor else "unknown"
             for record in item.records():
-                kind_totals = totals.setdefault(kind_id, {"received": 0, "expected": 0, "outliers": 0, "flatline": 0})
-                for key in kind_totals:
+                kind_totals = totals.setdefault(
+                    kind_id, {"received": 0, "expected": 0, "outliers": 0, "flatline": 0, "silent": 0}
+                )
+                for key in ("received", "expected", "outliers", "flatline"):
                     kind_totals[key] += float(record.get(key) or 0)
-                silent[kind_id] = silent.get(kind_id, 0) + (not record.get("received"))
+                kind_totals["silent"] += not record.get("received")
+                ratios_of.setdefault(kind_id, []).append(float(record.get("completeness") or 0))
         kinds = [k for k in self.registry.kinds if k in totals] + sorted(set(totals) - set(self.registry.kinds))
         names = [self.kind_name(k) for k in kinds]
-        ratios = [completeness(totals[k]) for k in kinds]
+        ratios = [sum(ratios_of[k]) / len(ratios_of[k]) for k in kinds]
         kind_chart = Chart(
             f"{self.cluster.id}-health-kind",
             "Completeness by kind · ความครบถ้วนของข้อมูลตามประเภทเซนเซอร์",
-            "Readings received / expected over the range, per sensor kind.",
+            "Mean over the kind's sensors of their hourly readings received / expected, over the range.",
             "%",
             [Trace("completeness", names, [100 * r for r in ratios])] if kinds else [],
             bar=True,
             y_range=(0, 105),
         )
-        received = sum(t["received"] for t in totals.values())
-        expected = sum(t["expected"] for t in totals.values())
-        overall = min(received / expected, 1.0) if expected else None
-        table = health_table(
-            [(name, totals[k], silent.get(k, 0), ratio) for k, name, ratio in zip(kinds, names, ratios, strict=True)]
-        )
+        every_sensor = [r for k in kinds for r in ratios_of[k]]
+        overall = sum(every_sensor) / len(every_sensor) if every_sensor else None
+        table = health_table([(name, totals[k], ratio) for k, name, ratio in zip(kinds, names, ratios, strict=True)])
         section = Section("health", "Sensor health · สถานะเซนเซอร์", [vendor_chart, kind_chart], table)
         return section, overall
 
     def kind_name(self, kind_id: str) -> str:
         kind = self.registry.kinds.get(kind_id)
         return f"{kind.name.en} · {kind.name.th}" if kind else kind_id
-
-
-def completeness(totals: Mapping[str, float]) -> float:
-    return min(totals["received"] / totals["expected"], 1.0) if totals["expected"] else 0.0
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -634,7 +632,7 @@ def band_legend() -> str:
     return f'<div class="legend" aria-label="Thai AQI bands (PCD)">{title}{"".join(items)}</div>'
 
 
-def health_table(rows: Sequence[tuple[str, Mapping[str, float], int, float]]) -> str:
+def health_table(rows: Sequence[tuple[str, Mapping[str, float], float]]) -> str:
     if not rows:
         return ""
     head = (
@@ -643,8 +641,9 @@ def health_table(rows: Sequence[tuple[str, Mapping[str, float], int, float]]) ->
     )
     body = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{t['received']:,.0f}</td><td>{t['expected']:,.0f}</td>"
-        f"<td>{100 * ratio:.1f} %</td><td>{silent}</td><td>{t['outliers']:,.0f}</td><td>{t['flatline']:,.0f}</td></tr>"
-        for name, t, silent, ratio in rows
+        f"<td>{100 * ratio:.1f} %</td><td>{t['silent']:.0f}</td><td>{t['outliers']:,.0f}</td>"
+        f"<td>{t['flatline']:,.0f}</td></tr>"
+        for name, t, ratio in rows
     )
     return f'<div class="table-wrap"><table>{head}{body}</table></div>'
 
@@ -733,7 +732,7 @@ def render_index(
             aqi = (
                 f'<p><span class="aqi-card" style="display:inline-flex;background:{worst.band.colour};'
                 f'color:{text_colour(worst.band.colour)}"><b>AQI {worst.aqi}</b></span> '
-                f"highest now · สูงสุดขณะนี้: {html.escape(where)} "
+                f"highest in the latest hour · สูงสุดในชั่วโมงล่าสุด: {html.escape(where)} "
                 f"({html.escape(worst.band.label_th)} · {html.escape(worst.band.label_en)})</p>"
             )
         else:
