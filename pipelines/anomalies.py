@@ -101,22 +101,24 @@ class DetectAnomalies(beam.DoFn):
         hour = window_end_ms(win) - HOUR_MS
         start, end = (hour, hour + HOUR_MS) if self.emit is None else (max(hour, self.emit[0]), self.emit[1])
         judged = (batch.ts >= start) & (batch.ts < end)
-        if not judged.any():
-            return
         found: list[tuple[int, int, str, float, float]] = []  # (reading, metric, type, score, threshold)
-        in_hour = batch.ts >= hour
-        z = modified_z(batch.take(in_hour))
-        spikes = np.argwhere((np.abs(z) > Z_THRESHOLD) & judged[in_hour][:, None])
-        positions = np.flatnonzero(in_hour)
-        found.extend((positions[i], j, "spike", z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
-        for j, metric in enumerate(batch.metrics):
-            found.extend(self._rises(batch, j, metric, judged, win))
-        if not found:
-            return
+        if judged.any():
+            in_hour = batch.ts >= hour
+            z = modified_z(batch.take(in_hour))
+            spikes = np.argwhere((np.abs(z) > Z_THRESHOLD) & judged[in_hour][:, None])
+            positions = np.flatnonzero(in_hour)
+            found.extend((positions[i], j, "spike", z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
+            for j, metric in enumerate(batch.metrics):
+                found.extend(self._rises(batch, j, metric, judged, win))
+        if found:
+            yield self._points(kind, batch, found)
+
+    @staticmethod
+    def _points(kind: str, batch: ReadingBatch, found: list[tuple[int, int, str, float, float]]) -> PointBatch:
         found.sort(key=lambda f: (int(batch.sensor[f[0]]), int(batch.ts[f[0]]), f[1], f[2]))
         tags = [(*batch.series[int(batch.sensor[i])], kind, batch.metrics[j], type_) for i, j, type_, _, _ in found]
         rows = np.array([i for i, *_ in found])
-        yield PointBatch.of(
+        return PointBatch.of(
             ANOMALY_MEASUREMENT,
             ANOMALY_TAGS,
             tags,

@@ -9,7 +9,10 @@ and triggers then work per batch and per window, and the arithmetic is numpy.
 A reading's places (super-cluster, city, district, site) and vendor are the ones
 recorded with it at ingest (`sensors.reading.Reading`), so history keeps the
 places that were true when it was measured. The batch stores them once per
-sensor in `series` and refers to them by index.
+sensor in `series` and refers to them by index. Series tables are always
+sorted, so after `deduplicated()` the readings are in one canonical order
+whatever order the parts arrived in: every sum is taken in the same order
+and a re-run gives the same floating-point results to the last bit.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ class ReadingBatch:
     kind: str
     metrics: tuple[str, ...]
     series: SeriesTable
-    sensor: np.ndarray  # int32, index into `series`
+    sensor: np.ndarray  # int32, index into `series` (sorted: see below)
     ts: np.ndarray  # int64, event time
     received: np.ndarray  # int64, when ingest received it (breaks ties between duplicates)
     values: np.ndarray  # float64, shape (len, len(metrics))
@@ -208,7 +211,7 @@ class ReadingBatch:
             table = parts[0].series
             sensors = [p.sensor for p in parts]
         else:
-            table = SeriesTable(tuple(dict.fromkeys(s for part in parts for s in part.series)))
+            table = SeriesTable(tuple(sorted({s for part in parts for s in part.series})))
             position = {s: i for i, s in enumerate(table)}
             sensors = []
             for part in parts:

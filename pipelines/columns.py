@@ -144,7 +144,7 @@ class SegmentDecoder:
     def _columns(self, kind: str, rows: list[msgspec.Struct]) -> ReadingBatch:
         n = len(rows)
         tags = list(map(_TAG_GETTER, rows))
-        index = {t: i for i, t in enumerate(dict.fromkeys(tags))}
+        index = {t: i for i, t in enumerate(sorted(dict.fromkeys(tags)))}  # tables are sorted (see batch.py)
         sensor = np.fromiter(map(index.__getitem__, tags), np.int32, n)
         metrics = self.metrics[kind]
         values = np.empty((n, len(metrics)))
@@ -251,6 +251,10 @@ def _from_table(kind: str, table: pa.Table, metrics: tuple[str, ...]) -> Reading
             key, code = divmod(key, size)
             parts.append(names[code])
         series.append(Series(*reversed(parts)))
+    order = sorted(range(len(series)), key=series.__getitem__)  # tables are sorted (see batch.py)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    series, sensor = [series[i] for i in order], rank[sensor]
     values = np.full((n, len(metrics)), np.nan)
     for j, name in enumerate(metrics):
         if name in table.column_names:

@@ -107,8 +107,10 @@ class AssessHour(beam.DoFn):
             outliers = np.bincount(batch.sensor, weights=outlier, minlength=groups)
             for i in np.flatnonzero(received).tolist():
                 counts[batch.series[i]] = (int(received[i]), int(flatline[i]), int(outliers[i]))
-        if not counts:
-            return
+        if counts:
+            yield self._points(kind, counts, window_start_ms(win))
+
+    def _points(self, kind: str, counts: Mapping[Series, tuple[int, int, int]], hour: int) -> PointBatch:
         rows = sorted(counts)
         expected = self.expected.get(kind, 0)
         table = np.array([counts[row] for row in rows], dtype=np.float64).reshape(len(rows), 3)
@@ -119,11 +121,11 @@ class AssessHour(beam.DoFn):
             "flatline": table[:, 1],
             "outliers": table[:, 2],
         }
-        yield PointBatch.of(
+        return PointBatch.of(
             HEALTH_MEASUREMENT,
             SENSOR_TAGS,
             rows,
-            np.full(len(rows), window_start_ms(win), dtype=np.int64),
+            np.full(len(rows), hour, dtype=np.int64),
             fields,
             integers=frozenset({"received", "expected", "flatline", "outliers"}),
         )

@@ -45,7 +45,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.windowed_value import PaneInfo
 
 from pipelines.areas import Area, levels_of
-from pipelines.batch import ReadingBatch, SeriesTable
+from pipelines.batch import ReadingBatch, Series, SeriesTable
 from pipelines.points import PointBatch
 from pipelines.settings import ALLOWED_LATENESS_S
 from pipelines.timing import HOUR_MS, PANE, WINDOW, stamped_windows, window_end_ms, window_start_ms
@@ -126,11 +126,11 @@ class ThaiAQI(beam.PTransform):
                 | f"WindowInto{hours}h" >> self._windowing(window.SlidingWindows(hours * 3600, 3600))
                 | f"GroupBy{hours}h" >> beam.GroupByKey()
                 | f"Average{hours}h" >> beam.ParDo(AveragePeriod(hours, pollutants, self.hours))
+                | f"WindowInto{hours}hResultHours" >> self._windowing(window.FixedWindows(3600))
             )
         return (
             tuple(periods)
             | "MergePeriods" >> beam.Flatten()
-            | "WindowIntoResultHours" >> self._windowing(window.FixedWindows(3600))
             | "GroupByResultHour" >> beam.GroupByKey()
             | "ComputeAQI" >> beam.ParDo(ComputeAQI())
         )
@@ -170,8 +170,11 @@ class AverageHour(beam.DoFn):
                 means = np.where(count >= self.min_readings[kind], total / count, np.nan)
             tables.append([batch.series[i] for i in batch.sensor[starts].tolist()])
             sensor_means.append(means)
-        if not tables:
-            return
+        if tables:
+            yield _KEY, self._areas(tables, sensor_means, window_start_ms(win), pane.index)
+
+    @staticmethod
+    def _areas(tables: list[list[Series]], sensor_means: list[np.ndarray], hour: int, pane: int) -> Means:
         table = SeriesTable(tuple(s for t in tables for s in t))
         means = np.concatenate(sensor_means)
         valid = ~np.isnan(means)
@@ -181,7 +184,7 @@ class AverageHour(beam.DoFn):
         rows = np.flatnonzero(count.sum(axis=1) > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             area_means = np.where(count > 0, total / count, np.nan)[rows]
-        yield _KEY, Means(window_start_ms(win), tuple(levels.rows[i] for i in rows.tolist()), area_means, pane.index)
+        return Means(hour, tuple(levels.rows[i] for i in rows.tolist()), area_means, pane)
 
 
 def _latest_per_hour(means: Iterable[Means]) -> dict[int, Means]:
@@ -208,17 +211,20 @@ class AveragePeriod(beam.DoFn):
         pane: PaneInfo = PANE,
     ) -> Iterator[tuple[str, Means]]:
         last_hour = window_end_ms(win) - HOUR_MS
-        if self.emit is not None and not self.emit[0] <= last_hour < self.emit[1]:
-            return
         hourly = _latest_per_hour(element[1])
-        if last_hour not in hourly:
-            return  # the period's own hour has no data: nothing to report for it
+        # Nothing to report outside the range, or for an hour without data of its own.
+        if (self.emit is None or self.emit[0] <= last_hour < self.emit[1]) and last_hour in hourly:
+            yield from self._period(hourly, last_hour, window_start_ms(win), pane.index)
+
+    def _period(
+        self, hourly: dict[int, Means], last_hour: int, first_hour: int, pane: int
+    ) -> Iterator[tuple[str, Means]]:
         rows = tuple(sorted({row for m in hourly.values() for row in m.rows}))
         position = {row: i for i, row in enumerate(rows)}
         stack = np.full((self.hours, len(rows), len(self.columns)), np.nan)
         for m in hourly.values():
             at = [position[row] for row in m.rows]
-            stack[(m.hour_ms - window_start_ms(win)) // HOUR_MS, at] = m.means[:, self.columns]
+            stack[(m.hour_ms - first_hour) // HOUR_MS, at] = m.means[:, self.columns]
         valid = ~np.isnan(stack)
         count = valid.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -229,7 +235,7 @@ class AveragePeriod(beam.DoFn):
         keep = ~np.isnan(period).all(axis=1)
         if keep.any():
             kept = tuple(rows[i] for i in np.flatnonzero(keep).tolist())
-            yield _KEY, Means(last_hour, kept, means[keep], pane.index, self.hours)
+            yield _KEY, Means(last_hour, kept, means[keep], pane, self.hours)
 
 
 class ComputeAQI(beam.DoFn):
