@@ -100,7 +100,6 @@ class Trace:
     name: str
     x: list[Any]
     y: list[float | None]
-    colours: list[str] | None = None
 
 
 @dataclass
@@ -199,7 +198,7 @@ def figure(chart: Chart, time_range: TimeRange, tz: tzinfo) -> dict[str, Any]:
                     "name": trace.name,
                     "x": trace.x,
                     "y": trace.y,
-                    "marker": {"color": trace.colours or "#2f6fab"},
+                    "marker": {"color": "#2f6fab"},
                     "texttemplate": "%{y:.1f}",
                     "hovertemplate": f"%{{x}}: %{{y:.3~f}} {unit}<extra></extra>",
                 }
