@@ -18,9 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from dashboards.cli import dashboards_group
+from deploy import config
 from deploy.acl import acl_command
 from deploy.compose import compose_group
 from deploy.report import report_command
+from pipelines.cli import pipeline_group
+from pipelines.settings import CONFIG_KEYS as PIPELINE_CONFIG_KEYS
 from sensors.cli import registry_from, registry_option, sensors_group
 from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
@@ -79,6 +82,8 @@ def config_show() -> None:
 app.add_command(sensors_group)
 app.add_command(contract_group)
 app.add_command(dashboards_group)
+app.add_command(pipeline_group)
+config.register(config.Key(*key) for key in PIPELINE_CONFIG_KEYS)
 sensors_group.add_command(acl_command)
 app.add_command(simulate_command)
 app.add_command(report_command)
