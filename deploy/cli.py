@@ -20,8 +20,11 @@ from rich.table import Table
 from dashboards.cli import dashboards_group
 from deploy import config
 from deploy.acl import acl_command
+from deploy.audit import audit_command
 from deploy.compose import compose_group
 from deploy.report import report_command
+from ingest.cli import ingest_command
+from ingest.settings import CONFIG_KEYS as INGEST_CONFIG_KEYS
 from pipelines.cli import pipeline_group
 from pipelines.settings import CONFIG_KEYS as PIPELINE_CONFIG_KEYS
 from sensors.cli import registry_from, registry_option, sensors_group
@@ -81,13 +84,16 @@ def config_show() -> None:
 
 app.add_command(sensors_group)
 app.add_command(contract_group)
+app.add_command(ingest_command)
 app.add_command(dashboards_group)
 app.add_command(pipeline_group)
 config.register(config.Key(*key) for key in PIPELINE_CONFIG_KEYS)
+config.register(config.Key(*key) for key in INGEST_CONFIG_KEYS)
 sensors_group.add_command(acl_command)
 app.add_command(simulate_command)
 app.add_command(report_command)
 app.add_command(compose_group)
+app.add_command(audit_command)
 
 
 @app.group("stack")
