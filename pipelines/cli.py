@@ -126,6 +126,7 @@ def _bounded(
     beam_args: Sequence[str],
 ) -> None:
     run = _beam()
+    run.beam_options(beam_args)  # refuse unsafe or unknown Beam options before touching anything
     if start is None or end is None:
         extent = run.spool_extent(settings)
         if extent is None:
@@ -221,10 +222,12 @@ def run_all(
         return
     if start is not None or end is not None:
         raise click.UsageError("--follow takes no --from/--to: it continues from its checkpoint")
+    run = _beam()
+    run.beam_options(ctx.args)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     influx = _influx()
     console.print(f"following {settings.spool_root} (checkpoint {settings.checkpoint_path}); Ctrl-C stops")
-    _beam().follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
+    run.follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
     console.print("stopped")

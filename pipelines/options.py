@@ -53,8 +53,11 @@ def beam_options(flags: Sequence[str], *, streaming: bool = False) -> PipelineOp
         standard.streaming = True
     if standard.runner is None or standard.runner in _DIRECT_NAMES:
         if standard.runner is not None:
-            logger.info("running %s as %s: DirectRunner would try to download Prism first", standard.runner,
-                        _local_runner(streaming))  # fmt: skip
+            logger.info(
+                "running %s as %s: DirectRunner would try to download Prism first",
+                standard.runner,
+                _local_runner(streaming),
+            )
         standard.runner = _local_runner(streaming)
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_threading":

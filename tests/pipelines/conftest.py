@@ -38,8 +38,8 @@ def row(point: Any) -> tuple[str, tuple[tuple[str, str], ...], int, tuple[tuple[
     return point.measurement, tuple(sorted(point.tags.items())), point.time, tuple(sorted(point.fields.items()))
 
 
-def to_rows(batches: beam.PCollection) -> beam.PCollection:
-    return batches | "ToPoints" >> beam.FlatMap(PointBatch.points) | "ToRows" >> beam.Map(row)
+def to_rows(batches: beam.PCollection, label: str = "") -> beam.PCollection:
+    return batches | f"{label}ToPoints" >> beam.FlatMap(PointBatch.points) | f"{label}ToRows" >> beam.Map(row)
 
 
 def rows_of(batches: Iterable[PointBatch]) -> list[Any]:

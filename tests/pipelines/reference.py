@@ -67,8 +67,14 @@ def rollups(readings: Iterable[Reading], start: int, end: int) -> dict[Key, dict
                     values[(key, metric)].append(value)
     rows: dict[Key, dict[str, Any]] = defaultdict(dict)
     for (key, metric), seen in values.items():
-        rows[key].update({f"{metric}_mean": sum(seen) / len(seen), f"{metric}_min": min(seen),
-                          f"{metric}_max": max(seen), f"{metric}_count": len(seen)})  # fmt: skip
+        rows[key].update(
+            {
+                f"{metric}_mean": sum(seen) / len(seen),
+                f"{metric}_min": min(seen),
+                f"{metric}_max": max(seen),
+                f"{metric}_count": len(seen),
+            }
+        )
     return dict(rows)
 
 
@@ -104,8 +110,11 @@ def aqi(readings: Iterable[Reading], registry: Registry, hours: Iterable[int]) -
             for pollutant, period in AVERAGING_HOURS.items():
                 if (row, hour, pollutant) not in row_hour:
                     continue
-                means = [row_hour[(row, h, pollutant)] for h in range(hour - (period - 1) * HOUR, hour + 1, HOUR)
-                         if (row, h, pollutant) in row_hour]  # fmt: skip
+                means = [
+                    row_hour[(row, h, pollutant)]
+                    for h in range(hour - (period - 1) * HOUR, hour + 1, HOUR)
+                    if (row, h, pollutant) in row_hour
+                ]
                 if len(means) >= math.ceil(0.75 * period):
                     concentrations[pollutant] = sum(means) / len(means)
             found = thai_aqi(concentrations)

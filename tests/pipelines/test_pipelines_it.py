@@ -12,22 +12,25 @@ nothing less; and a second run must leave exactly the same points.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from pipelines.run import Plan, run_plan
+from pipelines.run import Plan, follow, run_plan
 from pipelines.settings import PIPELINES, PipelineSettings
 from sensors.reading import Reading
 from sensors.registry import Registry
 from storage.bootstrap import bootstrap
 from storage.settings import InfluxSettings
 from tests.pipelines import reference
-from tests.pipelines.spooldata import HOUR, MINUTE, T0, fleet_readings, write_segments
+from tests.pipelines.spooldata import HOUR, MINUTE, T0, fleet_readings, reading, write_segment, write_segments
 from tests.servers import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -57,17 +60,16 @@ def spool_readings(registry: Registry) -> list[Reading]:
     quiet = registry.sensors["pkt-aq-002"]
     # Silent for hours 5-8, and only 30 readings in hour 9 (under the 45 an hour needs).
     readings = [
-        r for r in readings
-        if r.sensor_id != quiet.id or not (T0 + 5 * HOUR <= r.ts < T0 + 9 * HOUR + 30 * MINUTE)
-    ]  # fmt: skip
+        r for r in readings if r.sensor_id != quiet.id or not (T0 + 5 * HOUR <= r.ts < T0 + 9 * HOUR + 30 * MINUTE)
+    ]
     late = [r for r in readings if T0 + 3 * HOUR <= r.ts < T0 + 4 * HOUR and r.sensor_id == "cnx-aq-001"]
     on_time = [r for r in readings if r not in late]
     redelivered = [msgspec.structs.replace(r, received=r.received + 90_000) for r in rng.sample(on_time, 300)]
     return on_time + late + redelivered  # the late hour and the duplicates land in the last segments
 
 
-def query_rows(stack: StackHandle, measurement: str) -> dict[reference.Key, dict[str, Any]]:
-    result = stack.influx_query(f'SELECT * FROM "rollup"."{measurement}"', db=DB)["results"][0]
+def query_rows(stack: StackHandle, measurement: str, db: str = DB) -> dict[reference.Key, dict[str, Any]]:
+    result = stack.influx_query(f'SELECT * FROM "rollup"."{measurement}"', db=db)["results"][0]
     assert not result.get("partial"), "InfluxDB truncated the result"
     rows: dict[reference.Key, dict[str, Any]] = {}
     for series in result.get("series", []):
@@ -127,8 +129,15 @@ def test_every_aqi_point_matches_the_plain_python_computation(run: dict[str, Any
     expected = reference.aqi(run["readings"], registry, hours)
     assert run["stored"]["aqi_1h"] == expected
     # The rules at work: PM appears from the 18th hour, and the silent sensor's hours have no value.
-    quiet = reference.frozen({"level": "sensor", "area": "pkt-aq-002", "super_cluster": "andaman",
-                              "city": "phuket", "district": "mueang-phuket"})  # fmt: skip
+    quiet = reference.frozen(
+        {
+            "level": "sensor",
+            "area": "pkt-aq-002",
+            "super_cluster": "andaman",
+            "city": "phuket",
+            "district": "mueang-phuket",
+        }
+    )
     assert ("aqi_1h", quiet, T0 + 6 * HOUR) not in expected
     assert all("pm25_aqi" not in f for (_, _, h), f in expected.items() if h < T0 + 17 * HOUR)
     assert any("pm25_aqi" in f for (_, _, h), f in expected.items() if h >= T0 + 17 * HOUR)
@@ -141,8 +150,14 @@ def test_health_reports_silence_and_duplicates_count_once(run: dict[str, Any], r
 
     def of(sensor_id: str, hour: int) -> dict[str, Any]:
         s = registry.sensors[sensor_id]
-        key = {"super_cluster": s.super_cluster, "city": s.city, "district": s.district, "site": s.site,
-               "sensor_id": s.id, "vendor": s.vendor}  # fmt: skip
+        key = {
+            "super_cluster": s.super_cluster,
+            "city": s.city,
+            "district": s.district,
+            "site": s.site,
+            "sensor_id": s.id,
+            "vendor": s.vendor,
+        }
         return health[("sensor_health_1h", reference.frozen(key), T0 + hour * HOUR)]
 
     assert of(tags.id, 6) == {"received": 0, "expected": 60, "completeness": 0.0, "flatline": 0, "outliers": 0}
@@ -153,8 +168,9 @@ def test_health_reports_silence_and_duplicates_count_once(run: dict[str, Any], r
         assert got == sum(1 for r in unique if r.sensor_id == sensor_id)
 
 
-def test_a_second_run_rewrites_exactly_the_same_points(run: dict[str, Any], stack: StackHandle,
-                                                       registry: Registry) -> None:  # fmt: skip
+def test_a_second_run_rewrites_exactly_the_same_points(
+    run: dict[str, Any], stack: StackHandle, registry: Registry
+) -> None:
     again = run_plan(run["plan"], run["settings"], registry, [], run["influx"])
     assert again.points_written == run["report"].points_written
     assert {m: query_rows(stack, m) for m in run["measurements"]} == run["stored"]
@@ -163,10 +179,73 @@ def test_a_second_run_rewrites_exactly_the_same_points(run: dict[str, Any], stac
 
 def test_command_line_runs_a_range_and_reports(cli_env: dict[str, str], run: dict[str, Any]) -> None:
     env = {**cli_env, "SMARTCITY_HOME": str(run["settings"].home), "SMARTCITY_INFLUX_DB": DB}
-    command = [sys.executable, "-m", "deploy.cli", "pipeline", "rollup", "--from", "2025-11-25T10:30+07:00",
-               "--to", "2025-11-25T12:00+07:00"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "deploy.cli",
+        "pipeline",
+        "rollup",
+        "--from",
+        "2025-11-25T10:30+07:00",
+        "--to",
+        "2025-11-25T12:00+07:00",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     # 10:30+07:00 is widened to the whole hour 03:00Z..05:00Z.
     assert "rollup 2025-11-25T03:00Z..2025-11-25T05:00Z" in done.stdout
     assert " readings from " in done.stdout and " points in " in done.stdout
+
+
+def test_follow_picks_up_closed_segments_rewrites_late_windows_and_checkpoints(
+    stack: StackHandle, registry: Registry, tmp_path: Path
+) -> None:
+    """Two cycles of `run --follow`: the first takes what is in the spool, the second a late segment."""
+    sensor = registry.sensors["pkt-wx-001"]
+    on_time = [reading(sensor, T0 + m * MINUTE, {"temperature": 30.0}) for m in range(0, 150)]
+    late = [reading(sensor, T0 + 90 * MINUTE + 30_000, {"temperature": 0.0}, received=T0 + 4 * HOUR)]
+    home = tmp_path / "home"
+    write_segments(home / "spool", on_time, per_segment=60)
+    settings = PipelineSettings(home=home, poll_interval_s=0.1)
+    influx = InfluxSettings.from_env(stack.env(), db="pipelines_follow")
+    bootstrap(influx)
+    now = (T0 + 3 * HOUR + 5 * MINUTE) / 1000
+
+    def one_cycle() -> list[Any]:
+        stop, reports = threading.Event(), []
+
+        def record(report: Any) -> None:
+            reports.append(report)
+            stop.set()
+
+        follow(settings, registry, [], influx, stop=stop, on_report=record, clock=lambda: now)
+        return reports
+
+    [first] = one_cycle()
+    assert (first.plan.start_ms, first.plan.end_ms) == (T0, T0 + 3 * HOUR)
+    checkpoint = json.loads(settings.checkpoint_path.read_text())
+    assert checkpoint["streams"] == {"ingest-1": 3} and checkpoint["watermark_ms"] == on_time[-1].ts
+
+    def hour_two() -> dict[str, Any]:
+        rows = query_rows(stack, "weather_1h", db="pipelines_follow")
+        key = (
+            "weather_1h",
+            reference.frozen(
+                {
+                    "level": "sensor",
+                    "area": sensor.id,
+                    "super_cluster": "andaman",
+                    "city": "phuket",
+                    "district": sensor.district,
+                }
+            ),
+            T0 + HOUR,
+        )
+        return rows[key]
+
+    assert (hour_two()["temperature_count"], hour_two()["temperature_min"]) == (60, 30.0)
+    write_segment(home / "spool", 4, late)  # closes after the watermark moved on: a late reading
+    [second] = one_cycle()
+    assert (second.plan.start_ms, second.plan.end_ms) == (T0 + HOUR, T0 + 2 * HOUR)
+    assert (hour_two()["temperature_count"], hour_two()["temperature_min"]) == (61, 0.0)
+    assert json.loads(settings.checkpoint_path.read_text())["streams"] == {"ingest-1": 4}

@@ -25,8 +25,13 @@ def sample(registry: Registry) -> list[Reading]:
 
 
 def health(received: int, flatline: int, outliers: int) -> dict[str, float]:
-    return {"received": received, "expected": 60, "completeness": received / 60, "flatline": flatline,
-            "outliers": outliers}  # fmt: skip
+    return {
+        "received": received,
+        "expected": 60,
+        "completeness": received / 60,
+        "flatline": flatline,
+        "outliers": outliers,
+    }
 
 
 def test_every_registry_sensor_gets_every_hour(registry: Registry) -> None:
@@ -51,5 +56,8 @@ def test_every_registry_sensor_gets_every_hour(registry: Registry) -> None:
             label="CheckWatched",
         )
         per_hour = rows | beam.Map(lambda r: r[2]) | beam.combiners.Count.PerElement()
-        assert_that(per_hour, equal_to([(T0, len(registry.sensors)), (T0 + HOUR, len(registry.sensors))]),
-                    label="CheckEverySensor")  # fmt: skip
+        assert_that(
+            per_hour,
+            equal_to([(T0, len(registry.sensors)), (T0 + HOUR, len(registry.sensors))]),
+            label="CheckEverySensor",
+        )

@@ -21,8 +21,13 @@ from tests.pipelines.conftest import batch_pipeline, to_rows
 from tests.pipelines.spooldata import HOUR, MINUTE, T0, batches_of, reading
 
 CONSTANT = {"pm25": 20.0, "pm10": 60.0, "o3": 40.0, "co": 1.0, "no2": 30.0, "so2": 10.0}
-PKT_AQ_001 = {"level": "sensor", "area": "pkt-aq-001", "super_cluster": "andaman", "city": "phuket",
-              "district": "mueang-phuket"}  # fmt: skip
+PKT_AQ_001 = {
+    "level": "sensor",
+    "area": "pkt-aq-001",
+    "super_cluster": "andaman",
+    "city": "phuket",
+    "district": "mueang-phuket",
+}
 
 
 def every(sensor: Sensor, start: int, end: int, step: int, values: dict[str, float]) -> list[Reading]:
@@ -74,8 +79,12 @@ def test_an_hour_needs_three_quarters_of_its_readings_and_the_last_hour_must_hav
     )
     # Hour T0+2h has no readings at all: no point, although nothing needs more than one hour.
     fields = {"aqi": 13, "band": 1, "dominant": "no2", "no2_aqi": 13}
-    run_aqi(registry, readings, (T0, T0 + 3 * HOUR), [(T0, "sensor", "pkt-aq-001", fields),
-                                                        *[(T0, lv, a, fields) for lv, a in AREAS]])  # fmt: skip
+    run_aqi(
+        registry,
+        readings,
+        (T0, T0 + 3 * HOUR),
+        [(T0, "sensor", "pkt-aq-001", fields), *[(T0, lv, a, fields) for lv, a in AREAS]],
+    )
 
 
 AREAS = [("district", "mueang-phuket"), ("city", "phuket"), ("super_cluster", "andaman")]
