@@ -9,7 +9,7 @@ Topic: `smartcity/v1/{city}/{kind}/{sensor_id}`. Payload: UTF-8 JSON of at most
 pack (RFC 8428). Checks run in a fixed order and the first failure decides the
 code, so every message gets exactly one reason:
 
-    bad_topic, payload_too_large, unknown_sensor, sensor_topic_mismatch (topic),
+    bad_topic, unknown_sensor, sensor_topic_mismatch (topic), payload_too_large,
     invalid_json, not_an_object, sensor_topic_mismatch (payload),
     missing_ts, invalid_ts, ts_in_future, ts_too_old,
     missing_values, unknown_metric, unit_mismatch, invalid_value, out_of_range
@@ -55,7 +55,7 @@ EPOCH_SECONDS_HINT_BELOW = 10**12
 
 _SENSOR_ID = re.compile(SENSOR_ID_PATTERN)
 _FRACTION = re.compile(r"\.\d+")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
 
 
 class RejectCode(StrEnum):
@@ -299,11 +299,8 @@ class Contract:
             )
         if not _is_number(value):
             raise _Reject(RejectCode.INVALID_VALUE, f"{metric.name}: {_show(value)} is not a number")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
+        number = _finite(value)
+        if number is None:
             raise _Reject(RejectCode.INVALID_VALUE, f"{metric.name}: {_show(value)} is not a finite number")
         if not metric.min <= number <= metric.max:
             raise _Reject(
@@ -375,9 +372,10 @@ def _object_ts(raw: Any) -> int:
     if isinstance(raw, bool) or raw is None:
         raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is neither epoch milliseconds nor RFC 3339")
     if isinstance(raw, int | float):
-        if not math.isfinite(raw) or abs(raw) > 1e15:
+        ms = _finite(raw)
+        if ms is None or abs(ms) > 1e15:
             raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is not a usable epoch milliseconds value")
-        return int(raw)
+        return int(ms)
     if isinstance(raw, str):
         if not _RFC3339.match(raw):
             raise _Reject(
@@ -395,11 +393,15 @@ def _object_ts(raw: Any) -> int:
 
 
 def _senml_ts(base_time: Any, offset: Any, index: int) -> int:
-    base = 0.0 if base_time is None else base_time
-    for field, value in (("bt", base), ("t", offset)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise _Reject(RejectCode.INVALID_TS, f"SenML record {index}: '{field}' {_show(value)} is not a number")
-    seconds = float(base) + float(offset)
+    parts = []
+    for field, value in (("bt", 0.0 if base_time is None else base_time), ("t", offset)):
+        number = _finite(value)
+        if number is None:
+            raise _Reject(
+                RejectCode.INVALID_TS, f"SenML record {index}: '{field}' {_show(value)} is not a finite number"
+            )
+        parts.append(number)
+    seconds = parts[0] + parts[1]
     if abs(seconds) < SENML_RELATIVE_LIMIT_S:
         raise _Reject(
             RejectCode.INVALID_TS,
@@ -408,6 +410,17 @@ def _senml_ts(base_time: Any, offset: Any, index: int) -> int:
     if abs(seconds) > 1e12:
         raise _Reject(RejectCode.INVALID_TS, f"SenML record {index}: time {seconds:g} s is out of range")
     return math.floor(seconds * 1000)
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (not a number, NaN, infinite, or too large for a float)."""
+    if not _is_number(value):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _is_number(value: Any) -> bool:
@@ -435,5 +448,8 @@ def _json_type(value: Any) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"a JSON {_json_type(value)}"
-    text = str(value) if isinstance(value, float) and not math.isfinite(value) else json.dumps(value)
+    try:
+        text = str(value) if isinstance(value, float) and not math.isfinite(value) else json.dumps(value)
+    except ValueError:  # an integer beyond Python's 4300-digit str() limit
+        return "a number too large to show"
     return text if len(text) <= 60 else text[:57] + "..."

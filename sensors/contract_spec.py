@@ -330,8 +330,7 @@ SCHEMA_LIMITS: list[tuple[str, str]] = [
     (
         "Leniencies of ingest",
         "ingest accepts a few things the schemas refuse (never the other way round): SenML fields set to "
-        "`null`, SenML base fields of the wrong JSON type that no record uses, and RFC 3339 offsets with "
-        "minutes above 59.",
+        "`null`, and SenML base fields of the wrong JSON type that no record uses.",
     ),
 ]
 

@@ -392,7 +392,6 @@ def test_the_documented_limits_are_real(why: str, form: str, document: Any) -> N
 @pytest.mark.parametrize(
     ("form", "document"),
     [
-        ("object", {"ts": "2026-11-25T14:30:00+06:60", "values": {"pm25": 1}}),
         ("senml", [{"bt": 1_795_591_800, "n": "pm25", "u": None, "v": 1}]),
         ("senml", [{"bn": 7, "bt": 1_795_591_800, "n": "pm25", "v": 1}]),
     ],
