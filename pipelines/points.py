@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.batch import PackedRows
-from storage.line_protocol import FieldValue, Point
+from storage.line_protocol import Point
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,19 +55,36 @@ class PointBatch:
 
     def points(self) -> list[Point]:
         """One point per row, without the tags and fields that row does not have."""
-        keys = self.tag_keys
-        columns = [(name, column.tolist(), name in self.integers) for name, column in self.fields.items()]
-        points = []
+        names = list(self.fields)
+        if not names:
+            return []
+        columns, absent = [], np.zeros(len(self), dtype=bool)
+        for name, column in self.fields.items():
+            missing = (
+                np.isnan(column) if column.dtype.kind == "f" else np.array([v is None for v in column], dtype=bool)
+            )
+            absent |= missing
+            if name in self.integers:  # Python ints, so the line protocol writes integers
+                values = np.where(missing, 0, column).astype(np.int64).tolist()
+                columns.append(
+                    [None if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+                    if missing.any()
+                    else values
+                )
+            else:
+                columns.append(column.tolist())
         table = self.tags.items
-        rows = table if self.tag_index is None else [table[i] for i in self.tag_index.tolist()]
-        for i, (values, time) in enumerate(zip(rows, self.time_ms.tolist(), strict=True)):
-            fields: dict[str, FieldValue] = {}
-            for name, column, integer in columns:
-                value = column[i]
-                if value is None or value != value:  # None or NaN: absent in this row
+        tag_rows = table if self.tag_index is None else [table[i] for i in self.tag_index.tolist()]
+        keys, measurement = self.tag_keys, self.measurement
+        points = []
+        for values, tags, time, partial in zip(
+            zip(*columns, strict=True), tag_rows, self.time_ms.tolist(), absent.tolist(), strict=True
+        ):
+            if partial:  # drop the fields this row does not have (NaN or None)
+                fields = {n: v for n, v in zip(names, values, strict=True) if v is not None and v == v}
+                if not fields:
                     continue
-                fields[name] = int(value) if integer else value
-            if fields:
-                tags = {k: v for k, v in zip(keys, values, strict=True) if v}
-                points.append(Point(self.measurement, tags, fields, time, "ms"))
+            else:
+                fields = dict(zip(names, values, strict=True))
+            points.append(Point(measurement, {k: v for k, v in zip(keys, tags, strict=True) if v}, fields, time, "ms"))
         return points
