@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Points kept while InfluxDB is unreachable (one hour at the default interval); older ones are dropped.
 BACKLOG_POINTS = 360
+MAX_BACKOFF_INTERVALS = 32
 
 
 class PointSink(Protocol):
@@ -144,6 +145,8 @@ class Reporter:
         self.refresh = refresh  # updates the gauges just before a report
         self._previous = metrics.counters()
         self._backlog: collections.deque[Point] = collections.deque(maxlen=BACKLOG_POINTS)
+        self._failures = 0
+        self._skip = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-metrics", daemon=True)
 
@@ -179,15 +182,28 @@ class Reporter:
         return fields
 
     def flush(self) -> bool:
-        """Send the backlog; False (kept for later) if InfluxDB did not take it."""
+        """Send the backlog; False (kept for later) if InfluxDB did not take it.
+
+        After a failure the next attempts back off (one interval, two, four, ... up to
+        `MAX_BACKOFF_INTERVALS`), so an InfluxDB outage does not fill the log every interval.
+        """
         if not self._backlog:
             return True
+        if self._skip > 0:
+            self._skip -= 1
+            return False
         points = list(self._backlog)
         try:
             self.sink.write(points)
         except Exception as err:  # a metrics failure must never stop ingest
-            logger.warning("could not write %d ingest metrics points (kept for the next try): %s", len(points), err)
+            self._failures += 1
+            self._skip = min(2 ** (self._failures - 1), MAX_BACKOFF_INTERVALS) - 1
+            if self._failures == 1:
+                logger.warning("could not write ingest metrics (kept, up to %d points): %s", BACKLOG_POINTS, err)
             return False
+        if self._failures:
+            logger.info("ingest metrics written again (%d points kept during the outage)", len(points))
+        self._failures = self._skip = 0
         for _ in points:
             self._backlog.popleft()
         return True

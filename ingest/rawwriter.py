@@ -10,11 +10,14 @@ overwrites the same point with the same values.
 While InfluxDB is down the writer retries the same batch with capped
 exponential backoff, forever: the spool holds the data, so nothing is dropped
 and nothing is skipped. Garbage collection of the spool (`collect_garbage`)
-runs here because only the writer knows what InfluxDB has.
+runs here because only the writer knows what InfluxDB has; it also waits for
+the pipelines' checkpoint (`{home}/pipelines/checkpoint.json`, written by
+`pipeline run --follow`) when there is one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -64,6 +67,7 @@ class RawWriter:
         poll_interval_s: float,
         retry_max_delay_s: float,
         retention_s: float,
+        pipeline_checkpoint: Path | None = None,
         to_point: Callable[[Reading], Point] = raw_point,
     ) -> None:
         self.spool_root = spool_root
@@ -74,6 +78,7 @@ class RawWriter:
         self.poll_interval_s = poll_interval_s
         self.retry_max_delay_s = retry_max_delay_s
         self.retention_s = retention_s
+        self.pipeline_checkpoint = pipeline_checkpoint
         self.to_point = to_point
         self._streams: dict[str, _Stream] = {}
         self._stop = threading.Event()
@@ -199,8 +204,19 @@ class RawWriter:
         return kept
 
     def _collect_garbage(self) -> None:
-        for stream in self._streams.values():
-            collect_garbage(stream.dir, self.retention_s, stream.saved)
+        if self.retention_s <= 0:
+            return
+        processed: dict[str, int] | None = None
+        if self.pipeline_checkpoint is not None and self.pipeline_checkpoint.exists():
+            try:
+                streams_done = json.loads(self.pipeline_checkpoint.read_text(encoding="utf-8"))["streams"]
+                processed = {str(name): int(seq) for name, seq in streams_done.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                logger.warning("%s is unreadable (%s); keeping every segment", self.pipeline_checkpoint, err)
+                return
+        for name, stream in self._streams.items():
+            done = None if processed is None else processed.get(name, 0)
+            collect_garbage(stream.dir, self.retention_s, stream.saved, done)
 
     def refresh_gauges(self) -> None:
         """Update the writer-lag gauges (called by the metrics reporter)."""

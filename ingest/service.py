@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # Share of the shutdown budget the consumer may use to commit, acknowledge and disconnect.
 CONSUMER_STOP_SHARE = 0.4
 REPORTER_STOP_S = 1.0
+# Where `pipeline run --follow` records the spool segments it has processed (a file contract, no import).
+PIPELINE_CHECKPOINT = "pipelines/checkpoint.json"
 
 
 class IngestService:
@@ -80,6 +82,7 @@ class IngestService:
                 poll_interval_s=s.write_poll_interval_ms / 1000,
                 retry_max_delay_s=s.write_retry_max_delay_s,
                 retention_s=s.spool_retention_h * 3600,
+                pipeline_checkpoint=s.home / PIPELINE_CHECKPOINT,
             )
         self.reporter = Reporter(
             self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh

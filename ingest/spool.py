@@ -510,9 +510,15 @@ def closed_before(stream_dir: Path, record_type: str) -> Iterator[tuple[int, Pat
 
 
 def collect_garbage(
-    stream_dir: Path, retention_s: float, written: Position, now_ms: Callable[[], int] | None = None
+    stream_dir: Path,
+    retention_s: float,
+    written: Position,
+    processed_seq: int | None = None,
+    now_ms: Callable[[], int] | None = None,
 ) -> list[Path]:
-    """Delete closed segments older than the retention; reading segments only once written to InfluxDB.
+    """Delete closed segments older than the retention; reading segments only once written to InfluxDB
+    and, if the pipelines keep a checkpoint, once they processed them (`processed_seq`: the highest
+    sequence number they are done with in this stream; None when there is no checkpoint).
 
     A reading segment is written when the writer's position is in a later
     segment. The newest segment of each type is kept, so sequence numbers never
@@ -524,7 +530,7 @@ def collect_garbage(
     deleted: list[Path] = []
     for record_type in RECORD_TYPES:
         for seq, path in closed_before(stream_dir, record_type):
-            if record_type == READINGS and seq >= written.seq:
+            if record_type == READINGS and (seq >= written.seq or (processed_seq is not None and seq > processed_seq)):
                 break
             try:
                 info = read_meta(path)

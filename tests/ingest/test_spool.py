@@ -238,16 +238,17 @@ def test_garbage_collection_keeps_unwritten_recent_and_newest_segments(tmp_path:
     spool.close()
     now = int(time.time() * 1000)
     assert collect_garbage(stream, 0, Position(99, 0)) == [], "retention 0 keeps everything"
-    assert collect_garbage(stream, 3600, Position(99, 0), lambda: now) == [], "younger than the retention"
+    assert collect_garbage(stream, 3600, Position(99, 0), now_ms=lambda: now) == [], "younger than the retention"
     later = now + 2 * 3600 * 1000
-    deleted = collect_garbage(stream, 3600, Position(3, 0), lambda: later)
-    # readings 1 and 2 are written (the writer is in segment 3); rejects 1-4 (5 is the newest).
-    assert sorted(p.name for p in deleted) == [
-        "readings-000000000001.seg",
-        "readings-000000000002.seg",
-        *[f"rejects-00000000000{i}.seg" for i in range(1, 5)],
-    ]
+    deleted = collect_garbage(stream, 3600, Position(3, 0), 0, lambda: later)
+    # Rejects 1-4 go (5 is the newest); no reading segment, as the pipelines have processed none.
+    assert sorted(p.name for p in deleted) == [f"rejects-00000000000{i}.seg" for i in range(1, 5)]
+    deleted = collect_garbage(stream, 3600, Position(3, 0), None, lambda: later)
+    # Without a pipeline checkpoint, readings 1 and 2 go: the writer is in segment 3.
+    assert sorted(p.name for p in deleted) == ["readings-000000000001.seg", "readings-000000000002.seg"]
     assert not any(p.name.startswith("readings-000000000001") for p in stream.iterdir())
-    deleted = collect_garbage(stream, 3600, Position(99, 0), lambda: later)
-    assert [p.name for p in deleted] == ["readings-000000000003.seg", "readings-000000000004.seg"]
+    deleted = collect_garbage(stream, 3600, Position(99, 0), 3, lambda: later)
+    assert [p.name for p in deleted] == ["readings-000000000003.seg"], "the pipelines are done up to segment 3"
+    deleted = collect_garbage(stream, 3600, Position(99, 0), None, lambda: later)
+    assert [p.name for p in deleted] == ["readings-000000000004.seg"]
     assert sorted(segment_files(stream, READINGS)) == [5] and sorted(segment_files(stream, REJECTS)) == [5]
