@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # Beam takes a second to import: only the commands that run a
     from pipelines.run import RunReport
 
 console = Console(stderr=True)
-out = Console(highlight=False)
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 _BEAM_HELP = "Options after these go to Beam, e.g. --runner=PortableRunner --job_endpoint=HOST:PORT."
@@ -151,7 +150,7 @@ def _influx() -> InfluxSettings:
 def _print(report: RunReport) -> None:
     plan, c = report.plan, report.counters
     rate = report.readings / report.seconds if report.seconds else 0.0
-    out.print(
+    click.echo(
         f"{'+'.join(plan.pipelines)} {_iso(plan.start_ms)}..{_iso(plan.end_ms)}: "
         f"{report.readings:,} readings from {c.get('segments', 0):,} segments "
         f"({c.get('segments_from_cache', 0):,} from Parquet) -> {report.points_written:,} points "
