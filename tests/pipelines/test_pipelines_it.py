@@ -6,7 +6,9 @@ Every rollup and AQI point in InfluxDB must equal the plain-Python computation o
 `tests/pipelines/reference.py` (counts and extremes exactly, means within 1e-9), nothing more,
 nothing less; and a second run must leave exactly the same points.
 
-(The full simulate -> ingest -> pipelines test joins these once ingest lands.)
+The last test goes through the broker and a real `smartcity ingest` process first, so the
+pipelines read the spool ingest actually writes. (A run driven by `smartcity simulate`, with its
+fault injection, is still to add: the simulator's expected totals would be the reference.)
 """
 
 from __future__ import annotations
@@ -249,3 +251,41 @@ def test_follow_picks_up_closed_segments_rewrites_late_windows_and_checkpoints(
     assert (second.plan.start_ms, second.plan.end_ms) == (T0 + HOUR, T0 + 2 * HOUR)
     assert (hour_two()["temperature_count"], hour_two()["temperature_min"]) == (61, 0.0)
     assert json.loads(settings.checkpoint_path.read_text())["streams"] == {"ingest-1": 4}
+
+
+def test_readings_published_through_the_broker_and_ingest_roll_up_exactly(
+    stack: StackHandle, registry: Registry, tmp_path: Path
+) -> None:
+    """Publish -> Mosquitto -> `smartcity ingest` (its real spool) -> rollup pipeline -> InfluxDB.
+
+    The expected figures come from the published messages, not from the spool.
+    """
+    from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
+
+    items = messages(3000, slot=9)
+    home = tmp_path / "home"
+    with IngestProcess(ingest_env(stack, home, client_id="pipelines-e2e"), tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribing to")
+        publisher = Publisher(stack)
+        publisher.publish(items)
+        publisher.close()
+        wait_for_points(stack, items, timeout_s=60)
+        assert ingest.terminate() == 0  # a clean stop closes the open segment
+    published = []
+    for m in items:
+        s = registry.sensors[m.sensor_id]
+        published.append(reading(s, m.ts, m.values))
+    start, end = min(r.ts for r in published), max(r.ts for r in published) + 1
+    influx = InfluxSettings.from_env(stack.env(), db="pipelines_ingest")
+    bootstrap(influx)
+    plan = Plan.bounded(["rollup"], start, end)
+    report = run_plan(plan, PipelineSettings(home=home), registry, [], influx)
+    assert report.readings == len(items)
+    expected = reference.rollups(published, plan.start_ms, plan.end_ms)
+    stored = {}
+    for measurement in {key[0] for key in expected}:
+        stored.update(query_rows(stack, measurement, db="pipelines_ingest"))
+    assert set(stored) == set(expected)
+    for key, want in expected.items():
+        for name, value in want.items():
+            assert stored[key][name] == (pytest.approx(value, abs=1e-9) if name.endswith("_mean") else value)
