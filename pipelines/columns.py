@@ -24,7 +24,7 @@ import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 
@@ -55,12 +55,16 @@ def metrics_by_kind(registry: Registry) -> dict[str, tuple[str, ...]]:
 
 @dataclass
 class Decoded:
-    """What one segment gave: a batch per kind, and how many lines were skipped and why."""
+    """What one segment gave: a batch per kind, and the lines skipped (1-based numbers) and why."""
 
     batches: list[ReadingBatch]
-    corrupt: int = 0
+    bad_lines: list[int] = field(default_factory=list)
     unknown_kind: int = 0
     from_cache: bool = False
+
+    @property
+    def corrupt(self) -> int:
+        return len(self.bad_lines)
 
 
 class SegmentDecoder:
@@ -92,20 +96,20 @@ class SegmentDecoder:
     def decode(self, data: bytes, where: str = "segment") -> Decoded:
         """Per-kind batches of the readings in `data` (the bytes of a segment); `where` names it in logs."""
         lines = data.splitlines()
-        bodies, corrupt = self._verified(lines, where)
+        bodies, numbers, bad = self._verified(lines, where)
         try:
             records = list(map(self._decode, bodies))
         except msgspec.DecodeError:  # rare: find the bad lines one by one
             records = []
-            for body in bodies:
+            for body, number in zip(bodies, numbers, strict=True):
                 try:
                     records.append(self._decode(body))
                 except msgspec.DecodeError as err:
-                    corrupt += 1
-                    logger.warning("%s: skipped a record that does not decode: %s", where, err)
+                    bad.append(number)
+                    logger.warning("%s:%s: skipped a record that does not decode: %s", where, number, err)
         kinds = list(map(_KIND, records))
         names = list(dict.fromkeys(kinds))
-        result = Decoded([], corrupt=corrupt)
+        result = Decoded([], bad_lines=sorted(bad))
         if len(names) > 1:
             code = {name: i for i, name in enumerate(names)}
             codes = np.fromiter(map(code.__getitem__, kinds), np.int32, len(kinds))
@@ -118,8 +122,9 @@ class SegmentDecoder:
         return result
 
     @staticmethod
-    def _verified(lines: list[bytes], where: str) -> tuple[list[bytes], int]:
-        """The JSON bodies of the lines whose checksum verifies (`sensors.reading` framing), and the bad count.
+    def _verified(lines: list[bytes], where: str) -> tuple[list[bytes], list[int], list[int]]:
+        """The JSON bodies of the lines whose checksum verifies (`sensors.reading` framing), their line
+        numbers, and the numbers of the lines that do not verify.
 
         Vectorised: the 8 hex digits of every line are decoded by numpy at once.
         """
@@ -135,11 +140,12 @@ class SegmentDecoder:
         else:  # a line shorter than its frame: check each
             good = np.array([len(line) > 9 and verify_line(line + b"\n") for line in lines], dtype=bool)
         if good.all():
-            return bodies, 0
-        bad = np.flatnonzero(~good)
-        for number in bad[:3].tolist():
-            logger.warning("%s:%s: skipped a line whose checksum does not verify", where, number + 1)
-        return [body for body, ok in zip(bodies, good.tolist(), strict=True) if ok], len(bad)
+            return bodies, list(range(1, n + 1)), []
+        bad = (np.flatnonzero(~good) + 1).tolist()
+        for number in bad[:3]:
+            logger.warning("%s:%s: skipped a line whose checksum does not verify", where, number)
+        kept = np.flatnonzero(good)
+        return [bodies[i] for i in kept.tolist()], (kept + 1).tolist(), bad
 
     def _columns(self, kind: str, rows: list[msgspec.Struct]) -> ReadingBatch:
         n = len(rows)

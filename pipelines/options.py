@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"
 # Names that would reach the SwitchingDirectRunner and its Prism attempt.
-_DIRECT_NAMES = frozenset({"DirectRunner", "SwitchingDirectRunner", "directrunner"})
+_DIRECT_NAMES = frozenset({"DirectRunner", "SwitchingDirectRunner", "direct", "directrunner"})
 
 
 class BeamOptionsError(SmartcityError):

@@ -15,8 +15,10 @@ built, so a run reads a fixed set of files and re-running it reads the same.
 
 Segments whose metadata shows no overlap with the range, or none of the wanted
 kinds, are not opened. Readings outside `[start_ms, end_ms)` are dropped.
-Lines that do not verify are counted (`corrupt_lines`) and skipped, never
-raised; so are readings of kinds the registry no longer knows (`unknown_kind`).
+Lines that do not verify are skipped, never raised: they are counted
+(`corrupt_lines`), logged, and emitted as `"path:line"` strings on the
+transform's `invalid` output (`read.invalid` after applying `read`); readings of
+kinds the registry no longer knows are counted (`unknown_kind`).
 With a `cache_dir`, each segment's columns are kept as Parquet (see
 `pipelines.columns`) and read from there the next time.
 """
@@ -36,6 +38,8 @@ from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo, closed_segments
 
 logger = logging.getLogger(__name__)
+
+INVALID = "invalid"  # the tag of the output that names the lines that do not verify
 
 
 class ReadSpool(beam.PTransform):
@@ -62,12 +66,16 @@ class ReadSpool(beam.PTransform):
         self.segments = [s for s in listed if not s.kinds or not self.kinds.isdisjoint(s.kinds)]
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
+        decoded = (
             pbegin
             | "ListSegments" >> beam.Create(self.segments)
             | "DecodeSegments"
-            >> beam.ParDo(DecodeSegment(self.metrics, self.kinds, self.start_ms, self.end_ms, self.cache_dir))
+            >> beam.ParDo(
+                DecodeSegment(self.metrics, self.kinds, self.start_ms, self.end_ms, self.cache_dir)
+            ).with_outputs(INVALID, main="readings")
         )
+        self.invalid: beam.PCollection = decoded[INVALID]
+        return decoded.readings
 
 
 class DecodeSegment(beam.DoFn):
@@ -94,8 +102,10 @@ class DecodeSegment(beam.DoFn):
     def setup(self) -> None:
         self.decoder = SegmentDecoder(self.metrics)  # built per worker: msgspec types do not pickle
 
-    def process(self, segment: SegmentInfo) -> Iterator[ReadingBatch]:
+    def process(self, segment: SegmentInfo) -> Iterator[ReadingBatch | beam.pvalue.TaggedOutput]:
         decoded = load_segment(segment, self.decoder, self.cache_dir)
+        for number in decoded.bad_lines:
+            yield beam.pvalue.TaggedOutput(INVALID, f"{segment.path}:{number}")
         self.segments.inc()
         self.cached.inc(int(decoded.from_cache))
         self.corrupt.inc(decoded.corrupt)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -40,10 +39,6 @@ def row(point: Any) -> tuple[str, tuple[tuple[str, str], ...], int, tuple[tuple[
 
 def to_rows(batches: beam.PCollection, label: str = "") -> beam.PCollection:
     return batches | f"{label}ToPoints" >> beam.FlatMap(PointBatch.points) | f"{label}ToRows" >> beam.Map(row)
-
-
-def rows_of(batches: Iterable[PointBatch]) -> list[Any]:
-    return [row(p) for b in batches for p in b.points()]
 
 
 _COLLECTED: dict[str, list[Any]] = {}

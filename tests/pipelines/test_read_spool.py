@@ -67,8 +67,10 @@ def test_corrupt_lines_are_skipped_and_counted(registry: Registry, tmp_path: Pat
     lines[3] = lines[3][:20] + b"\n"  # torn
     info.path.write_bytes(b"".join(lines))
     pipeline = batch_pipeline()
-    found = pipeline | ReadSpool(spool, registry) | beam.FlatMap(lambda b: b.values[:, 0].tolist())
+    read = ReadSpool(spool, registry)
+    found = pipeline | read | beam.FlatMap(lambda b: b.values[:, 0].tolist())
     assert_that(found, equal_to([0.0, 2.0, 4.0]))
+    assert_that(read.invalid, equal_to([f"{info.path}:2", f"{info.path}:4"]), label="CheckInvalid")
     result = pipeline.run()
     counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]}
     assert counters["corrupt_lines"] == 2
