@@ -116,6 +116,17 @@ class _DropBeamImportNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+def _check_beam_args(args: Sequence[str]) -> None:
+    """Arguments that neither the command nor Beam knows are usage errors (exit 2), as for any command."""
+    from pipelines.options import unknown_args
+
+    unknown = unknown_args(args)
+    if unknown and unknown[0].startswith("-"):
+        raise click.NoSuchOption(unknown[0], message=f"No such option: {unknown[0]} (nor a Beam option)")
+    if unknown:
+        raise click.UsageError(f"unexpected argument {unknown[0]!r}")
+
+
 def _bounded(
     pipelines: Sequence[str],
     start: int | None,
@@ -125,7 +136,8 @@ def _bounded(
     beam_args: Sequence[str],
 ) -> None:
     run = _beam()
-    run.beam_options(beam_args)  # refuse unsafe or unknown Beam options before touching anything
+    _check_beam_args(beam_args)
+    run.beam_options(beam_args)  # refuse unsafe Beam options before touching anything
     if start is None or end is None:
         extent = run.spool_extent(settings)
         if extent is None:
@@ -222,6 +234,7 @@ def run_all(
     if start is not None or end is not None:
         raise click.UsageError("--follow takes no --from/--to: it continues from its checkpoint")
     run = _beam()
+    _check_beam_args(ctx.args)
     run.beam_options(ctx.args)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -44,7 +44,7 @@ class BeamOptionsError(SmartcityError):
 def beam_options(flags: Sequence[str], *, streaming: bool = False) -> PipelineOptions:
     """PipelineOptions from pass-through flags, with the safe default runner and unsafe modes refused."""
     flags = list(flags)
-    unknown = _unknown_flags(flags)
+    unknown = unknown_args(flags)
     if unknown:
         raise BeamOptionsError(f"unknown Beam option {unknown[0]} (options after the command's own go to Beam)")
     options = PipelineOptions(flags)
@@ -72,10 +72,13 @@ def _local_runner(streaming: bool) -> str:
     return "BundleBasedDirectRunner" if streaming else DEFAULT_RUNNER
 
 
-def _unknown_flags(flags: list[str]) -> list[str]:
-    """Flags no Beam option class knows (a typo like --runer would otherwise be dropped with a log line)."""
+def unknown_args(flags: Sequence[str]) -> list[str]:
+    """Arguments no Beam option takes: unknown flags (without their `=value`) and stray words.
+
+    Beam itself drops them with a log line, so a typo like `--runer` would silently run the default.
+    """
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(flags)
-    return [flag.split("=", 1)[0] for flag in unknown if flag.startswith("-")]
+    _, unknown = parser.parse_known_args(list(flags))
+    return [arg.split("=", 1)[0] if arg.startswith("-") else arg for arg in unknown]
