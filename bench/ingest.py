@@ -13,8 +13,9 @@
    every 50 ms, so both are upper bounds by that much.
 3. RSS: peak resident memory (VmHWM) of each ingest process.
 
-    .venv/bin/python bench/ingest.py                      # 100,000 messages, 30 s at 2,000 msg/s
-    .venv/bin/python bench/ingest.py --messages 20000 --live-s 10
+    .venv/bin/python -m bench.ingest                      # 100,000 messages, 30 s at 2,000 msg/s
+    .venv/bin/python -m bench.ingest --messages 20000 --live-s 10
+    .venv/bin/python -m bench.ingest --only live --live-s 60
 
 Targets (docs/benchmarks.md): >= 20,000 msg/s per process, p99 publish-to-InfluxDB
 <= 2 s at 2,000 msg/s, RSS <= 300 MiB.
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=100_000, help="messages per drain (default 100,000)")
     parser.add_argument("--rate", type=float, default=2000, help="live rate in msg/s (default 2,000)")
     parser.add_argument("--live-s", type=float, default=30, help="live run length in seconds (default 30)")
+    parser.add_argument("--only", choices=("drain", "live"), help="run one part only")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, spool)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="smartcity-bench-ingest-"))
@@ -315,39 +317,45 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(workdir)
     try:
         n = args.messages
-        drains = [
-            drain_mosquitto_sub(bench, n),
-            drain_ingest(bench, "ingest --role all", n, [{"client_id": "bench-all"}]),
-            drain_ingest(bench, "ingest --role consume", n, [{"client_id": "bench-consume", "role": "consume"}]),
-            drain_ingest(
-                bench,
-                "ingest --role all, 2 processes by city",
-                n,
-                [
-                    {"client_id": "bench-phuket", "topics": "smartcity/v1/phuket/#"},
-                    {"client_id": "bench-chiang-mai", "topics": "smartcity/v1/chiang-mai/#"},
-                ],
-            ),
-        ]
-        live = live_latency(bench, args.rate, args.live_s)
+        drains = []
+        if args.only in (None, "drain"):
+            drains = [
+                drain_mosquitto_sub(bench, n),
+                drain_ingest(bench, "ingest --role all", n, [{"client_id": "bench-all"}]),
+                drain_ingest(bench, "ingest --role consume", n, [{"client_id": "bench-consume", "role": "consume"}]),
+                drain_ingest(
+                    bench,
+                    "ingest --role all, 2 processes by city",
+                    n,
+                    [
+                        {"client_id": "bench-phuket", "topics": "smartcity/v1/phuket/#"},
+                        {"client_id": "bench-chiang-mai", "topics": "smartcity/v1/chiang-mai/#"},
+                    ],
+                ),
+            ]
+        live = live_latency(bench, args.rate, args.live_s) if args.only in (None, "live") else None
     finally:
         bench.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nDrain of {args.messages:,} queued QoS 1 messages (CPU: {os.cpu_count()} cores, shared)\n")
-    print("| consumer | processes | drain msg/s | per process | peak RSS MiB |")
-    print("|---|---|---|---|---|")
-    for d in drains:
-        rss = f"{d['rss_mib']:.0f}" if d["rss_mib"] is not None else "-"
-        print(f"| {d['consumer']} | {d['processes']} | {d['drain_per_s']:,.0f} | "
-              f"{d['drain_per_s'] / d['processes']:,.0f} | {rss} |")  # fmt: skip
-    print(f"\nLive: {live['messages']:,} messages at {live['rate']:,.0f} msg/s into `smartcity ingest` (role all)\n")
-    print("| path | p50 ms | p99 ms |")
-    print("|---|---|---|")
-    print(f"| publish -> spool (fsync'd) | {live['spool_p50_ms']:.0f} | {live['spool_p99_ms']:.0f} |")
-    print(f"| publish -> InfluxDB ({live['influx_probes']:,} air-quality points) | {live['influx_p50_ms']:.0f} | "
-          f"{live['influx_p99_ms']:.0f} |")  # fmt: skip
-    print(f"\npeak RSS of the live ingest process: {live['rss_mib']:.0f} MiB")
+    if drains:
+        print(f"\nDrain of {args.messages:,} queued QoS 1 messages (CPU: {os.cpu_count()} cores, shared)\n")
+        print("| consumer | processes | drain msg/s | per process | peak RSS MiB |")
+        print("|---|---|---|---|---|")
+        for d in drains:
+            rss = f"{d['rss_mib']:.0f}" if d["rss_mib"] is not None else "-"
+            print(f"| {d['consumer']} | {d['processes']} | {d['drain_per_s']:,.0f} | "
+                  f"{d['drain_per_s'] / d['processes']:,.0f} | {rss} |")  # fmt: skip
+    if live:
+        print(
+            f"\nLive: {live['messages']:,} messages at {live['rate']:,.0f} msg/s into `smartcity ingest` (role all)\n"
+        )
+        print("| path | p50 ms | p99 ms |")
+        print("|---|---|---|")
+        print(f"| publish -> spool (fsync'd) | {live['spool_p50_ms']:.0f} | {live['spool_p99_ms']:.0f} |")
+        print(f"| publish -> InfluxDB ({live['influx_probes']:,} air-quality points) | {live['influx_p50_ms']:.0f} | "
+              f"{live['influx_p99_ms']:.0f} |")  # fmt: skip
+        print(f"\npeak RSS of the live ingest process: {live['rss_mib']:.0f} MiB")
     if args.keep:
         print(f"work folder: {workdir}")
     return 0

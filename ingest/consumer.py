@@ -19,6 +19,7 @@ disconnects, so the broker keeps the messages, and reconnects once there is room
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import shutil
@@ -50,7 +51,10 @@ SYS_VERSION_TOPIC = "$SYS/broker/version"
 SHARED_SUBSCRIPTIONS_RESTORED = (2, 0, 12)
 # Reject notices in flight to the broker at once; more wait in paho's queue.
 REJECT_INFLIGHT = 1000
+REJECT_TRACKED = 10 * REJECT_INFLIGHT
 BUDGET_CHECK_INTERVAL_S = 1.0
+USAGE_SCAN_INTERVAL_S = 30.0
+BUDGET_WARNING_INTERVAL_S = 300.0
 # Reason codes of a CONNACK that retrying will not fix.
 FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
 WARN_FRACTION = 0.9
@@ -189,8 +193,13 @@ class Consumer:
         self._committer_done = threading.Event()
         self._paused = False
         self._resume_after = 0.0
+        self._next_usage_scan = 0.0
+        self._usage_base = 0
+        self._next_budget_warning = 0.0
+        self._consume_lock = threading.Lock()  # stop() waits for a message being handled
         self._flush_bytes = settings.flush_max_kib * 1024
-        self._reject_infos: list[mqtt.MQTTMessageInfo] = []
+        # Reject notices not yet acknowledged by the broker (waited for at shutdown), oldest first.
+        self._reject_infos: collections.deque[mqtt.MQTTMessageInfo] = collections.deque(maxlen=REJECT_TRACKED)
         self._client = self._make_client()
         self._committer = threading.Thread(target=self._run_committer, name="ingest-committer", daemon=True)
 
@@ -240,7 +249,8 @@ class Consumer:
         keeps them for the next run.
         """
         deadline = time.monotonic() + timeout_s
-        self._stopping = True
+        with self._consume_lock:  # a message being handled is appended before the last commit
+            self._stopping = True
         self._wake.set()
         self._committer_done.wait(max(0.0, deadline - time.monotonic()))
         # Let paho send the acknowledgements and reject notices before DISCONNECT.
@@ -331,17 +341,18 @@ class Consumer:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if self._stopping:
-            return  # not acknowledged: the broker keeps it for the next run
         if message._topic[:1] == b"$":
             if message._topic == SYS_VERSION_TOPIC.encode():
                 self._on_version(client, message)
             return
-        try:
-            self._consume(message)
-        except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
-            logger.exception("handling a message on %r failed", message._topic[:200])
-            self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
+        with self._consume_lock:
+            if self._stopping:
+                return  # not acknowledged: the broker keeps it for the next run
+            try:
+                self._consume(message)
+            except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
+                logger.exception("handling a message on %r failed", message._topic[:200])
+                self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
 
     def _consume(self, message: mqtt.MQTTMessage) -> None:
         received_ns = time.time_ns()
@@ -442,41 +453,54 @@ class Consumer:
             }
         )
         info = self._client.publish(reject_topic(rejection.topic), body, qos=1)
-        self._reject_infos = [i for i in self._reject_infos if not i.is_published()][-REJECT_INFLIGHT:]
-        self._reject_infos.append(info)
+        infos = self._reject_infos
+        while infos and infos[0].is_published():
+            infos.popleft()
+        infos.append(info)
 
     # -- disk budget ---------------------------------------------------------------------------
 
     def _check_budget(self) -> None:
         s = self.settings
-        used = usage_bytes(s.spool_root)
+        now = time.monotonic()
+        if now >= self._next_usage_scan:
+            # A full scan of the spool (every stream, deletions by the writer) now and then;
+            # in between, what this process wrote since.
+            self._next_usage_scan = now + USAGE_SCAN_INTERVAL_S
+            self._usage_base = usage_bytes(s.spool_root) - self.spool.bytes_written
+        used = self._usage_base + self.spool.bytes_written
         self.metrics.spool_bytes = used
         free = shutil.disk_usage(s.spool_root).free
         max_bytes = s.spool_max_mib * 2**20
         min_free = s.min_free_disk_mib * 2**20
-        full = (max_bytes and used >= max_bytes) or free <= min_free
-        warn = (max_bytes and used >= WARN_FRACTION * max_bytes) or free <= 2 * min_free
+        full = bool(max_bytes and used >= max_bytes) or free <= min_free
+        warn = bool(max_bytes and used >= WARN_FRACTION * max_bytes) or free <= 2 * min_free
+        limit = f"{s.spool_max_mib:g} MiB" if max_bytes else "no limit"
         if full and not self._paused:
             logger.warning(
-                "spool budget reached (%.0f MiB used of %s, %.0f MiB free disk, minimum %.0f MiB): stopped "
-                "reading and acknowledging; the broker keeps the messages until there is room",
+                "spool budget reached (%.0f MiB used, %s; %.0f MiB free disk, minimum %.0f MiB): stopped reading "
+                "and acknowledging; the broker keeps the messages until there is room",
                 used / 2**20,
-                f"{s.spool_max_mib:g} MiB" if max_bytes else "no limit",
+                limit,
                 free / 2**20,
                 s.min_free_disk_mib,
             )
             self._pause()
-        elif self._paused and not full and self.fatal is None and time.monotonic() >= self._resume_after:
+        elif self._paused and not full and self.fatal is None and now >= self._resume_after:
             logger.warning("spool has room again (%.0f MiB used, %.0f MiB free): resuming", used / 2**20, free / 2**20)
             self._resume()
-        elif warn and not full:
+        if warn and not full and now >= self._next_budget_warning:
+            self._next_budget_warning = now + BUDGET_WARNING_INTERVAL_S
             logger.warning(
-                "spool is filling: %.0f MiB used (limit %s), %.0f MiB free disk (minimum %.0f MiB)",
+                "spool is filling: %.0f MiB used (%s), %.0f MiB free disk (minimum %.0f MiB); ingest will stop "
+                "acknowledging when it is full",
                 used / 2**20,
-                f"{s.spool_max_mib:g} MiB" if max_bytes else "none",
+                limit,
                 free / 2**20,
                 s.min_free_disk_mib,
             )
+        elif not warn:
+            self._next_budget_warning = 0.0
 
     def _pause(self) -> None:
         if self._paused:

@@ -35,7 +35,7 @@ from storage.schema import raw_point
 logger = logging.getLogger(__name__)
 
 RETRY_MIN_DELAY_S = 0.5
-RESCAN_INTERVAL_S = 5.0
+RESCAN_INTERVAL_S = 1.0
 GC_INTERVAL_S = 60.0
 
 

@@ -21,7 +21,7 @@ from ingest.consumer import Consumer, Pending
 from ingest.metrics import Metrics, PointSink, Reporter
 from ingest.rawwriter import RawWriter
 from ingest.settings import IngestSettings
-from ingest.spool import StreamWriter
+from ingest.spool import StreamWriter, usage_bytes
 from sensors.contract import Contract
 from storage.line_protocol import FieldValue
 
@@ -97,6 +97,8 @@ class IngestService:
     def _refresh(self) -> None:
         if self.writer is not None:
             self.writer.refresh_gauges()
+        if self.consumer is None:  # the consumer keeps spool_bytes up to date itself
+            self.metrics.spool_bytes = usage_bytes(self.settings.spool_root)
 
     def stop(self) -> None:
         """Drain and stop within `shutdown_timeout_s`."""

@@ -275,6 +275,7 @@ class StreamWriter(Generic[T]):
         self._pending = {rt: _Batch() for rt in RECORD_TYPES}
         self._tokens: list[T] = []
         self.closed: list[SegmentInfo] = []  # segments closed by this writer (most recent last)
+        self.bytes_written = 0  # by this writer, since it started
 
     @property
     def pending_bytes(self) -> int:
@@ -313,6 +314,7 @@ class StreamWriter(Generic[T]):
             for record_type, batch in pending.items():
                 if batch.count:
                     self._segment(record_type).append(batch)
+                    self.bytes_written += len(batch.data)
             self._rotate(force=False)
             return tokens
 
