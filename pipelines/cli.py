@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines.settings import PIPELINES, PipelineSettings
 from sensors.cli import registry_from, registry_option
@@ -146,9 +147,21 @@ def _bounded(
         end = extent[1] + 1 if end is None else end
     plan = run.Plan.bounded(pipelines, start, end)
     influx = _influx()
-    with console.status(f"{'+'.join(plan.pipelines)} {_iso(plan.start_ms)}..{_iso(plan.end_ms)}: running"):
-        report = run.run_plan(plan, settings, registry, beam_args, influx)
-    _print(report)
+    parts = run.slices(plan)
+    total = run.RunReport(plan, 0.0)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(
+            f"{'+'.join(plan.pipelines)} {_iso(plan.start_ms)}..{_iso(plan.end_ms)}", total=len(parts)
+        )
+        for part in parts:  # a day at a time: a local runner keeps a run's data in memory
+            report = run.run_plan(part, settings, registry, beam_args, influx)
+            total.seconds += report.seconds
+            for name, value in report.counters.items():
+                total.counters[name] = total.counters.get(name, 0) + value
+            progress.advance(task)
+    _print(total)
 
 
 def _influx() -> InfluxSettings:

@@ -61,6 +61,9 @@ from storage.settings import InfluxSettings
 
 logger = logging.getLogger(__name__)
 
+# Longest single run: a day of the fleet is a few hundred MB of columns on a local runner.
+SLICE_HOURS = 24
+
 
 class PipelineRunError(SmartcityError):
     """A pipeline run did not finish, or was asked for an empty range."""
@@ -147,6 +150,21 @@ def build(
         ),
     }
     return {name: steps[name]() for name in plan.pipelines}
+
+
+def slices(plan: Plan, hours: int = SLICE_HOURS) -> list[Plan]:
+    """The plan cut into runs of at most `hours`, executed one after the other.
+
+    A local runner holds a run's data in memory, so a month is run a day at a
+    time. The cut is exact: every window lies within one slice (slices are whole
+    hours) and each slice reads its own look-back, so the points are the same.
+    """
+    parts, start = [], plan.start_ms
+    while start < plan.end_ms:
+        end = min(start + hours * HOUR_MS, plan.end_ms)
+        parts.append(Plan(plan.pipelines, start, end, end if end < plan.end_ms else plan.aqi_end_ms))
+        start = end
+    return parts
 
 
 def run_plan(
@@ -244,8 +262,8 @@ def follow(
                 too_late,
             )
         if plan is not None:
-            report = run_plan(plan, settings, registry, beam_args, influx)
-            on_report(report)
+            for part in slices(plan):
+                on_report(run_plan(part, settings, registry, beam_args, influx))
         if plan is not None or new:
             checkpoint.mark_done(new)
             if plan is not None and "health" in plan.pipelines:

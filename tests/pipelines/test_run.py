@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from deploy.cli import main
 from pipelines.checkpoint import Checkpoint, CheckpointError
 from pipelines.options import BeamOptionsError, beam_options
-from pipelines.run import PipelineRunError, Plan, plan_cycle
+from pipelines.run import PipelineRunError, Plan, plan_cycle, slices
 from pipelines.settings import PIPELINES, PipelineSettings, PipelineSettingsError
 from sensors.spool import READINGS, SegmentInfo
 from tests.pipelines.spooldata import HOUR, MINUTE, T0
@@ -127,3 +127,14 @@ def test_command_line_errors_are_one_line_with_the_right_exit_code(
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_long_ranges_run_a_day_at_a_time_with_the_same_hours() -> None:
+    plan = Plan(PIPELINES, T0, T0 + 50 * HOUR, T0 + 60 * HOUR)
+    parts = slices(plan)
+    assert [(p.start_ms, p.end_ms, p.aqi_end_ms) for p in parts] == [
+        (T0, T0 + 24 * HOUR, T0 + 24 * HOUR),
+        (T0 + 24 * HOUR, T0 + 48 * HOUR, T0 + 48 * HOUR),
+        (T0 + 48 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
+    ]
+    assert all(p.pipelines == PIPELINES for p in parts)
