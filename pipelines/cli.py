@@ -25,7 +25,7 @@ from storage.settings import InfluxSettings
 if TYPE_CHECKING:  # Beam takes a second to import: only the commands that run a pipeline load it
     from pipelines.run import RunReport
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 _BEAM_HELP = "Options after these go to Beam, e.g. --runner=PortableRunner --job_endpoint=HOST:PORT."
@@ -109,6 +109,10 @@ def _beam() -> Any:
         from pipelines import run
     finally:
         logging.getLogger().removeFilter(quiet)
+    # Beam logs a failing step's exception with its traceback; the command prints it as one line.
+    # Its own logs show from -vv (debug) on.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     return run
 
 
@@ -166,9 +170,13 @@ def _bounded(
 
 def _influx() -> InfluxSettings:
     from storage.bootstrap import bootstrap
+    from storage.errors import StorageError
 
     influx = InfluxSettings.from_env()
-    bootstrap(influx)  # the rollup retention policy must exist before the first write
+    try:
+        bootstrap(influx)  # the rollup retention policy must exist before the first write
+    except StorageError as err:  # e.g. a user without admin rights: the database may well exist already
+        console.print(f"[yellow]warning:[/] could not check the database and retention policies: {err}")
     return influx
 
 

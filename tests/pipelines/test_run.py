@@ -12,8 +12,9 @@ from pipelines.checkpoint import Checkpoint, CheckpointError
 from pipelines.options import BeamOptionsError, beam_options
 from pipelines.run import PipelineRunError, Plan, plan_cycle, slices
 from pipelines.settings import PIPELINES, PipelineSettings, PipelineSettingsError
+from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo
-from tests.pipelines.spooldata import HOUR, MINUTE, T0
+from tests.pipelines.spooldata import HOUR, MINUTE, T0, reading, write_segment
 
 
 def test_default_runner_is_the_local_fn_api_runner_and_direct_runner_never_reaches_prism() -> None:
@@ -138,3 +139,16 @@ def test_long_ranges_run_a_day_at_a_time_with_the_same_hours() -> None:
         (T0 + 48 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
     ]
     assert all(p.pipelines == PIPELINES for p in parts)
+
+
+def test_an_unreachable_influxdb_fails_the_run_with_one_line(
+    registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_segment(tmp_path / "spool", 1, [reading(registry.sensors["pkt-aq-001"], T0, {"pm25": 10.0})])
+    monkeypatch.setenv("SMARTCITY_HOME", str(tmp_path))
+    monkeypatch.setenv("SMARTCITY_INFLUX_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("SMARTCITY_INFLUX_MAX_RETRIES", "0")
+    assert main(["pipeline", "rollup"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "rp=rollup failed" in err.strip().splitlines()[-1]
