@@ -28,5 +28,15 @@ test: lint typecheck pytest
 demo: $(INSTALLED) system-deps
 	$(BIN)/smartcity demo
 
+# Side-by-side benchmark against a Node-RED flow (bench/compare.py); writes docs/benchmarks.md and the plot.
+BENCH_INSTALLED := $(VENV)/.installed-bench
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_INSTALLED)
+	bash deploy/install-system-deps.sh npm
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
