@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from sensors.contract import RejectCode
 from storage.line_protocol import FieldValue, Point
-from storage.schema import INGEST_MEASUREMENT, INGEST_TAGS
+from storage.schema import ingest_point
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class Metrics:
     # raw writer
     write_points: int = 0
     write_batches: int = 0
-    write_retries: int = 0
+    write_retries: int = 0  # failed writes the raw writer retries
+    storage_retries: int = 0  # retries inside storage.writer (a total, set from its stats)
     dead_letters: int = 0
     corrupt_records: int = 0
     write_ms: list[float] = field(default_factory=list)
@@ -112,6 +113,7 @@ class Metrics:
                 "corrupt_records",
             )
         }
+        flat["write_retries"] += self.storage_retries
         flat["rejected"] = sum(self.rejected.values())
         flat.update({f"rejected_{code}": n for code, n in self.rejected.items()})
         return flat
@@ -171,13 +173,7 @@ class Reporter:
         batches = values["write_batches"]
         values["write_batch_points_mean"] = values["write_points"] / batches if batches else 0.0
         fields: dict[str, FieldValue] = dict(values)
-        point = Point(
-            INGEST_MEASUREMENT,
-            {INGEST_TAGS[0]: self.instance},
-            fields,
-            int(time.time() * 1000),
-            "ms",
-        )
+        point = ingest_point(self.instance, fields, int(time.time() * 1000))
         self._backlog.append(point)
         return fields
 

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.metrics import Metrics, PointSink
-from ingest.spool import Offsets, Position, StreamTail, collect_garbage, streams
+from ingest.spool import Offsets, Position, StreamTail, collect_garbage, next_reading, streams
 from sensors.reading import Reading
 from storage.errors import StorageWriteError
 from storage.line_protocol import LineProtocolError, Point, encode_line
 from storage.schema import raw_point
+from storage.writer import WriteStats
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ class _Stream:
         self.offsets = Offsets(stream_dir)
         self.saved = self.offsets.load()
         self.tail = StreamTail(stream_dir, self.saved)
-        self.last_received_ms = 0  # receive time of the last reading written
 
 
 class RawWriter:
@@ -135,7 +135,6 @@ class RawWriter:
                     stream.tail.close()
                     stream.tail = StreamTail(stream.dir, stream.saved)
                     return False
-                stream.last_received_ms = batch[-1][0].received
                 progressed = True
             if stream.tail.position != stream.saved:
                 stream.offsets.save(stream.tail.position)
@@ -219,17 +218,21 @@ class RawWriter:
             collect_garbage(stream.dir, self.retention_s, stream.saved, done)
 
     def refresh_gauges(self) -> None:
-        """Update the writer-lag gauges (called by the metrics reporter)."""
+        """Update the writer-lag gauges (called by the metrics reporter): bytes not yet written, and
+        the age of the oldest reading not yet written (0 when InfluxDB has everything)."""
         lag = 0
         lag_s = 0.0
         now_ms = time.time() * 1000
         for stream in list(self._streams.values()):
-            behind = stream.tail.lag_bytes()
-            lag += behind
-            if behind and stream.last_received_ms:
-                lag_s = max(lag_s, (now_ms - stream.last_received_ms) / 1000)
+            lag += stream.tail.lag_bytes()
+            oldest = next_reading(stream.dir, stream.saved)
+            if oldest is not None:
+                lag_s = max(lag_s, (now_ms - oldest.received) / 1000)
         self.metrics.spool_lag = lag
         self.metrics.spool_lag_s = lag_s
+        stats = getattr(self.sink, "stats", None)
+        if isinstance(stats, WriteStats):
+            self.metrics.storage_retries = stats.snapshot().retries
 
     @property
     def positions(self) -> dict[str, Position]:

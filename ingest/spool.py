@@ -484,6 +484,16 @@ class StreamTail:
         return max(total, 0)
 
 
+def next_reading(stream_dir: Path, position: Position) -> Reading | None:
+    """The first reading at or after `position`, or None when there is none (yet)."""
+    tail = StreamTail(stream_dir, position)
+    try:
+        batch = tail.read(1)
+    finally:
+        tail.close()
+    return batch[0][0] if batch else None
+
+
 def streams(root: Path) -> list[Path]:
     """Stream folders under a spool root."""
     with contextlib.suppress(FileNotFoundError):

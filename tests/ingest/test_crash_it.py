@@ -18,6 +18,7 @@ from tests.ingest.helpers import (
     BackgroundPublisher,
     IngestProcess,
     Publisher,
+    influx_query,
     ingest_env,
     messages,
     wait_for_points,
@@ -164,4 +165,13 @@ def test_influxdb_down_for_30_s_under_load_then_everything_lands(private_stack: 
         influx.start(detach=True)
         sender.finish()
         wait_for_points(private_stack, items, timeout_s=90)
+        # The outage shows in the self-metrics, written once InfluxDB is back: what the lag alert watches.
+        wait_until(lambda: metric(private_stack, "max(spool_lag_s)", "crash-influx") >= 20, 30, "the spool lag")
+        assert metric(private_stack, "sum(write_retries)", "crash-influx") >= 1
         assert ingest.terminate() == 0
+
+
+def metric(stack: StackHandle, select: str, instance: str) -> float:
+    result = influx_query(stack, f'SELECT {select} FROM "raw"."ingest" WHERE instance = \'{instance}\'')
+    series = result["results"][0].get("series")
+    return float(series[0]["values"][0][1] or 0) if series else 0.0
