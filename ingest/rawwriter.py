@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 RETRY_MIN_DELAY_S = 0.5
 RESCAN_INTERVAL_S = 1.0
 GC_INTERVAL_S = 60.0
+# After closing the sink on a late stop, how long the writer thread gets to notice.
+ABORT_WAIT_S = 0.5
 
 
 class _Stream:
@@ -100,7 +102,7 @@ class RawWriter:
         if self._thread.is_alive():
             logger.warning("raw writer did not finish within %.1f s; the rest is written on the next start", timeout_s)
             self.sink.close()  # aborts a write that is retrying
-            self._thread.join(2.0)
+            self._thread.join(ABORT_WAIT_S)
         for stream in self._streams.values():
             stream.tail.close()
 

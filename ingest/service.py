@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Share of the shutdown budget the consumer may use to commit, acknowledge and disconnect.
 CONSUMER_STOP_SHARE = 0.4
-REPORTER_STOP_S = 1.0
+# Kept back from the raw writer at shutdown: aborting a retrying write, then the last metrics report.
+SHUTDOWN_MARGIN_S = 1.5
 # Where `pipeline run --follow` records the spool segments it has processed (a file contract, no import).
 PIPELINE_CHECKPOINT = "pipelines/checkpoint.json"
 
@@ -107,20 +108,26 @@ class IngestService:
         if self.consumer is not None:
             self.consumer.stop(budget * CONSUMER_STOP_SHARE)
         if self.writer is not None:
-            self.writer.stop(max(0.1, deadline - time.monotonic() - REPORTER_STOP_S))
+            self.writer.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S))
             self.writer.sink.close()
         if self.reporter is not None:
             self.reporter.stop(max(0.1, deadline - time.monotonic()))
             self.reporter.sink.close()
         logger.info("ingest %s stopped", self.settings.client_id)
 
+    def __enter__(self) -> IngestService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def run(self, stop: threading.Event) -> None:
         """Start, serve until `stop` is set (or the broker refuses us for good), then drain and stop."""
-        self.start()
-        failed = self.consumer.failed if self.consumer is not None else threading.Event()
-        while not stop.wait(0.1):
-            if failed.is_set():
-                break
-        self.stop()
+        with self:
+            failed = self.consumer.failed if self.consumer is not None else threading.Event()
+            while not stop.wait(0.1):
+                if failed.is_set():
+                    break
         if self.consumer is not None and self.consumer.fatal is not None:
             raise self.consumer.fatal

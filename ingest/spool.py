@@ -266,8 +266,11 @@ class StreamWriter(Generic[T]):
         self.stream_dir = stream_dir
         self.segment_max_bytes = segment_max_bytes
         self.segment_max_age_s = segment_max_age_s
-        stream_dir.mkdir(parents=True, exist_ok=True)
-        self.recovered = recover_stream(stream_dir)
+        try:
+            stream_dir.mkdir(parents=True, exist_ok=True)
+            self.recovered = recover_stream(stream_dir)
+        except OSError as err:
+            raise SpoolError(f"{stream_dir}: cannot open the spool stream: {err.strerror or err}") from err
         self._next_seq = {rt: max(segment_files(stream_dir, rt), default=0) + 1 for rt in RECORD_TYPES}
         self._segments: dict[str, _OpenSegment | None] = dict.fromkeys(RECORD_TYPES)
         self._lock = threading.Lock()  # guards the pending batches and tokens
@@ -323,6 +326,12 @@ class StreamWriter(Generic[T]):
         self.commit()
         with self._commit_lock:
             self._rotate(force=True)
+
+    def __enter__(self) -> StreamWriter[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _segment(self, record_type: str) -> _OpenSegment:
         segment = self._segments[record_type]

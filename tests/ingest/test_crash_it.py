@@ -171,6 +171,28 @@ def test_influxdb_down_for_30_s_under_load_then_everything_lands(private_stack: 
         assert ingest.terminate() == 0
 
 
+def test_sigterm_while_influxdb_is_down_exits_0_in_time_and_loses_nothing(
+    private_stack: StackHandle, tmp_path: Path
+) -> None:
+    items = messages(6000, slot=3)
+    env = ingest_env(private_stack, tmp_path / "home", client_id="crash-stop")
+    private_stack.influxdb.stop()
+    with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
+        ingest.wait_log("subscribing to")
+        publisher = Publisher(private_stack)
+        publisher.publish(items)
+        publisher.close()
+        wait_until(lambda: "failed" in ingest.log.read_text(), 20, "a failed write")
+        started = time.monotonic()
+        assert ingest.terminate(timeout_s=15) == 0
+        elapsed = time.monotonic() - started
+    assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+    private_stack.influxdb.start(detach=True)
+    with IngestProcess(env, tmp_path / "ingest-2.log") as ingest:
+        wait_for_points(private_stack, items, timeout_s=60)
+        assert ingest.terminate() == 0
+
+
 def metric(stack: StackHandle, select: str, instance: str) -> float:
     result = influx_query(stack, f'SELECT {select} FROM "raw"."ingest" WHERE instance = \'{instance}\'')
     series = result["results"][0].get("series")
