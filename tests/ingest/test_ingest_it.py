@@ -209,9 +209,11 @@ def test_a_lost_broker_session_is_warned_about(stack: StackHandle, tmp_path: Pat
     # The broker forgets the session (as after its expiry, or a broker without persistence).
     eraser = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="it-session", protocol=mqtt.MQTTv5)
     eraser.username_pw_set("ingest", stack.mqtt_password("ingest"))
+    erased = threading.Event()
+    eraser.on_connect = lambda *args: erased.set()
     eraser.connect("127.0.0.1", stack.mqtt_port, clean_start=True)
     eraser.loop_start()
-    time.sleep(0.5)
+    assert erased.wait(10)
     eraser.disconnect()
     eraser.loop_stop()
     with IngestProcess(env, tmp_path / "ingest-2.log") as ingest:
