@@ -152,7 +152,7 @@ class Bench:
         """Run ingest until it has subscribed, so the broker keeps a session for it."""
         log = self.workdir / f"session-{settings['client_id']}.log"
         proc = self.ingest(home, log, **settings)
-        wait_for(lambda: "subscribing to" in log.read_text(), 30, "ingest to subscribe")
+        wait_for(lambda: "subscribed to" in log.read_text(), 30, "ingest to subscribe")
         stop(proc)
 
 
@@ -262,7 +262,7 @@ def live_latency(bench: Bench, rate: float, seconds: float) -> dict[str, Any]:
     home = bench.workdir / "live"
     proc = bench.ingest(home, bench.workdir / "live.log", client_id="bench-live")
     log = bench.workdir / "live.log"
-    wait_for(lambda: "subscribing to" in log.read_text(), 30, "ingest to subscribe")
+    wait_for(lambda: "subscribed to" in log.read_text(), 30, "ingest to subscribe")
     sent: dict[tuple[str, int], float] = {}
     in_influx: dict[tuple[str, int], float] = {}
     spool = SpoolCounter(home / "spool", parse=True)

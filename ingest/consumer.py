@@ -186,6 +186,7 @@ class Consumer:
         self.session_present: bool | None = None
         self.broker_version: str | None = None
         self._generation = 0
+        self._version_mid: int | None = None
         self._connected_once = False
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
@@ -305,7 +306,7 @@ class Consumer:
         options = SubscribeOptions(qos=1, retainHandling=1)
         client.subscribe([(topic, options) for topic in self.settings.subscriptions])
         if self.settings.share_group and self.broker_version is None:
-            client.subscribe(SYS_VERSION_TOPIC, qos=0)
+            self._version_mid = client.subscribe(SYS_VERSION_TOPIC, qos=0)[1]
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.warning("cannot connect to %s; retrying", self.settings.mqtt.display)
@@ -313,14 +314,24 @@ class Consumer:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         with self._ack_lock:
             self._generation += 1
-        if not self._stopping and not self._paused:
+        if str(reason) == "Session taken over":
+            logger.error(
+                "another client connected with client id %s and took over the session; give every ingest "
+                "process its own client_id",
+                self.settings.client_id,
+            )
+        elif not self._stopping and not self._paused:
             logger.warning("disconnected from %s (%s); reconnecting", self.settings.mqtt.display, reason)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
-        if refused:
+        if refused and mid == self._version_mid:
+            logger.warning("cannot read %s (%s): the broker version is not checked", SYS_VERSION_TOPIC, refused[0])
+        elif not refused and mid != self._version_mid:
+            logger.info("subscribed to %s", ", ".join(self.settings.subscriptions))
+        elif refused:
             self._fail(
                 ConsumerError(
                     f"broker refused the subscription to {', '.join(self.settings.subscriptions)}: "

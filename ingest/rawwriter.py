@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -26,7 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.metrics import Metrics, PointSink
-from ingest.spool import Offsets, Position, StreamTail, collect_garbage, next_reading, streams
+from ingest.spool import (
+    RAW_WRITER_LOCK,
+    Offsets,
+    Position,
+    StreamLocked,
+    StreamTail,
+    collect_garbage,
+    lock_stream,
+    next_reading,
+    streams,
+)
 from sensors.reading import Reading
 from storage.errors import StorageWriteError
 from storage.line_protocol import LineProtocolError, Point, encode_line
@@ -45,6 +56,8 @@ ABORT_WAIT_S = 0.5
 class _Stream:
     def __init__(self, stream_dir: Path) -> None:
         self.dir = stream_dir
+        # One raw writer per stream (e.g. a `--role all` process and a `--role write` one).
+        self.lock_fd = lock_stream(stream_dir, RAW_WRITER_LOCK, "another process writes this stream to InfluxDB")
         self.offsets = Offsets(stream_dir)
         self.saved = self.offsets.load()
         self.tail = StreamTail(stream_dir, self.saved)
@@ -83,6 +96,7 @@ class RawWriter:
         self.pipeline_checkpoint = pipeline_checkpoint
         self.to_point = to_point
         self._streams: dict[str, _Stream] = {}
+        self._skipped: set[str] = set()  # written by another process; looked at again every GC interval
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._next_rescan = 0.0
@@ -105,6 +119,8 @@ class RawWriter:
             self._thread.join(ABORT_WAIT_S)
         for stream in self._streams.values():
             stream.tail.close()
+            if stream.lock_fd is not None:
+                os.close(stream.lock_fd)
 
     def run(self) -> None:
         try:
@@ -143,6 +159,7 @@ class RawWriter:
                 stream.saved = stream.tail.position
         if now >= self._next_gc and not self._stop.is_set():
             self._next_gc = now + GC_INTERVAL_S
+            self._skipped.clear()
             self._collect_garbage()
         return progressed
 
@@ -151,10 +168,20 @@ class RawWriter:
         if names is None:
             names = [path.name for path in streams(self.spool_root)]
         for name in names:
-            if name not in self._streams and (self.spool_root / name).is_dir():
+            if name in self._streams or name in self._skipped or not (self.spool_root / name).is_dir():
+                continue
+            try:
                 stream = _Stream(self.spool_root / name)
-                self._streams[name] = stream
-                logger.info("writing stream %s to InfluxDB from %s", name, stream.saved)
+            except StreamLocked as err:
+                if self.stream_names is not None:
+                    raise  # this process's own stream
+                self._skipped.add(name)
+                logger.info("not writing stream %s: %s", name, err)
+                continue
+            self._streams[name] = stream
+            logger.info(
+                "writing stream %s to InfluxDB from segment %d, byte %d", name, stream.saved.seq, stream.saved.offset
+            )
 
     def _write(self, points: list[Point]) -> bool:
         """Write until InfluxDB acknowledges; False only if stopping passed its deadline first."""

@@ -21,6 +21,7 @@ without importing `ingest`. This module adds what only the writer needs:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 RECORD_TYPES = (READINGS, REJECTS)
 OFFSET_FILE = "raw-writer.offset.json"
+WRITER_LOCK = "ingest.lock"  # held by the process appending to the stream
+RAW_WRITER_LOCK = "raw-writer.lock"  # held by the process writing the stream to InfluxDB
 _FILE = re.compile(r"^(readings|rejects)-(\d{12})(\.open|\.seg)$")
 
 T = TypeVar("T")
@@ -68,6 +71,10 @@ class SpoolError(SmartcityError):
     """The spool cannot be written (disk full, permissions); the message names the file."""
 
 
+class StreamLocked(SpoolError):
+    """Another process holds the stream (appending to it, or writing it to InfluxDB)."""
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a create, rename or delete in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -75,6 +82,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock_stream(stream_dir: Path, name: str, holder: str) -> int:
+    """Take an exclusive lock file in a stream folder; returns its descriptor (closing it releases
+    the lock), or raises `StreamLocked` naming the process that holds it."""
+    path = stream_dir / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StreamLocked(f"{path}: locked by pid {owner}: {holder}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def segment_files(stream_dir: Path, record_type: str) -> dict[int, Path]:
@@ -268,6 +291,10 @@ class StreamWriter(Generic[T]):
         self.segment_max_age_s = segment_max_age_s
         try:
             stream_dir.mkdir(parents=True, exist_ok=True)
+            # One writer per stream: a second process with the same client id must not append here.
+            self._lock_fd: int | None = lock_stream(
+                stream_dir, WRITER_LOCK, "another ingest process uses this client id"
+            )
             self.recovered = recover_stream(stream_dir)
         except OSError as err:
             raise SpoolError(f"{stream_dir}: cannot open the spool stream: {err.strerror or err}") from err
@@ -326,6 +353,9 @@ class StreamWriter(Generic[T]):
         self.commit()
         with self._commit_lock:
             self._rotate(force=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def __enter__(self) -> StreamWriter[T]:
         return self

@@ -58,7 +58,7 @@ def test_separate_consume_and_write_processes(stack: StackHandle, tmp_path: Path
         IngestProcess(consume_env, tmp_path / "consume.log") as consumer,
         IngestProcess(write_env, tmp_path / "write.log") as writer,
     ):
-        consumer.wait_log("subscribing to")
+        consumer.wait_log("subscribed to")
         publisher = Publisher(stack)
         publisher.publish(items)
         publisher.close()

@@ -43,7 +43,7 @@ def test_kill_9_mid_stream_loses_no_accepted_reading(stack: StackHandle, tmp_pat
     home = tmp_path / "home"
     env = ingest_env(stack, home, client_id="crash-kill")
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         sender = BackgroundPublisher(stack, items, rate_per_s=6000)
         sender.start()
         time.sleep(2.0)
@@ -61,7 +61,7 @@ def test_a_torn_tail_is_cut_on_restart_and_never_reaches_influxdb(stack: StackHa
     home = tmp_path / "home"
     env = ingest_env(stack, home, client_id="crash-torn", segment_max_age_s=3600)
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
         publisher.publish(items)
         wait_for_points(stack, items, timeout_s=30)
@@ -94,8 +94,8 @@ def test_two_processes_split_the_topic_tree_and_one_is_killed_and_restarted(stac
     env_a = ingest_env(stack, home, client_id="split-phuket", topics="smartcity/v1/phuket/#")
     env_b = ingest_env(stack, home, client_id="split-chiang-mai", topics="smartcity/v1/chiang-mai/#")
     with IngestProcess(env_a, tmp_path / "a-1.log") as a, IngestProcess(env_b, tmp_path / "b.log") as b:
-        a.wait_log("subscribing to")
-        b.wait_log("subscribing to")
+        a.wait_log("subscribed to")
+        b.wait_log("subscribed to")
         interleaved = [m for pair in zip(phuket, chiang_mai, strict=True) for m in pair]
         sender = BackgroundPublisher(stack, interleaved, rate_per_s=5000)
         sender.start()
@@ -115,7 +115,7 @@ def test_broker_restarted_mid_stream(private_stack: StackHandle, tmp_path: Path)
     items = messages(12000, slot=0)
     env = ingest_env(private_stack, tmp_path / "home", client_id="crash-broker")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         sender = BackgroundPublisher(private_stack, items, rate_per_s=4000, client_id="publisher")
         sender.start()
         time.sleep(1.5)
@@ -133,7 +133,7 @@ def test_broker_restarted_while_ingest_is_offline(private_stack: StackHandle, tm
     items = messages(5000, slot=1)
     env = ingest_env(private_stack, tmp_path / "home", client_id="crash-offline")
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         assert ingest.terminate() == 0
     publisher = Publisher(private_stack)
     publisher.publish(items)  # queued by the broker in ingest's session
@@ -151,7 +151,7 @@ def test_influxdb_down_for_30_s_under_load_then_everything_lands(private_stack: 
     items = messages(70000, slot=2)
     env = ingest_env(private_stack, tmp_path / "home", client_id="crash-influx")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         sender = BackgroundPublisher(private_stack, items, rate_per_s=2000)
         sender.start()
         time.sleep(2.0)
@@ -178,7 +178,7 @@ def test_sigterm_while_influxdb_is_down_exits_0_in_time_and_loses_nothing(
     env = ingest_env(private_stack, tmp_path / "home", client_id="crash-stop")
     private_stack.influxdb.stop()
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(private_stack)
         publisher.publish(items)
         publisher.close()

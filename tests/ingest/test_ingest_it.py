@@ -63,7 +63,7 @@ def test_published_readings_land_in_influxdb_exactly_with_self_metrics(stack: St
     items = messages(3000, slot=1)
     env = ingest_env(stack, tmp_path / "home", client_id="it-happy")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
         publisher.publish(items)
         publisher.close()
@@ -113,7 +113,7 @@ def test_every_reject_code_reaches_the_reject_topic_and_the_reject_store(stack: 
     listener = RejectListener(stack)
     env = ingest_env(stack, tmp_path / "home", client_id="it-rejects")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
         publisher.publish(list(cases.values()))
         publisher.close()
@@ -153,7 +153,7 @@ def test_oversized_invalid_utf8_and_binary_payloads_are_rejected_while_good_traf
     listener = RejectListener(stack)
     env = ingest_env(stack, tmp_path / "home", client_id="it-abuse")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
         publisher.publish(mixed)
         publisher.close()
@@ -170,7 +170,7 @@ def test_sigterm_acknowledges_flushes_and_exits_0_within_10_s(stack: StackHandle
     env = ingest_env(stack, tmp_path / "home", client_id="it-sigterm")
     stream = tmp_path / "home" / "spool" / "it-sigterm"
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
         sender = threading.Thread(target=publisher.publish, args=(items,), kwargs={"rate_per_s": 4000}, daemon=True)
         sender.start()
@@ -189,7 +189,7 @@ def test_sigterm_acknowledges_flushes_and_exits_0_within_10_s(stack: StackHandle
     publisher.close()
     # Acknowledged: the second run gets the rest and nothing the first run had spooled.
     with IngestProcess(env, tmp_path / "ingest-2.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         wait_for_points(stack, items, timeout_s=60)
         assert ingest.terminate() == 0
     both = spool_readings(stream)
@@ -200,10 +200,12 @@ def test_sigterm_acknowledges_flushes_and_exits_0_within_10_s(stack: StackHandle
 def test_a_lost_broker_session_is_warned_about(stack: StackHandle, tmp_path: Path) -> None:
     env = ingest_env(stack, tmp_path / "home", client_id="it-session")
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
-        publisher.publish(messages(10, slot=4))
+        items = messages(10, slot=4)
+        publisher.publish(items)
         publisher.close()
+        wait_for_points(stack, items, timeout_s=20)
         assert ingest.terminate() == 0
     assert "had no session" not in ingest.log.read_text()
     # The broker forgets the session (as after its expiry, or a broker without persistence).
@@ -235,7 +237,7 @@ def test_a_full_spool_stops_consumption_and_the_broker_keeps_the_messages(stack:
     home = tmp_path / "home"
     env = ingest_env(stack, home, client_id="it-budget")
     with IngestProcess(env, tmp_path / "ingest-0.log") as ingest:  # the broker learns the session
-        ingest.wait_log("subscribing to")
+        ingest.wait_log("subscribed to")
         assert ingest.terminate() == 0
     env = ingest_env(stack, home, client_id="it-budget", min_free_disk_mib=2**40)
     with IngestProcess(env, tmp_path / "ingest-1.log") as ingest:

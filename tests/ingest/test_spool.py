@@ -17,6 +17,7 @@ from ingest.spool import (
     Offsets,
     Position,
     SpoolError,
+    StreamLocked,
     StreamTail,
     StreamWriter,
     collect_garbage,
@@ -107,7 +108,7 @@ def test_segments_rotate_by_age_of_their_first_record(tmp_path: Path) -> None:
     spool.commit()
     time.sleep(0.3)
     spool.commit()
-    assert not list(stream.iterdir()), "an idle stream makes no empty segments"
+    assert not list(stream.glob("*.open")), "an idle stream makes no empty segments"
     spool.append_readings([reading(0)], 0)
     spool.commit()
     assert (stream / "readings-000000000001.open").exists()
@@ -126,7 +127,8 @@ def test_a_torn_tail_is_cut_logged_and_the_segment_closed(tmp_path: Path, caplog
     spool = writer(stream)
     for i in range(5):
         spool.append_readings([reading(i)], i)
-    spool.commit()  # a crash now: no close()
+    spool.commit()
+    crash(spool)
     segment = stream / "readings-000000000001.open"
     good = segment.stat().st_size
     torn = encode_reading(reading(5))[:37]
@@ -145,6 +147,24 @@ def test_a_torn_tail_is_cut_logged_and_the_segment_closed(tmp_path: Path, caplog
     again.commit()
     assert (stream / "readings-000000000002.open").exists()
     again.close()
+
+
+def crash(spool: StreamWriter[int]) -> None:
+    """What a kill -9 leaves: open segments as they are, the stream lock released."""
+    for segment in spool._segments.values():
+        if segment is not None:
+            os.close(segment.fd)
+    assert spool._lock_fd is not None
+    os.close(spool._lock_fd)
+
+
+def test_one_process_per_stream(tmp_path: Path) -> None:
+    stream = tmp_path / "spool" / "ingest-a"
+    first = writer(stream)
+    with pytest.raises(StreamLocked, match=rf"ingest\.lock: locked by pid {os.getpid()}: another ingest process"):
+        writer(stream)
+    first.close()
+    writer(stream).close()
 
 
 def test_corruption_before_valid_records_is_cut_and_kept_aside(tmp_path: Path) -> None:
