@@ -354,6 +354,8 @@ def _parse_json(payload: bytes) -> Any:
         return _json_decoder.decode(payload)
     except RecursionError:
         raise _Reject(RejectCode.INVALID_JSON, "payload JSON is nested too deeply") from None
+    except UnicodeDecodeError as err:  # msgspec raises it for invalid UTF-8 inside a JSON string
+        raise _Reject(RejectCode.INVALID_JSON, f"payload is not valid UTF-8 (byte {err.start})") from None
     except msgspec.DecodeError as err:
         first_error = str(err)
     # msgspec refuses the non-standard NaN/Infinity tokens some firmware emits; parse them so

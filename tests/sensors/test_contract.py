@@ -47,6 +47,7 @@ REJECT_CASES = [
     ("payload_too_large", AQ, b" " * (MAX_PAYLOAD_BYTES + 1), "16384"),
     ("invalid_json", AQ, b'{"ts": 1, "values": {', "not valid JSON"),
     ("invalid_json", AQ, b"\xff\xfe\x00garbage", "UTF-8"),
+    ("invalid_json", AQ, b'{"ts": 1, "values": {"pm25": 1}, "note": "\xc3\x28"}', "UTF-8"),
     ("invalid_json", AQ, b"[" * 5000 + b"]" * 5000, "JSON"),
     ("invalid_json", AQ, b'{"ts": 1%s, "values": {"pm25": 1}}' % (b"0" * 5000), "not valid JSON"),
     ("not_an_object", AQ, b"42", "number"),
@@ -234,6 +235,10 @@ payloads = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     plausible_objects.map(lambda v: json.dumps(v).encode()),
     senml_records.map(lambda v: json.dumps(v).encode()),
+    # Invalid UTF-8 inside an otherwise valid JSON string.
+    st.tuples(plausible_objects, st.binary(min_size=1, max_size=4)).map(
+        lambda pair: json.dumps(pair[0]).encode()[:-1] + b', "note": "' + pair[1].replace(b'"', b"") + b'"}'
+    ),
 )
 topics = st.one_of(
     st.sampled_from([AQ, WL, "smartcity/v1/phuket/weather/pkt-aq-001", "smartcity/v1/x/y/zz", MALFORMED_REJECT_TOPIC]),
