@@ -62,6 +62,8 @@ class Manifest:
     unconfirmed: Counter[str]  # sensor_id -> publishes without a PUBACK
     vendor_of: dict[str, str]
     kind_of: dict[str, str]
+    messages: int  # acknowledged by the broker
+    duplicates: int
 
 
 def _time(text: str) -> datetime:
@@ -75,6 +77,8 @@ def load_manifest(path: Path) -> Manifest:
         started, finished = _time(run["started_at"]), _time(run["finished_at"])
         start = _time(run["from"])
         end = _time(run["to"]) if run.get("to") else finished
+        if run.get("mode") == "live":  # a live run's end is written to the second: round it up
+            end += timedelta(seconds=1)
         good = {(row["sensor_id"], _time(row["hour"])): int(row["good"]) for row in data["readings"]}
         rejects: Counter[tuple[str, str]] = Counter()
         for row in data["rejects"]:
@@ -83,9 +87,24 @@ def load_manifest(path: Path) -> Manifest:
         unconfirmed = Counter({s: int(info.get("unconfirmed", 0)) for s, info in sensors.items()})
         vendor_of = {s: info["vendor"] for s, info in sensors.items()}
         kind_of = {s: info["kind"] for s, info in sensors.items()}
+        messages, duplicates = int(data["totals"]["messages"]), int(data["totals"]["duplicates"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise AuditError(f"{path}: not a readable simulator manifest ({type(err).__name__}: {err})") from err
-    return Manifest(path, start, end, started, finished, good, rejects, unconfirmed, vendor_of, kind_of)
+    return Manifest(
+        path, start, end, started, finished, good, rejects, unconfirmed, vendor_of, kind_of, messages, duplicates
+    )
+
+
+def siblings(manifest: Manifest) -> list[Manifest]:
+    """The other readable manifests in the same folder (to bound which rejections belong to which run)."""
+    found = []
+    for path in sorted(manifest.path.parent.glob("*.json")):
+        if path.resolve() != manifest.path.resolve():
+            try:
+                found.append(load_manifest(path))
+            except AuditError:
+                continue
+    return found
 
 
 def latest_manifests(home: Path) -> list[Path]:
@@ -236,6 +255,9 @@ def audit(
                     result.problems.append(f"{vendor} {sensor_id}: {missing - explained} readings not stored")
 
             window_from, window_to = manifest.sent_from, manifest.sent_to + RECEIVE_SLACK
+            later = [m.sent_from for m in siblings(manifest) if m.sent_from > manifest.sent_from]
+            if later:  # rejections received once the next simulator run started belong to that run
+                window_to = min(window_to, min(later))
             seen: Counter[tuple[str, str]] = Counter()
             distinct: set[tuple[str, str, str, str]] = set()
             for rejection in stored_rejections(spool):

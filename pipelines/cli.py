@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pipelines import load_run
 from pipelines.settings import PIPELINES, PipelineSettings
 from sensors.cli import registry_from, registry_option
 from sensors.registry import Registry
@@ -102,23 +103,13 @@ def pipeline_group() -> None:
 
 
 def _beam() -> Any:
-    """Import the pipelines' Beam side, without Beam's import-time warning about missing Google clients."""
-    quiet = _DropBeamImportNoise()
-    logging.getLogger().addFilter(quiet)
-    try:
-        from pipelines import run
-    finally:
-        logging.getLogger().removeFilter(quiet)
+    """Import the pipelines' Beam side (quietly, see `load_run`)."""
+    run = load_run()
     # Beam logs a failing step's exception with its traceback; the command prints it as one line.
     # Its own logs show from -vv (debug) on.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     return run
-
-
-class _DropBeamImportNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
 
 
 def _check_beam_args(args: Sequence[str]) -> None:
