@@ -556,7 +556,69 @@ class ClusterDashboards:
                 8,
                 8,
             )
+        filters = [*self.place_filters(), var_match("vendor", "vendor"), var_match("kind", "kind")]
+        self.anomalies_section(layout, filters)
         return self.generated(slug, dashboard, layout)
+
+    def anomalies_section(self, layout: p.Layout, filters: Sequence[str]) -> None:
+        """What the anomalies pipeline flagged: counts by kind and type over time, and the latest rows."""
+        anomalies = rollup_from(schema.ANOMALY_MEASUREMENT)
+        where = " AND ".join([*filters, var_match("sensor_id", "sensor"), "$timeFilter"])
+        layout.row("Anomalies / ความผิดปกติ")
+        layout.add(
+            p.timeseries_panel(
+                ANOMALIES_PANEL,
+                [
+                    InfluxQLQuery(
+                        "A",
+                        f'SELECT count("value") AS "anomalies" FROM {anomalies} WHERE {where} '
+                        'GROUP BY time($__interval), "kind", "type" fill(none)',
+                        alias="$tag_kind $tag_type",
+                    )
+                ],
+                unit="short",
+                description=(
+                    "Readings flagged per interval: `spike` (robust z-score above 3.5 within the sensor's hour) "
+                    "and `rapid_rise` (moving towards a site's danger level faster than warning-to-danger in an "
+                    "hour). The pipelines judge whole hours, so the latest hour appears once it is over."
+                ),
+                min_interval_s=3600,
+            ),
+            10,
+            9,
+        )
+        columns = ", ".join(
+            f"{quote(name)} AS {quote(label)}"
+            for name, label in (
+                ("type", "Type"),
+                ("sensor_id", "Sensor"),
+                ("vendor", "Vendor"),
+                ("kind", "Kind"),
+                ("metric", "Metric"),
+                ("value", "Value"),
+                ("score", "Score"),
+                ("threshold", "Threshold"),
+            )
+        )
+        layout.add(
+            p.table_panel(
+                "Latest anomalies",
+                [
+                    InfluxQLQuery(
+                        "A",
+                        f"SELECT {columns} FROM {anomalies} WHERE {where} ORDER BY time DESC LIMIT {ANOMALY_ROWS}",
+                        result_format="table",
+                    )
+                ],
+                description=(
+                    f"The {ANOMALY_ROWS} most recent anomalies: the reading's value, its score (z-score, or rate "
+                    "per hour for rapid_rise) and the threshold it passed."
+                ),
+                keep_time=True,
+            ),
+            14,
+            9,
+        )
 
     def generated(self, slug: str, dashboard: db.Dashboard, layout: p.Layout) -> GeneratedDashboard:
         uid = dashboard_uid(self.cluster.id, slug)
@@ -585,6 +647,8 @@ class ClusterDashboards:
 # SILENT_INTERVALS full intervals although the newest bucket is still filling.
 SILENT_INTERVALS = 3
 REJECT_RATIO_LIMIT = 0.05
+ANOMALIES_PANEL = "Anomalies by kind and type"
+ANOMALY_ROWS = 100
 SILENT_LOOKBACK = "6h"
 
 

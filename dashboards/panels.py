@@ -223,11 +223,16 @@ def table_panel(
     sort_by: str | None = None,
     descending: bool = False,
     overrides: Mapping[str, list[dm.DynamicConfigValue]] | None = None,
+    keep_time: bool = False,
 ) -> AnyPanel:
-    """A table of `table`-format queries merged on their tag columns (Grafana's `merge`)."""
+    """A table of `table`-format queries merged on their tag columns (Grafana's `merge`); the Time column
+    is hidden unless `keep_time` (aggregates over the range carry the range start there)."""
     panel = table.Panel().title(title).description(description).datasource(datasource_ref())
     panel.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
-    panel.with_transformation(dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}}))
+    if not keep_time:
+        panel.with_transformation(
+            dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}})
+        )
     if sort_by:
         panel.sort_by([cb.TableSortByFieldState().display_name(sort_by).desc(descending)])
     for name, properties in (overrides or {}).items():

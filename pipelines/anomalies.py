@@ -19,7 +19,8 @@ Two kinds of anomaly, both data-driven (no kind is named in code):
   `RISE_SPAN_S` (15 min) earlier, which smooths out gauge noise. Fields:
   `value`, `score` (the rate, unit per hour), `threshold` (the limit rate).
 
-Tags: the sensor tags of the raw measurement plus `kind`, `metric`, `type`.
+Tags: the sensor tags of the raw measurement plus `kind`, `metric`, `type`
+(names in `storage.schema`: `ANOMALY_TAGS`, `ANOMALY_FIELDS`, `ANOMALY_TYPES`).
 Time: the reading's `ts`. A reading is judged once, in the window whose hour
 holds it; `emit=(start_ms, end_ms)` keeps only readings in that range (a
 bounded run reads `RISE_SPAN_S` before it).
@@ -39,10 +40,14 @@ from pipelines.robust import Z_THRESHOLD, modified_z
 from pipelines.settings import ALLOWED_LATENESS_S
 from pipelines.timing import HOUR_MS, WINDOW, stamped_windows, window_end_ms, window_start_ms
 from sensors.registry import Registry
-from storage.schema import SENSOR_TAGS
+from storage.schema import (
+    ANOMALY_FIELDS,
+    ANOMALY_MEASUREMENT,
+    ANOMALY_RAPID_RISE,
+    ANOMALY_SPIKE,
+    ANOMALY_TAGS,
+)
 
-ANOMALY_MEASUREMENT = "anomalies"
-ANOMALY_TAGS = (*SENSOR_TAGS, "kind", "metric", "type")
 RISE_SPAN_S = 900
 RISE_HORIZON_S = 3600
 LOOKBACK_MS = RISE_SPAN_S * 1000
@@ -107,7 +112,7 @@ class DetectAnomalies(beam.DoFn):
             z = modified_z(batch.take(in_hour))
             spikes = np.argwhere((np.abs(z) > Z_THRESHOLD) & judged[in_hour][:, None])
             positions = np.flatnonzero(in_hour)
-            found.extend((positions[i], j, "spike", z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
+            found.extend((positions[i], j, ANOMALY_SPIKE, z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
             for j, metric in enumerate(batch.metrics):
                 found.extend(self._rises(batch, j, metric, judged, win))
         if found:
@@ -123,11 +128,17 @@ class DetectAnomalies(beam.DoFn):
             ANOMALY_TAGS,
             tags,
             batch.ts[rows],
-            {
-                "value": batch.values[rows, [j for _, j, *_ in found]],
-                "score": np.array([f[3] for f in found], dtype=np.float64),
-                "threshold": np.array([f[4] for f in found], dtype=np.float64),
-            },
+            dict(
+                zip(
+                    ANOMALY_FIELDS,  # value, score, threshold
+                    (
+                        batch.values[rows, [j for _, j, *_ in found]],
+                        np.array([f[3] for f in found], dtype=np.float64),
+                        np.array([f[4] for f in found], dtype=np.float64),
+                    ),
+                    strict=True,
+                )
+            ),
         )
 
     def _rises(
@@ -149,4 +160,4 @@ class DetectAnomalies(beam.DoFn):
             rate = (value[i] - value[r]) / (ts[i] - ts[r]) * HOUR_MS
             bound = limit[batch.sensor[at[i]]]
             if (bound > 0 and rate >= bound) or (bound < 0 and rate <= bound):
-                yield int(at[i]), j, "rapid_rise", float(rate), float(bound)
+                yield int(at[i]), j, ANOMALY_RAPID_RISE, float(rate), float(bound)

@@ -10,6 +10,8 @@ with the helpers below, so a name is spelled once.
 - `aqi_1h` (rollup): tags as rollups; aqi, band, `{pollutant}_aqi` (int), dominant (str).
 - `sensor_health_1h` (rollup): sensor tags; received, expected, flatline,
   outliers (int), completeness (float).
+- `anomalies` (rollup): sensor tags plus kind, metric, type (`spike`,
+  `rapid_rise`); value, score, threshold (float); time = the reading's ts.
 - `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
   spool_lag, write latency and batch figures.
 
@@ -29,6 +31,12 @@ from storage.line_protocol import FieldValue, Point
 from storage.settings import DEFAULT_DB, RAW_RETENTION, RAW_RP, ROLLUP_RETENTION, ROLLUP_RP
 
 __all__ = [
+    "ANOMALY_FIELDS",
+    "ANOMALY_MEASUREMENT",
+    "ANOMALY_RAPID_RISE",
+    "ANOMALY_SPIKE",
+    "ANOMALY_TAGS",
+    "ANOMALY_TYPES",
     "AQI_FIELDS",
     "AQI_MEASUREMENT",
     "DEFAULT_DB",
@@ -47,6 +55,7 @@ __all__ = [
     "SENSOR_TAGS",
     "STATS",
     "WINDOWS",
+    "anomaly_point",
     "aqi_point",
     "health_point",
     "ingest_point",
@@ -75,6 +84,15 @@ AQI_FIELDS: tuple[str, ...] = ("aqi", "band", "dominant")  # plus one `{pollutan
 
 HEALTH_MEASUREMENT = "sensor_health_1h"
 HEALTH_FIELDS: tuple[str, ...] = ("received", "expected", "completeness", "flatline", "outliers")
+
+# Readings an alert should look at (pipelines.anomalies): one point per reading, metric and type.
+ANOMALY_MEASUREMENT = "anomalies"
+ANOMALY_TAGS: tuple[str, ...] = (*SENSOR_TAGS, "kind", "metric", "type")
+ANOMALY_FIELDS: tuple[str, ...] = ("value", "score", "threshold")
+# `type` tag values: a robust z-score spike, or a rise towards a site's danger level (score = rate per hour).
+ANOMALY_SPIKE = "spike"
+ANOMALY_RAPID_RISE = "rapid_rise"
+ANOMALY_TYPES: tuple[str, ...] = (ANOMALY_SPIKE, ANOMALY_RAPID_RISE)
 
 INGEST_MEASUREMENT = "ingest"
 INGEST_TAGS: tuple[str, ...] = ("instance",)
@@ -221,6 +239,25 @@ def health_point(
         "outliers": int(outliers),
     }
     return Point(HEALTH_MEASUREMENT, dict(sensor_tags), fields, hour_start_ms, "ms")
+
+
+def anomaly_point(
+    sensor_tags: Mapping[str, str],
+    *,
+    kind: str,
+    metric: str,
+    anomaly_type: str,
+    value: float,
+    score: float,
+    threshold: float,
+    ts_ms: int,
+) -> Point:
+    """An `anomalies` point of one reading's metric; `anomaly_type` (tag `type`) is one of `ANOMALY_TYPES`."""
+    if anomaly_type not in ANOMALY_TYPES:
+        raise ValueError(f"anomaly type must be one of {', '.join(ANOMALY_TYPES)}, got {anomaly_type!r}")
+    tags = {**{name: sensor_tags[name] for name in SENSOR_TAGS}, "kind": kind, "metric": metric, "type": anomaly_type}
+    fields: dict[str, FieldValue] = {"value": float(value), "score": float(score), "threshold": float(threshold)}
+    return Point(ANOMALY_MEASUREMENT, tags, fields, ts_ms, "ms")
 
 
 def ingest_point(instance: str, fields: Mapping[str, FieldValue], ts_ms: int) -> Point:

@@ -3,7 +3,7 @@
 Two hours of readings of every sensor of a registry at its kind's interval (values on a diurnal-ish
 curve inside each metric's range, water levels around the site's warning line), the 1m and 1h
 rollups at sensor, district and city level computed from them, hourly AQI per district and city,
-hourly sensor health, and ingest self-metrics every 10 s.
+hourly sensor health, anomalies (spikes and rapid rises), and ingest self-metrics every 10 s.
 """
 
 from __future__ import annotations
@@ -122,8 +122,42 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
                 hour_start_ms=hour,
             )
         )
+    rollup.extend(anomaly_points(registry, start, now_ms))
     raw.extend(ingest_points(start, now_ms))
     return raw, rollup
+
+
+def anomaly_points(registry: Registry, start: int, end: int) -> Iterator[Point]:
+    """A spike on every fifth sensor, and a rapid rise at every gauge with site thresholds, 30 min ago."""
+    for n, sensor in enumerate(registry.sensors.values()):
+        kind = registry.kinds[sensor.kind]
+        tags = {name: getattr(sensor, name) for name in ("super_cluster", "city", "district", "site", "vendor")}
+        tags["sensor_id"] = sensor.id
+        if n % 5 == 0:
+            metric = kind.metrics[0]
+            yield schema.anomaly_point(
+                tags,
+                kind=kind.id,
+                metric=metric.name,
+                anomaly_type=schema.ANOMALY_SPIKE,
+                value=metric.max * 0.9,
+                score=7.2,
+                threshold=3.5,
+                ts_ms=start + (n * 60_000) % (end - start),
+            )
+        for name in kind.site_thresholds:
+            threshold = registry.threshold(sensor.site, name)
+            if threshold is not None:
+                yield schema.anomaly_point(
+                    tags,
+                    kind=kind.id,
+                    metric=name,
+                    anomaly_type=schema.ANOMALY_RAPID_RISE,
+                    value=threshold.warning,
+                    score=2 * (threshold.danger - threshold.warning),
+                    threshold=threshold.danger - threshold.warning,
+                    ts_ms=end - 1_800_000,
+                )
 
 
 def ingest_points(start: int, end: int) -> Iterator[Point]:

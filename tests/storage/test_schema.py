@@ -7,7 +7,9 @@ import pytest
 from sensors.reading import Reading
 from storage.line_protocol import encode_line
 from storage.schema import (
+    ANOMALY_TAGS,
     SENSOR_TAGS,
+    anomaly_point,
     aqi_point,
     health_point,
     raw_point,
@@ -62,3 +64,32 @@ def test_aqi_and_health_points() -> None:
     health = health_point(raw_point(READING).tags, received=55, expected=60, flatline=0, outliers=2, hour_start_ms=0)
     assert health.measurement == "sensor_health_1h"
     assert health.fields["completeness"] == pytest.approx(55 / 60)
+
+
+def test_anomaly_point_carries_the_sensor_tags_and_what_was_judged() -> None:
+    point = anomaly_point(
+        raw_point(READING).tags,
+        kind="air_quality",
+        metric="pm25",
+        anomaly_type="spike",
+        value=410.0,
+        score=9.5,
+        threshold=3.5,
+        ts_ms=READING.ts,
+    )
+    assert tuple(point.tags) == ANOMALY_TAGS
+    assert encode_line(point) == (
+        "anomalies,city=chiang-mai,district=mueang,kind=air_quality,metric=pm25,sensor_id=cnx-aq-007,site=nimman,"
+        "super_cluster=northern,type=spike,vendor=acme value=410.0,score=9.5,threshold=3.5 1764028800000"
+    )
+    with pytest.raises(ValueError, match="anomaly type"):
+        anomaly_point(
+            raw_point(READING).tags,
+            kind="air_quality",
+            metric="pm25",
+            anomaly_type="drift",
+            value=1.0,
+            score=1.0,
+            threshold=1.0,
+            ts_ms=0,
+        )
