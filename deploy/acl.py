@@ -25,7 +25,7 @@ import click
 
 from deploy import broker_auth
 from deploy.broker_auth import AclRule
-from sensors.cli import registry_from, registry_option
+from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import REJECT_PREFIX
 from sensors.errors import SmartcityError
 from sensors.registry import Registry
@@ -91,14 +91,7 @@ def write_broker_files(registry: Registry, out_dir: Path, passwords_path: Path) 
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the Mosquitto files 'passwd' (hashed) and 'acl' (created if missing).",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".smartcity"),
-    show_default=True,
-    envvar="SMARTCITY_HOME",
-    help="State folder; plain passwords are kept in HOME/secrets/mqtt-users.json [env: SMARTCITY_HOME].",
-)
+@home_option("plain broker passwords are kept in HOME/secrets/mqtt-users.json")
 def acl_command(registry_paths: Sequence[Path], out_dir: Path, home: Path) -> None:
     """Write Mosquitto password and ACL files: one account per vendor, limited to its own sensors.
 

@@ -32,7 +32,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from sensors.cli import registry_from, registry_option
+from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import parse_topic
 from sensors.errors import SmartcityError
 from sensors.reading import CorruptRecord, Rejection, decode_rejection
@@ -323,14 +323,7 @@ def _whole_hour(moment: datetime | None, up: bool) -> datetime | None:
 )
 @click.option("--from", "start", type=click.DateTime(), help="Only from this UTC time (rounded down to the hour).")
 @click.option("--to", "end", type=click.DateTime(), help="Only up to this UTC time (rounded up to the hour).")
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".smartcity"),
-    show_default=True,
-    envvar="SMARTCITY_HOME",
-    help="State folder with manifests/ and spool/ [env: SMARTCITY_HOME].",
-)
+@home_option("manifests in HOME/manifests, the reject store in HOME/spool")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the result as JSON.")
 @registry_option
 def audit_command(

@@ -27,7 +27,7 @@ from ingest.cli import ingest_command
 from ingest.settings import CONFIG_KEYS as INGEST_CONFIG_KEYS
 from pipelines.cli import pipeline_group
 from pipelines.settings import CONFIG_KEYS as PIPELINE_CONFIG_KEYS
-from sensors.cli import registry_from, registry_option, sensors_group
+from sensors.cli import home_option, registry_from, registry_option, sensors_group
 from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
 from sensors.simulate_cli import simulate_command
@@ -35,17 +35,6 @@ from sensors.simulate_cli import simulate_command
 # Wider than rich's 80 columns when writing to a file or a pipe, so tables stay readable in logs.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 out = Console(width=None if sys.stdout.isatty() else 120)
-
-DEFAULT_HOME = Path(".smartcity")
-
-home_option = click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_HOME,
-    show_default=True,
-    envvar="SMARTCITY_HOME",
-    help="State folder: spool, secrets, local stack data [env: SMARTCITY_HOME].",
-)
 
 
 def step(message: str) -> None:
@@ -103,7 +92,7 @@ def stack_group() -> None:
 
 
 @stack_group.command("up")
-@home_option
+@home_option()
 @click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="MQTT port.")
 @click.option("--influx-port", type=click.IntRange(1, 65535), default=8086, show_default=True, help="InfluxDB port.")
 @registry_option
@@ -119,7 +108,7 @@ def stack_up(home: Path, mqtt_port: int, influx_port: int, registry_paths: Seque
 
 
 @stack_group.command("down")
-@home_option
+@home_option()
 def stack_down(home: Path) -> None:
     """Stop the servers 'stack up' started (data is kept)."""
     from deploy.stack import Stack
@@ -129,7 +118,7 @@ def stack_down(home: Path) -> None:
 
 
 @stack_group.command("status")
-@home_option
+@home_option()
 def stack_status(home: Path) -> None:
     """Show each service's pid, port and health; exit 1 if any is down."""
     from deploy.stack import Stack
@@ -146,7 +135,7 @@ def stack_status(home: Path) -> None:
 
 
 @app.command("demo")
-@home_option
+@home_option()
 @click.option(
     "--minutes",
     type=click.FloatRange(0.1, 600),

@@ -25,7 +25,7 @@ import click
 from deploy import broker_auth
 from deploy.acl import registry_acl_rules
 from deploy.servers import render_mosquitto_conf
-from sensors.cli import registry_from, registry_option
+from sensors.cli import home_option, registry_from, registry_option
 from sensors.errors import SmartcityError
 
 ENV_FILE = "compose.env"
@@ -100,14 +100,7 @@ def compose_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the generated files [default: HOME/compose].",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".smartcity"),
-    show_default=True,
-    envvar="SMARTCITY_HOME",
-    help="State folder [env: SMARTCITY_HOME].",
-)
+@home_option("the generated files go to HOME/compose unless --out says otherwise")
 def init_command(registry_paths: Sequence[Path], out: Path | None, home: Path) -> None:
     """Generate the secrets env file and the Mosquitto config, passwords and ACLs for compose."""
     target = out or home / "compose"

@@ -23,6 +23,21 @@ registry_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.opti
 )
 
 
+DEFAULT_HOME = Path(".smartcity")
+
+
+def home_option(what: str = "spool, secrets, local stack data") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--home`: the state folder every command shares (default ./.smartcity, env SMARTCITY_HOME)."""
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_HOME,
+        show_default=True,
+        envvar="SMARTCITY_HOME",
+        help=f"State folder: {what} [env: SMARTCITY_HOME].",
+    )
+
+
 def registry_from(paths: Sequence[Path]) -> Registry:
     return load_registry(list(paths)) if paths else default_registry()
 

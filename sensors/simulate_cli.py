@@ -25,7 +25,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sensors.cli import registry_from, registry_option
+from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS
 from sensors.faults import FaultSpecError, format_faults, parse_faults
 from sensors.simulator import (
@@ -95,15 +95,7 @@ class Speed(click.ParamType):
 
 @click.command("simulate")
 @registry_option
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".smartcity"),
-    show_default=True,
-    envvar="SMARTCITY_HOME",
-    help="State folder: broker passwords in HOME/secrets/mqtt-users.json, manifests in HOME/manifests "
-    "[env: SMARTCITY_HOME].",
-)
+@home_option("broker passwords in HOME/secrets/mqtt-users.json, manifests in HOME/manifests")
 @click.option(
     "--mqtt-url",
     default="mqtt://127.0.0.1:1883",
