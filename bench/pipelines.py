@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ T0 = 1_764_028_800_000  # 2025-11-25T00:00Z
 
 def make_spool(root: Path, readings: int, sensors: int, seed: int = 1) -> None:
     """Closed segments of `readings` readings from `sensors` sensors, one a minute each, in time order."""
-    from sensors.reading import Reading, encode_reading
+    from sensors.reading import encode_reading
     from sensors.registry import default_registry
     from sensors.spool import CLOSED_SUFFIX, OPEN_SUFFIX, READINGS, SegmentInfo, segment_name, write_meta
 
@@ -61,7 +62,7 @@ def make_spool(root: Path, readings: int, sensors: int, seed: int = 1) -> None:
     made = []
     for i in range(sensors):
         base = fleet[i % len(fleet)]  # real places, kinds and vendors; ids made unique
-        made.append((f"{base.id}-{i // len(fleet)}", registry.kinds[base.kind], base))
+        made.append((replace(base, id=f"{base.id}-{i // len(fleet)}"), registry.kinds[base.kind]))
     folder = root / "ingest-1"
     folder.mkdir(parents=True)
     buffer: list[bytes] = []
@@ -84,22 +85,10 @@ def make_spool(root: Path, readings: int, sensors: int, seed: int = 1) -> None:
         kinds_in.clear()
 
     for n in range(readings):
-        sensor_id, kind, base = made[n % sensors]
-        ts = T0 + (n // sensors) * MINUTE + (zlib.crc32(sensor_id.encode()) % 50_000)
+        sensor, kind = made[n % sensors]
+        ts = T0 + (n // sensors) * MINUTE + (zlib.crc32(sensor.id.encode()) % 50_000)
         values = {m.name: round(m.min + rng.random() * min(m.max - m.min, 100.0), 2) for m in kind.metrics}
-        reading = Reading(
-            sensor_id=sensor_id,
-            kind=kind.id,
-            ts=ts,
-            values=values,
-            vendor=base.vendor,
-            super_cluster=base.super_cluster,
-            city=base.city,
-            district=base.district,
-            site=base.site,
-            seq=n,
-            received=ts + 300,
-        )
+        reading = sensor.reading(ts, values, seq=n, received=ts + 300)
         buffer.append(encode_reading(reading))
         kinds_in[kind.id] += 1
         span.append(ts)

@@ -167,7 +167,7 @@ class Contract:
                     RejectCode.NOT_AN_OBJECT,
                     f"payload is a JSON {_json_type(document)}; expected an object or a SenML array",
                 )
-            readings = [self._reading(sensor, ts, values, seq, received_ms) for ts, values, seq in samples]
+            readings = [sensor.reading(ts, values, seq, received_ms) for ts, values, seq in samples]
         except _Reject as reject:
             return Rejected(reject.code, reject.detail, sensor)
         return Accepted(readings, sensor)
@@ -313,23 +313,6 @@ class Contract:
         missing = [name for name in self._required[sensor.kind] if name not in values]
         if missing:
             raise _Reject(RejectCode.MISSING_VALUES, f"required metric {', '.join(missing)} missing")
-
-    @staticmethod
-    def _reading(sensor: Sensor, ts: int, values: dict[str, float], seq: int | None, received_ms: int) -> Reading:
-        return Reading(
-            sensor_id=sensor.id,
-            kind=sensor.kind,
-            ts=ts,
-            values=values,
-            vendor=sensor.vendor,
-            super_cluster=sensor.super_cluster,
-            city=sensor.city,
-            district=sensor.district,
-            site=sensor.site,
-            seq=seq,
-            received=received_ms,
-        )
-
 
 def rejection_record(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> Rejection:
     """The message published on the reject topic and kept in the reject store."""

@@ -23,6 +23,7 @@ import pydantic
 import yaml
 
 from sensors.errors import SmartcityError
+from sensors.reading import Reading
 from sensors.registry.model import (
     City,
     District,
@@ -79,6 +80,22 @@ class Sensor:
     @property
     def topic(self) -> str:
         return f"smartcity/v1/{self.city}/{self.kind}/{self.id}"
+
+    def reading(self, ts: int, values: dict[str, float], seq: int | None = None, received: int = 0) -> Reading:
+        """A reading of this sensor, carrying the places it was validated against."""
+        return Reading(
+            sensor_id=self.id,
+            kind=self.kind,
+            ts=ts,
+            values=values,
+            vendor=self.vendor,
+            super_cluster=self.super_cluster,
+            city=self.city,
+            district=self.district,
+            site=self.site,
+            seq=seq,
+            received=received,
+        )
 
 
 Path_ = tuple[str | int, ...]

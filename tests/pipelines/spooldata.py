@@ -24,18 +24,7 @@ HOUR = 3_600_000
 
 
 def reading(sensor: Sensor, ts: int, values: dict[str, float], received: int | None = None) -> Reading:
-    return Reading(
-        sensor_id=sensor.id,
-        kind=sensor.kind,
-        ts=ts,
-        values=values,
-        vendor=sensor.vendor,
-        super_cluster=sensor.super_cluster,
-        city=sensor.city,
-        district=sensor.district,
-        site=sensor.site,
-        received=ts + 500 if received is None else received,
-    )
+    return sensor.reading(ts, values, received=ts + 500 if received is None else received)
 
 
 def write_segment(root: Path, seq: int, readings: Sequence[Reading], stream: str = "ingest-1") -> SegmentInfo:
