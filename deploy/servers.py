@@ -9,7 +9,6 @@ the tests exercise the configuration users run.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import shutil
@@ -375,22 +374,19 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         """Create the admin user. InfluxDB 1.x allows this one statement without auth while no user exists."""
         if not self.auth_enabled:
             return
-        statement = f"CREATE USER \"{user}\" WITH PASSWORD '{escape_influxql_string(password)}' WITH ALL PRIVILEGES"
-        body = urllib.parse.urlencode({"q": statement}).encode()
-        request = urllib.request.Request(f"{self.base_url}/query", data=body, method="POST")
-        request.add_header("Authorization", basic_auth(user, password))
+        from storage.errors import QueryError
+        from storage.query import QueryClient, ident
+        from storage.settings import InfluxSettings
+
+        settings = InfluxSettings(url=self.base_url, username=user, password=password)
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                result = json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            raise ServerError(f"influxdb: creating admin user failed: HTTP {err.code} {err.read()[:200]!r}") from err
-        error = result.get("results", [{}])[0].get("error")
-        if error:
-            raise ServerError(f"influxdb: creating admin user failed: {error}")
-
-
-def escape_influxql_string(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+            with QueryClient(settings) as client:
+                client.execute(
+                    "CREATE USER {user} WITH PASSWORD {password} WITH ALL PRIVILEGES",
+                    {"user": ident(user), "password": password},
+                )
+        except QueryError as err:
+            raise ServerError(f"influxdb: creating admin user failed: {err}") from err
 
 
 def basic_auth(user: str, password: str) -> str:
