@@ -250,6 +250,7 @@ class Consumer(ABC):
     label: str
     processes: int
     db: str
+    client_ids: list[str]  # the broker sessions it uses
 
     @abstractmethod
     def prepare(self) -> None:
@@ -278,6 +279,7 @@ class Ingest(Consumer):
         self.procs: list[subprocess.Popen[bytes]] = []
         # `--role write` processes do not subscribe: they follow the spool the others write.
         self.subscribers = [p for p in processes if p.get("role", "all") != "write"]
+        self.client_ids = [p["client_id"] for p in self.subscribers]
 
     def _use_db(self) -> None:
         self.bench.env_base["SMARTCITY_INFLUX_DB"] = self.db
@@ -316,6 +318,7 @@ class NodeRed(Consumer):
 
     def __init__(self, bench: Bench, node: str, label: str, db: str, client_id: str) -> None:
         self.bench, self.node, self.label, self.db, self.client_id = bench, node, label, db, client_id
+        self.client_ids = [client_id]
         self.user_dir = bench.workdir / client_id
         self.log = self.user_dir / "node-red.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -495,6 +498,17 @@ class Row:
     p99_ms: float = math.nan
 
 
+def forget_sessions(bench: Bench, client_ids: Sequence[str]) -> None:
+    """Connect with a clean start as each client id: the broker drops its session and stops queueing for it.
+
+    Otherwise every later run's messages would also be queued for the sessions of the earlier runs.
+    """
+    for client_id in client_ids:
+        client = bench.client(client_id)
+        client.disconnect()
+        client.loop_stop()
+
+
 def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream) -> Row:
     points = Points(bench, registry, consumer.db)
     consumer.prepare()
@@ -509,6 +523,7 @@ def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream) 
         servers = since(servers, server_cpu(bench))
     finally:
         consumer.stop()
+        forget_sessions(bench, consumer.client_ids)
     keys = points.keys()
     points.close()
     return Row(
@@ -546,6 +561,7 @@ def drain_ceiling(bench: Bench, stream: Stream) -> Row:
             raise BenchError("mosquitto_sub did not receive the whole stream within 600 s")
         time.sleep(0.005)
     elapsed, servers = time.monotonic() - started, since(servers, server_cpu(bench))
+    forget_sessions(bench, ["bench-ceiling"])
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise BenchError(f"mosquitto_sub exited with {proc.returncode}")
@@ -598,6 +614,7 @@ def live(bench: Bench, registry: Registry, consumer: Consumer, args: argparse.Na
         servers = since(servers, server_cpu(bench))
     finally:
         consumer.stop()
+        forget_sessions(bench, consumer.client_ids)
     keys = points.keys()
     points.close()
     latencies = sorted(watcher.seen[k] - sent[k] for k in sent if k in watcher.seen)
@@ -811,16 +828,17 @@ def report(
         "",
         f"**Drain** of the {n:,} messages queued in the consumer's persistent session "
         "(msg/s from the consumer's connection to the last point in InfluxDB; start-up = process start to the "
-        "connection; CPU until the last point):",
+        "connection; CPU until the last point; cores busy = CPU s over the drain's duration):",
         "",
-        "| consumer | processes | msg/s | vs Node-RED | start-up s | CPU s | CPU us/msg | InfluxDB CPU s "
-        "| broker CPU s | peak RSS MiB | readings lost | bad payloads stored |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| consumer | processes | msg/s | vs Node-RED | start-up s | CPU s | cores busy | CPU us/msg "
+        "| InfluxDB CPU s | broker CPU s | peak RSS MiB | readings lost | bad payloads stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in drains:
         out.append(
             f"| {r.consumer} | {r.processes} | {r.rate:,.0f} | {r.rate / peer.rate:.2f}x | {fmt(r.startup_s, '.1f')} "
-            f"| {r.cpu_s:.1f} | {1e6 * r.cpu_s / n:.0f} | {r.servers_cpu_s[0]:.1f} | {r.servers_cpu_s[1]:.1f} "
+            f"| {r.cpu_s:.1f} | {r.cpu_s * r.rate / n:.2f} | {1e6 * r.cpu_s / n:.0f} "
+            f"| {r.servers_cpu_s[0]:.1f} | {r.servers_cpu_s[1]:.1f} "
             f"| {r.rss_mib:.0f} | {fmt(r.lost)} | {fmt(r.bad_stored)} |"
         )
     out += [
@@ -895,6 +913,7 @@ COLOURS = {"ceiling": "#9e9e9e", "peer": "#c0392b", "ours": "#1f77b4"}
 
 
 def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
+    """Throughput (the broker's ceiling as a note: it would flatten the bars), latency and memory."""
     try:
         import matplotlib
 
@@ -902,24 +921,32 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BenchError("matplotlib is missing: pip install -e '.[bench]' (make bench does)") from None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
-    names = [r.consumer.replace(" (ceiling)", "\n(ceiling)").replace(", ", ",\n") for r in drains]
-    colours = [COLOURS["ceiling" if "ceiling" in r.consumer else "peer" if "Node-RED" in r.consumer else "ours"]
-               for r in drains]  # fmt: skip
-    bars = left.barh(names[::-1], [r.rate for r in drains][::-1], color=colours[::-1])
-    left.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in drains][::-1], padding=3, fontsize=8)
-    left.set_xlabel("messages/s (drain of a queued session into InfluxDB)")
-    left.set_xlim(0, max(r.rate for r in drains) * 1.25)
-    left.tick_params(axis="y", labelsize=8)
+    ceiling = next(r for r in drains if "ceiling" in r.consumer)
+    rows = [r for r in drains if r is not ceiling][::-1]  # barh draws bottom-up
+    names = [r.consumer.replace(", ", ",\n") for r in rows]
+    colours = [COLOURS["peer" if "Node-RED" in r.consumer else "ours"] for r in rows]
+    fig, (rate, latency, memory) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.5, 1, 1]})
+    bars = rate.barh(names, [r.rate for r in rows], color=colours)
+    rate.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
+    rate.set_xlim(0, max(r.rate for r in rows) * 1.3)
+    rate.set_title(f"drain, msg/s into InfluxDB (broker ceiling {ceiling.rate:,.0f})", fontsize=9)
+    rate.tick_params(labelsize=8)
+    rate.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     width = 0.38
     xs = range(len(lives))
-    p50 = right.bar([x - width / 2 for x in xs], [r.p50_ms for r in lives], width, label="p50", color="#7fb3d5")
-    p99 = right.bar([x + width / 2 for x in xs], [r.p99_ms for r in lives], width, label="p99", color="#1f4e79")
-    for group in (p50, p99):
-        right.bar_label(group, fmt="%.0f", padding=2, fontsize=8)
-    right.set_xticks(list(xs), [r.consumer for r in lives], fontsize=8)
-    right.set_ylabel(f"ms, publish to InfluxDB at {lives[0].rate:,.0f} msg/s")
-    right.legend(fontsize=8)
+    for offset, name, colour in ((-width / 2, "p50", "#7fb3d5"), (width / 2, "p99", "#1f4e79")):
+        values = [getattr(r, f"{name}_ms") for r in lives]
+        group = latency.bar([x + offset for x in xs], values, width, label=name, color=colour)
+        latency.bar_label(group, fmt="%.0f", padding=2, fontsize=8)
+    latency.set_xticks(list(xs), [r.consumer for r in lives], fontsize=8)
+    latency.set_title(f"live at {lives[0].rate:,.0f} msg/s: ms from publish to InfluxDB", fontsize=9)
+    latency.legend(fontsize=8)
+    peak = memory.barh(names, [r.rss_mib for r in rows], color=colours)
+    memory.bar_label(peak, fmt="%.0f", padding=3, fontsize=8)
+    memory.set_xlim(0, max(r.rss_mib for r in rows) * 1.25)
+    memory.set_title("drain, peak RSS MiB (all processes)", fontsize=9)
+    memory.tick_params(labelsize=8)
+    memory.set_yticklabels([])
     fig.suptitle("smartcity ingest vs. a Node-RED flow: same machine, broker and stream", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1033,6 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
     except SmartcityError as err:
         console.print(f"bench: error: {err}")
         return 1
+    except KeyboardInterrupt:
+        console.print("bench: interrupted; everything it started is stopped")
+        return 130
 
 
 if __name__ == "__main__":
