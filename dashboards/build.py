@@ -34,7 +34,7 @@ from dashboards.influxql import (
 )
 from sensors.aqi import POLLUTANTS
 from sensors.contract import RejectCode
-from sensors.registry import Kind, Registry, SuperCluster
+from sensors.registry import Kind, Metric, Registry, SuperCluster
 from storage import schema
 
 TAG = "smartcity"
@@ -243,11 +243,12 @@ class ClusterDashboards:
         layout.row(f"{kind.name.en} / {kind.name.th}")
         for metric in kind.metrics:
             chart = MetricChart(kind, metric.name, "district", filters=self.place_filters())
+            how = "total per hour of each sensor, mean" if chart.total else "mean"
             panel = p.timeseries_panel(
-                f"{metric.description} by district",
+                f"{metric_title(metric)} by district",
                 chart.targets(),
-                unit=p.grafana_unit(metric.unit),
-                description=f"{kind.name.en} `{metric.name}` ({metric.unit}), mean of the district's sensors.",
+                unit=p.chart_unit(metric),
+                description=f"{kind.name.en} `{metric.name}` ({metric.unit}), {how} of the district's sensors.",
                 min_interval_s=kind.interval_s,
                 thresholds=pollutant_thresholds(metric.name, metric.unit),
                 threshold_style=cm.GraphThresholdsStyleMode.DASHED,
@@ -289,9 +290,9 @@ class ClusterDashboards:
             chart = MetricChart(kind, metric.name, "sensor", filters=self.place_filters(), sensor_filter="sensor")
             layout.add(
                 p.timeseries_panel(
-                    f"{metric.description} by sensor",
+                    f"{metric_title(metric)} by sensor",
                     chart.targets(),
-                    unit=p.grafana_unit(metric.unit),
+                    unit=p.chart_unit(metric),
                     min_interval_s=kind.interval_s,
                 ),
                 12,
@@ -665,6 +666,13 @@ def silence_query(kind: Kind, filters: Sequence[str], *, table: bool = False, re
         alias="$tag_sensor_id",
         result_format="table" if table else "time_series",
     )
+
+
+def metric_title(metric: Metric) -> str:
+    """A chart's title: the metric's description, or for a `sum` metric what is charted ("Rainfall per hour")."""
+    if metric.aggregate == "sum":
+        return f"{metric.name.replace('_', ' ').capitalize()} per hour"
+    return metric.description
 
 
 def silent_panel_title(kind: Kind) -> str:

@@ -141,44 +141,61 @@ _GROUP_TAG: dict[Scope, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class MetricChart:
-    """One statistic of one metric of a kind over time, grouped by a scope, in every tier.
+    """One metric of a kind over time, grouped by a scope, in every tier.
 
-    `filters` are InfluxQL conditions on tags that raw points and rollups share (super_cluster,
-    city, district); `sensor_filter` is a variable name that selects sensors (raw `sensor_id`,
-    rollup `area`), for sensor-scope charts.
+    `stat` is the statistic charted; by default the metric's registry `aggregate` decides: the mean,
+    or for an amount since the previous reading (`sum`: rain, vehicles) the total per hour: each
+    sensor's sum over a bucket scaled to an hour, and for an area the mean of its sensors' totals
+    (a sum over the sensors would grow with their number). `filters` are InfluxQL conditions on
+    tags that raw points and rollups share (super_cluster, city, district); `sensor_filter` is a
+    variable name that selects sensors (raw `sensor_id`, rollup `area`), for sensor-scope charts.
     """
 
     kind: Kind
     metric: str
     scope: Scope
     filters: Sequence[str] = ()
-    stat: Literal["mean", "min", "max"] = "mean"
+    stat: Literal["mean", "min", "max"] | None = None
     sensor_filter: str | None = None
     extra_raw_filters: Sequence[str] = field(default=())
     extra_rollup_filters: Sequence[str] = field(default=())
 
+    @property
+    def total(self) -> bool:
+        """Whether the chart shows totals per hour (a `sum` metric with no explicit `stat`)."""
+        spec = self.kind.metric(self.metric)
+        assert spec is not None, f"kind {self.kind.id} has no metric {self.metric!r}"
+        return self.stat is None and spec.aggregate == "sum"
+
     def targets(self) -> list[InfluxQLQuery]:
-        raw_tag, rollup_tag = _GROUP_TAG[self.scope]
+        total, stat = self.total, self.stat or "mean"
+        name = quote(self.metric)
         out = []
         for ref, bounds in zip("ABC", tier_bounds(self.kind.interval_s), strict=False):
+            raw = bounds.tier == "raw"
+            sensor_tag, tag = ("sensor_id", _GROUP_TAG[self.scope][0]) if raw else ("area", _GROUP_TAG[self.scope][1])
             where = [*self.filters, "$timeFilter", bounds.condition()]
-            if bounds.tier == "raw":
-                select = f"{self.stat}({quote(self.metric)})"
-                source = raw_from(self.kind.id)
-                tag = raw_tag
-                if self.sensor_filter:
-                    where.insert(0, var_match("sensor_id", self.sensor_filter))
+            if self.sensor_filter:
+                where.insert(0, var_match(sensor_tag, self.sensor_filter))
+            if raw:
+                source, column = raw_from(self.kind.id), self.metric
                 where[:0] = self.extra_raw_filters
             else:
-                select = f"{self.stat}({quote(schema.rollup_field(self.metric, self.stat))})"
                 source = rollup_from(schema.rollup_measurement(self.kind.id, bounds.tier))
-                tag = rollup_tag
-                if self.sensor_filter:
-                    where.insert(0, var_match("area", self.sensor_filter))
-                where[:0] = [*self.extra_rollup_filters, f"{quote('level')} = {literal(self.scope)}"]
-            query = (
-                f"SELECT {select} AS {quote(self.metric)} FROM {source} WHERE {' AND '.join(where)} "
-                f"GROUP BY time($__interval), {quote(tag)} fill(none)"
-            )
+                column = schema.rollup_field(self.metric, "sum" if total else stat)
+                level = "sensor" if total else self.scope  # totals are taken per sensor, then averaged
+                where[:0] = [*self.extra_rollup_filters, f"{quote('level')} = {literal(level)}"]
+            conditions = " AND ".join(where)
+            group = f"GROUP BY time($__interval), {quote(tag)} fill(none)"
+            if not total:
+                query = f"SELECT {stat}({quote(column)}) AS {name} FROM {source} WHERE {conditions} {group}"
+            else:
+                by = ", ".join(quote(t) for t in dict.fromkeys((sensor_tag, tag)))
+                query = (
+                    f"SELECT sum({quote(column)}) * {HOUR_MS} / $__interval_ms AS {name} FROM {source} "
+                    f"WHERE {conditions} GROUP BY time($__interval), {by} fill(none)"
+                )
+                if tag != sensor_tag:
+                    query = f"SELECT mean({name}) AS {name} FROM ({query}) {group}"
             out.append(InfluxQLQuery(ref, query, alias=f"$tag_{tag}", tier=bounds.tier))
         return out

@@ -19,7 +19,7 @@ from grafana_foundation_sdk.models import geomap as gm
 
 from dashboards.influxql import InfluxQLQuery, Target, datasource_ref
 from sensors.aqi import BANDS
-from sensors.registry import Threshold
+from sensors.registry import Metric, Threshold
 
 GRID_WIDTH = 24
 # Served by Grafana from its public/ folder; `dashboards build` writes it from the registry.
@@ -50,6 +50,13 @@ AnyPanel = cogbuilder.Builder[dm.Panel]
 
 def grafana_unit(unit: str) -> str:
     return GRAFANA_UNITS.get(unit, f"suffix: {unit}")
+
+
+def chart_unit(metric: Metric) -> str:
+    """The unit of a metric's charts: its own, or per hour for a `sum` metric (`mm/h`; a count is `/h`)."""
+    if metric.aggregate == "sum":
+        return f"suffix: {'' if metric.unit == 'count' else metric.unit}/h"
+    return grafana_unit(metric.unit)
 
 
 def with_targets(panel: AnyPanel, queries: Sequence[InfluxQLQuery]) -> AnyPanel:

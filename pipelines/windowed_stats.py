@@ -1,4 +1,4 @@
-"""WindowedStats: mean, min, max and count of every metric per minute and per hour, at every level.
+"""WindowedStats: mean, min, max, count and sum of every metric per minute and per hour, at every level.
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`{kind}_1m`, `{kind}_1h`)
 
@@ -19,9 +19,10 @@ times faster (docs/benchmarks.md) and gives the same numbers.
 Each window gives, per kind, a row per sensor that reported and one per
 district, city and super-cluster those sensors are in (`pipelines.areas`). A
 row has, for every metric with readings in the window, `{metric}_mean`,
-`_min`, `_max` (floats) and `_count` (integer). An area's figures are over all
-readings of its sensors: the count is readings, the mean is weighted by
-readings. A reading counts once per (sensor_id, ts) however often it was
+`_min`, `_max`, `_sum` (floats) and `_count` (integer). An area's figures are
+over all readings of its sensors: the count is readings, the mean is weighted
+by readings, the sum is of every reading (for an amount since the previous
+reading, like rain, the total of the window). A reading counts once per (sensor_id, ts) however often it was
 delivered. Point time is the window start.
 """
 
@@ -130,7 +131,7 @@ def summarise(batch: ReadingBatch, measurement: str, start_ms: int, width_ms: in
     cell = ordered[firsts]
     has = count > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = {"mean": total / count, "min": low, "max": high, "count": count}
+        values = {"mean": total / count, "min": low, "max": high, "count": count, "sum": total}
     fields = {}
     for j, metric in enumerate(batch.metrics):
         if has[:, j].any():

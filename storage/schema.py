@@ -6,7 +6,9 @@ with the helpers below, so a name is spelled once.
 - `{kind}` (RP raw): tags super_cluster, city, district, site, sensor_id, vendor;
   one float field per metric; time = reading ts.
 - `{kind}_1m`, `{kind}_1h` (RP rollup): tags level, area, super_cluster, city,
-  district; fields `{metric}_mean/_min/_max` (float), `{metric}_count` (int).
+  district; fields `{metric}_mean/_min/_max/_sum` (float), `{metric}_count` (int).
+  `_sum` is exact where `_mean * _count` is not, and is the figure of a metric whose
+  registry `aggregate` is `sum` (rain, vehicles since the previous reading).
 - `aqi_1h` (rollup): tags as rollups; aqi, band, `{pollutant}_aqi` (int), dominant (str).
 - `sensor_health_1h` (rollup): sensor tags; received, expected, flatline,
   outliers (int), completeness (float).
@@ -55,6 +57,7 @@ __all__ = [
     "SENSOR_TAGS",
     "STATS",
     "WINDOWS",
+    "RollupStats",
     "anomaly_point",
     "aqi_point",
     "health_point",
@@ -77,7 +80,9 @@ SENSOR_TAGS: tuple[str, ...] = ("super_cluster", "city", "district", "site", "se
 ROLLUP_TAGS: tuple[str, ...] = ("level", "area", "super_cluster", "city", "district")
 LEVELS: tuple[Level, ...] = ("sensor", "district", "city", "super_cluster")
 WINDOWS: tuple[Window, ...] = ("1m", "1h")
-STATS: tuple[str, ...] = ("mean", "min", "max", "count")
+STATS: tuple[str, ...] = ("mean", "min", "max", "count", "sum")
+# One metric's figures in one rollup window, in STATS order: (mean, min, max, count, sum).
+RollupStats = tuple[float, float, float, int, float]
 
 AQI_MEASUREMENT = "aqi_1h"
 AQI_FIELDS: tuple[str, ...] = ("aqi", "band", "dominant")  # plus one `{pollutant}_aqi` per pollutant
@@ -151,7 +156,7 @@ def rollup_field(metric: str, stat: str) -> str:
 
 
 def rollup_fields(metric: str) -> tuple[str, ...]:
-    """The four rollup fields of a metric: mean, min, max, count."""
+    """The rollup fields of a metric: mean, min, max, count, sum."""
     return tuple(f"{metric}_{stat}" for stat in STATS)
 
 
@@ -186,16 +191,17 @@ def rollup_point(
     kind: str,
     window: str,
     tags: Mapping[str, str],
-    stats: Mapping[str, tuple[float, float, float, int]],
+    stats: Mapping[str, RollupStats],
     window_start_ms: int,
 ) -> Point:
-    """A rollup point; `stats` maps each metric to (mean, min, max, count); `tags` from `rollup_tags`."""
+    """A rollup point; `stats` maps each metric to (mean, min, max, count, sum); `tags` from `rollup_tags`."""
     fields: dict[str, FieldValue] = {}
-    for metric, (mean, low, high, count) in stats.items():
+    for metric, (mean, low, high, count, total) in stats.items():
         fields[f"{metric}_mean"] = float(mean)
         fields[f"{metric}_min"] = float(low)
         fields[f"{metric}_max"] = float(high)
         fields[f"{metric}_count"] = int(count)
+        fields[f"{metric}_sum"] = float(total)
     return Point(rollup_measurement(kind, window), dict(tags), fields, window_start_ms, "ms")
 
 

@@ -77,6 +77,9 @@ class Metric(Strict):
     max: float
     required: bool = False
     description: str = Field(min_length=1)
+    # How readings combine over time: `mean` for a level (temperature), `sum` for an amount since the
+    # previous reading (rain, vehicles), which charts and reports show as a total per hour.
+    aggregate: Literal["mean", "sum"] = "mean"
 
     @model_validator(mode="after")
     def _range(self) -> Metric:

@@ -101,13 +101,11 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
             )
     hours: dict[tuple[str, str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (kind_id, level, area, minute), metrics in minutes.items():
-        stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
-        rollup.append(schema.rollup_point(kind_id, "1m", places[(level, area)], stats, minute))
+        rollup.append(schema.rollup_point(kind_id, "1m", places[(level, area)], stats_of(metrics), minute))
         for m, readings in metrics.items():
             hours[(kind_id, level, area, minute // 3_600_000 * 3_600_000)][m].extend(readings)
     for (kind_id, level, area, hour), metrics in hours.items():
-        stats = {m: (sum(v) / len(v), min(v), max(v), len(v)) for m, v in metrics.items()}
-        rollup.append(schema.rollup_point(kind_id, "1h", places[(level, area)], stats, hour))
+        rollup.append(schema.rollup_point(kind_id, "1h", places[(level, area)], stats_of(metrics), hour))
     for (level, area, hour), metrics in pollutant_means.items():
         means = {p.name: sum(metrics[p.name]) / len(metrics[p.name]) for p in POLLUTANTS if metrics.get(p.name)}
         result = thai_aqi(means)
@@ -125,6 +123,10 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
     rollup.extend(anomaly_points(registry, start, now_ms))
     raw.extend(ingest_points(start, now_ms))
     return raw, rollup
+
+
+def stats_of(metrics: dict[str, list[float]]) -> dict[str, schema.RollupStats]:
+    return {m: (sum(v) / len(v), min(v), max(v), len(v), sum(v)) for m, v in metrics.items()}
 
 
 def anomaly_points(registry: Registry, start: int, end: int) -> Iterator[Point]:

@@ -12,7 +12,7 @@ from dashboards import check
 from dashboards.build import all_panels
 from dashboards.provisioning import Provisioning, generate
 from sensors.registry import default_registry
-from storage.query import QueryClient
+from storage.query import QueryClient, parse_results
 from storage.settings import InfluxSettings
 from tests.dashboards.data import write_data_set
 from tests.servers import StackHandle
@@ -99,3 +99,38 @@ def test_check_command_passes_with_data_and_names_the_panel_on_errors(
     assert missing.returncode == 1
     assert "smartcity: error:" in missing.stderr and "failed" in missing.stderr
     assert "AQI now by district" in missing.stdout and "database not found" in missing.stdout
+
+
+def test_amounts_are_charted_per_hour_as_the_mean_of_a_districts_sensor_totals(
+    settings: InfluxSettings, provisioning: Provisioning
+) -> None:
+    """Rain by district, in every tier: each gauge's rain in a bucket, scaled to an hour, averaged over gauges."""
+    dashboard = next(d for d in provisioning.dashboards if d.uid == "smartcity-andaman-flood-weather")
+    panel = next(p for p in all_panels(dashboard.model) if p["title"] == "Rainfall per hour by district")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "suffix: mm/h"
+    with QueryClient(settings) as client:
+        variables, _ = check.Checker(client).variable_values(dashboard)
+
+        def rows(statement: str) -> dict[tuple[str, object], float]:
+            return {
+                (item.tags["district"], row[0]): row[1]
+                for item in parse_results(client.raw(statement))
+                for row in item.values
+            }
+
+        for target, interval_s in zip(panel["targets"], (60, 600, 3600), strict=True):
+            charted = rows(check.substitute(target["query"], variables, range_s=6 * 3600, interval_s=interval_s))
+            per_gauge = (
+                f'SELECT sum("rainfall") * 3600 / {interval_s} FROM "raw"."weather" '
+                "WHERE \"super_cluster\" = 'andaman' AND time >= now() - 6h "
+                f'GROUP BY time({interval_s}s), "sensor_id", "district" fill(none)'
+            )
+            gauges: dict[tuple[str, object], list[float]] = defaultdict(list)
+            for item in parse_results(client.raw(per_gauge)):
+                for when, value in item.values:
+                    gauges[(item.tags["district"], when)].append(value)
+            assert len({district for district, _ in gauges}) > 1
+            assert max(len(values) for values in gauges.values()) > 1, "districts with several gauges"
+            assert charted.keys() == gauges.keys(), target["refId"]
+            for key, values in gauges.items():
+                assert charted[key] == pytest.approx(sum(values) / len(values), rel=1e-9), (target["refId"], key)

@@ -76,8 +76,18 @@ def gauge_level(registry: Registry, sensor_id: str, hours_back: int) -> float:
     return round(threshold.danger * (1.05 - 0.03 * hours_back), 3)
 
 
-def vehicles(district: str, hours_back: int) -> float:
-    return float(20 + len(district) + (hours_back % 5))
+def vehicles(sensor_id: str, hours_back: int) -> float:
+    """Vehicles a counter counted in an hour (the sum of its readings)."""
+    return float(600 + 10 * int(sensor_id[-3:]) + 7 * (hours_back % 5))
+
+
+def counting(registry: Registry, district: str) -> list[str]:
+    """The traffic sensors of a district that report (the first of each city is silent)."""
+    return [
+        s.id
+        for s in registry.sensors.values()
+        if s.kind == "traffic" and s.district == district and s.id[-4:] != "-001"
+    ]
 
 
 def dataset_points(registry: Registry, last_hour: datetime) -> list[Point]:
@@ -105,31 +115,38 @@ def dataset_points(registry: Registry, last_hour: datetime) -> list[Point]:
                         "air_quality",
                         "1h",
                         tags,
-                        {"pm25": (pm25, pm25 - 3, pm25 + 3, 60), "pm10": (pm25 * 1.6, pm25, pm25 * 2, 60)},
+                        {
+                            "pm25": (pm25, pm25 - 3, pm25 + 3, 60, pm25 * 60),
+                            "pm10": (pm25 * 1.6, pm25, pm25 * 2, 60, pm25 * 96),
+                        },
                         ms,
                     )
                 )
-            count = vehicles(district_id, back)
-            out.append(
-                schema.rollup_point(
-                    "traffic",
-                    "1h",
-                    tags,
-                    {"vehicle_count": (count, 0, count * 2, 600), "mean_speed": (42.5, 10, 80, 600)},
-                    ms,
-                )
-            )
+            # The district row sums every counter's vehicles; the chart shows the mean counter's total instead.
+            counters = counting(registry, district_id)
+            total = sum(vehicles(sensor_id, back) for sensor_id in counters)
+            stats: dict[str, schema.RollupStats] = {
+                "vehicle_count": (10.0, 0, 40, 60 * len(counters), total),
+                "mean_speed": (42.5, 10, 80, 600, 25500),
+            }
+            out.append(schema.rollup_point("traffic", "1h", tags, stats, ms))
             if district_id == "mueang-chiang-mai":
-                out.append(schema.rollup_point("soil_moisture", "1h", tags, {"vwc": (31.5, 30, 33, 6)}, ms))
+                out.append(schema.rollup_point("soil_moisture", "1h", tags, {"vwc": (31.5, 30, 33, 6, 189.0)}, ms))
         for sensor in sensors:
             if sensor.kind == "water_level" and sensor.super_cluster == "andaman":
                 tags = schema.rollup_tags(
                     "sensor", sensor.id, super_cluster=sensor.super_cluster, city=sensor.city, district=sensor.district
                 )
                 level = gauge_level(registry, sensor.id, back)
-                out.append(
-                    schema.rollup_point("water_level", "1h", tags, {"level": (level - 0.1, level - 0.2, level, 60)}, ms)
+                stats = {"level": (level - 0.1, level - 0.2, level, 60, (level - 0.1) * 60)}
+                out.append(schema.rollup_point("water_level", "1h", tags, stats, ms))
+            if sensor.kind == "traffic" and not sensor.id.endswith("-001"):
+                tags = schema.rollup_tags(
+                    "sensor", sensor.id, super_cluster=sensor.super_cluster, city=sensor.city, district=sensor.district
                 )
+                count = vehicles(sensor.id, back)
+                stats = {"vehicle_count": (count / 60, 0, count / 30, 60, count)}
+                out.append(schema.rollup_point("traffic", "1h", tags, stats, ms))
             # Waste bins report half of what they should; the first traffic sensor of each city is silent.
             expected = 3600 // registry.kinds[sensor.kind].interval_s
             received = expected // 2 if sensor.kind == "waste_bin" else expected
@@ -253,10 +270,16 @@ def test_every_kind_of_the_fleet_has_a_section_and_empty_charts_say_so(report: P
     assert {t["name"] for t in pm25["data"]} == {"Mueang Phuket · เมืองภูเก็ต", "Kathu · กะทู้", "Thalang · ถลาง"}
     assert [s["fillcolor"] for s in pm25["layout"]["shapes"]] == [b.colour for b in BANDS]
     assert [s["y0"] for s in pm25["layout"]["shapes"]] == [0, 15.1, 25.1, 37.6, 75.1]
+    # Vehicles are counted since the previous reading: a total per hour, the mean of the district's counters.
     traffic = charts["andaman-traffic-vehicle_count"]
     by_name = {t["name"]: t["y"] for t in traffic["data"]}
-    assert by_name["Kathu · กะทู้"][-1] == vehicles("kathu", 0)
-    assert len(by_name["Kathu · กะทู้"]) == 24  # the default range: 24 hourly means
+    kathu = counting(registry, "kathu")
+    assert len(kathu) > 1
+    assert by_name["Kathu · กะทู้"][-1] == sum(vehicles(s, 0) for s in kathu) / len(kathu)
+    assert len(by_name["Kathu · กะทู้"]) == 24  # the default range: 24 hourly totals
+    assert traffic["layout"]["yaxis"]["title"]["text"] == "/h"
+    speed = {t["name"]: t["y"] for t in charts["andaman-traffic-mean_speed"]["data"]}
+    assert speed["Kathu · กะทู้"][-1] == 42.5  # a level: the mean
 
 
 def test_flood_gauges_are_drawn_against_the_site_warning_and_danger_levels(report: Path) -> None:

@@ -55,7 +55,7 @@ def frozen(tags: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def rollups(readings: Iterable[Reading], start: int, end: int) -> dict[Key, dict[str, Any]]:
-    """`{kind}_1m` and `{kind}_1h` rows: per window, level and metric the mean, min, max and count."""
+    """`{kind}_1m` and `{kind}_1h` rows: per window, level and metric the mean, min, max, count and sum."""
     values: dict[tuple[Key, str], list[float]] = defaultdict(list)
     for r in unique(readings):
         if not start <= r.ts < end:
@@ -73,6 +73,7 @@ def rollups(readings: Iterable[Reading], start: int, end: int) -> dict[Key, dict
                 f"{metric}_min": min(seen),
                 f"{metric}_max": max(seen),
                 f"{metric}_count": len(seen),
+                f"{metric}_sum": math.fsum(seen),
             }
         )
     return dict(rows)

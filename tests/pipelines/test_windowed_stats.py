@@ -1,4 +1,4 @@
-"""WindowedStats: per-minute and per-hour mean/min/max/count at every level, duplicates once, late data.
+"""WindowedStats: per-minute and per-hour mean/min/max/count/sum at every level, duplicates once, late data.
 
 Expected values are worked out by hand from SAMPLE_DATA, not by the code under test.
 """
@@ -28,10 +28,11 @@ def tags(level: str, area: str, places: dict[str, str]) -> dict[str, str]:
     return {"level": level, "area": area, **dict(list(places.items())[:keep])}
 
 
-def point(measurement: str, tags: dict[str, str], time: int, **stats: tuple[float, float, float, int]) -> Any:
+def point(measurement: str, tags: dict[str, str], time: int, **stats: tuple[float, float, float, int, float]) -> Any:
     fields: dict[str, Any] = {}
-    for metric, (mean, low, high, count) in stats.items():
+    for metric, (mean, low, high, count, total) in stats.items():
         fields.update({f"{metric}_mean": mean, f"{metric}_min": low, f"{metric}_max": high, f"{metric}_count": count})
+        fields[f"{metric}_sum"] = total
     return row(type("P", (), {"measurement": measurement, "tags": tags, "time": time, "fields": fields}))
 
 
@@ -51,25 +52,25 @@ def sample_data(registry: Registry) -> list[Any]:
 
 def expected_minutes() -> list[Any]:
     m0, m1 = T0, T0 + 60_000
-    mueang = {"pm25": (70 / 3, 10.0, 40.0, 3), "pm10": (5.0, 5.0, 5.0, 1)}
+    mueang = {"pm25": (70 / 3, 10.0, 40.0, 3, 70.0), "pm10": (5.0, 5.0, 5.0, 1, 5.0)}
     return [
         point(
             "air_quality_1m",
             tags("sensor", "pkt-aq-001", PHUKET),
             m0,
-            pm25=(15.0, 10.0, 20.0, 2),
-            pm10=(5.0, 5.0, 5.0, 1),
+            pm25=(15.0, 10.0, 20.0, 2, 30.0),
+            pm10=(5.0, 5.0, 5.0, 1, 5.0),
         ),
-        point("air_quality_1m", tags("sensor", "pkt-aq-002", PHUKET), m0, pm25=(40.0, 40.0, 40.0, 1)),
+        point("air_quality_1m", tags("sensor", "pkt-aq-002", PHUKET), m0, pm25=(40.0, 40.0, 40.0, 1, 40.0)),
         point("air_quality_1m", tags("district", "mueang-phuket", PHUKET), m0, **mueang),
         point("air_quality_1m", tags("city", "phuket", PHUKET), m0, **mueang),
         point("air_quality_1m", tags("super_cluster", "andaman", PHUKET), m0, **mueang),
-        point("air_quality_1m", tags("sensor", "cnx-aq-001", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
-        point("air_quality_1m", tags("district", "mueang-chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
-        point("air_quality_1m", tags("city", "chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
-        point("air_quality_1m", tags("super_cluster", "lanna", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
+        point("air_quality_1m", tags("sensor", "cnx-aq-001", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
+        point("air_quality_1m", tags("district", "mueang-chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
+        point("air_quality_1m", tags("city", "chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
+        point("air_quality_1m", tags("super_cluster", "lanna", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
         *[
-            point("air_quality_1m", tags(level, area, PHUKET), m1, pm25=(30.0, 30.0, 30.0, 1))
+            point("air_quality_1m", tags(level, area, PHUKET), m1, pm25=(30.0, 30.0, 30.0, 1, 30.0))
             for level, area in [
                 ("sensor", "pkt-aq-001"),
                 ("district", "mueang-phuket"),
@@ -81,17 +82,17 @@ def expected_minutes() -> list[Any]:
 
 
 def expected_hours() -> list[Any]:
-    mueang = {"pm25": (25.0, 10.0, 40.0, 4), "pm10": (5.0, 5.0, 5.0, 1)}
-    lanna = {"pm25": (100.0, 100.0, 100.0, 1)}
+    mueang = {"pm25": (25.0, 10.0, 40.0, 4, 100.0), "pm10": (5.0, 5.0, 5.0, 1, 5.0)}
+    lanna = {"pm25": (100.0, 100.0, 100.0, 1, 100.0)}
     return [
         point(
             "air_quality_1h",
             tags("sensor", "pkt-aq-001", PHUKET),
             T0,
-            pm25=(20.0, 10.0, 30.0, 3),
-            pm10=(5.0, 5.0, 5.0, 1),
+            pm25=(20.0, 10.0, 30.0, 3, 60.0),
+            pm10=(5.0, 5.0, 5.0, 1, 5.0),
         ),
-        point("air_quality_1h", tags("sensor", "pkt-aq-002", PHUKET), T0, pm25=(40.0, 40.0, 40.0, 1)),
+        point("air_quality_1h", tags("sensor", "pkt-aq-002", PHUKET), T0, pm25=(40.0, 40.0, 40.0, 1, 40.0)),
         point("air_quality_1h", tags("district", "mueang-phuket", PHUKET), T0, **mueang),
         point("air_quality_1h", tags("city", "phuket", PHUKET), T0, **mueang),
         point("air_quality_1h", tags("super_cluster", "andaman", PHUKET), T0, **mueang),

@@ -71,6 +71,12 @@ def test_an_extra_file_adds_a_kind_without_code(tmp_path: Path) -> None:
     assert registry.kinds["river_flow"].metric("discharge") is not None
 
 
+def test_amounts_since_the_previous_reading_aggregate_as_sums() -> None:
+    registry = default_registry()
+    sums = {(kind.id, m.name) for kind in registry.kinds.values() for m in kind.metrics if m.aggregate == "sum"}
+    assert sums == {("weather", "rainfall"), ("traffic", "vehicle_count")}
+
+
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
@@ -95,6 +101,12 @@ def test_an_extra_file_adds_a_kind_without_code(tmp_path: Path) -> None:
             "      - {name: x, unit: m, min: 0, max: 1, description: d}\n",
             2,
             "reserved",
+        ),
+        (
+            "kinds:\n  - id: noise2\n    code: nq\n    name: {en: a, th: b}\n    interval_s: 60\n    metrics:\n"
+            "      - {name: laeq, unit: dB, min: 20, max: 90, aggregate: max, description: d}\n",
+            7,
+            "kinds.0.metrics.0.aggregate",
         ),
         ("sensors:\n  - {id: Bad_Id, kind: noise, vendor: sonic-city, site: old-town}\n", 2, "sensors.0.id"),
         ("vendors: {a: 1}\nvendors: []\n", 2, "duplicate key 'vendors'"),

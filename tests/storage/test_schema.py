@@ -43,14 +43,14 @@ def test_raw_point_of_a_reading() -> None:
 
 def test_rollups_and_their_names() -> None:
     assert rollup_measurement("air_quality", "1h") == "air_quality_1h"
-    assert rollup_fields("pm25") == ("pm25_mean", "pm25_min", "pm25_max", "pm25_count")
+    assert rollup_fields("pm25") == ("pm25_mean", "pm25_min", "pm25_max", "pm25_count", "pm25_sum")
     with pytest.raises(ValueError, match="window"):
         rollup_measurement("air_quality", "5m")
     tags = rollup_tags("city", "chiang-mai", super_cluster="northern", city="chiang-mai")
-    point = rollup_point("air_quality", "1m", tags, {"pm25": (40.5, 30.0, 51.0, 12)}, 1_764_028_800_000)
+    point = rollup_point("air_quality", "1m", tags, {"pm25": (40.5, 30.0, 51.0, 12, 486.0)}, 1_764_028_800_000)
     assert encode_line(point) == (
         "air_quality_1m,area=chiang-mai,city=chiang-mai,level=city,super_cluster=northern "
-        "pm25_mean=40.5,pm25_min=30.0,pm25_max=51.0,pm25_count=12i 1764028800000"
+        "pm25_mean=40.5,pm25_min=30.0,pm25_max=51.0,pm25_count=12i,pm25_sum=486.0 1764028800000"
     )
     with pytest.raises(ValueError, match="district"):
         rollup_tags("sensor", "cnx-aq-007", super_cluster="northern", city="chiang-mai")
