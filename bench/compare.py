@@ -42,12 +42,14 @@ EXAMPLES
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -494,6 +496,7 @@ class Row:
     bad_stored: int | None = None
     probes: int = 0
     probes_sent: int = 0
+    rounds: tuple[float, ...] = ()  # drains: the rate of every round (`rate` is the median's)
     p50_ms: float = math.nan
     p99_ms: float = math.nan
 
@@ -517,9 +520,10 @@ def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream) 
     consumer.start()
     try:
         consumer.wait_ready()  # connected: the broker starts handing out the queued session now
-        connected = time.monotonic()
+        connected, startup = time.monotonic(), usage(consumer.pids())
         last = settle(points, stream)
         used = usage(consumer.pids())
+        used = Usage(used.cpu_s - startup.cpu_s, used.rss_mib)  # the drain's CPU, without the start-up's
         servers = since(servers, server_cpu(bench))
     finally:
         consumer.stop()
@@ -826,17 +830,20 @@ def report(
         f"Stream: {n:,} messages from the whole fleet (seed {args.seed}, `--faults {args.faults}`): "
         f"{len(stream.expected):,} distinct accepted readings, {stream.bad:,} bad payloads ({stream.bad / n:.1%}).",
         "",
-        f"**Drain** of the {n:,} messages queued in the consumer's persistent session "
+        f"**Drain** of the {n:,} messages queued in the consumer's persistent session, {args.rounds} rounds "
+        "in a shuffled order; each row is the round with the median rate, with the worst round's losses "
         "(msg/s from the consumer's connection to the last point in InfluxDB; start-up = process start to the "
-        "connection; CPU until the last point; cores busy = CPU s over the drain's duration):",
+        "connection; CPU from the connection to the last point; cores busy = that CPU over the same time):",
         "",
-        "| consumer | processes | msg/s | vs Node-RED | start-up s | CPU s | cores busy | CPU us/msg "
-        "| InfluxDB CPU s | broker CPU s | peak RSS MiB | readings lost | bad payloads stored |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| consumer | processes | msg/s | vs Node-RED | msg/s, each round | start-up s | CPU s | cores busy "
+        "| CPU us/msg | InfluxDB CPU s | broker CPU s | peak RSS MiB | readings lost | bad payloads stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in drains:
+        each = " / ".join(f"{rate:,.0f}" for rate in r.rounds)
         out.append(
-            f"| {r.consumer} | {r.processes} | {r.rate:,.0f} | {r.rate / peer.rate:.2f}x | {fmt(r.startup_s, '.1f')} "
+            f"| {r.consumer} | {r.processes} | {r.rate:,.0f} | {r.rate / peer.rate:.2f}x | {each} "
+            f"| {fmt(r.startup_s, '.1f')} "
             f"| {r.cpu_s:.1f} | {r.cpu_s * r.rate / n:.2f} | {1e6 * r.cpu_s / n:.0f} "
             f"| {r.servers_cpu_s[0]:.1f} | {r.servers_cpu_s[1]:.1f} "
             f"| {r.rss_mib:.0f} | {fmt(r.lost)} | {fmt(r.bad_stored)} |"
@@ -926,10 +933,11 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
     names = [r.consumer.replace(", ", ",\n") for r in rows]
     colours = [COLOURS["peer" if "Node-RED" in r.consumer else "ours"] for r in rows]
     fig, (rate, latency, memory) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.5, 1, 1]})
-    bars = rate.barh(names, [r.rate for r in rows], color=colours)
-    rate.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=3, fontsize=8)
+    spread = [[r.rate - min(r.rounds or [r.rate]) for r in rows], [max(r.rounds or [r.rate]) - r.rate for r in rows]]
+    bars = rate.barh(names, [r.rate for r in rows], xerr=spread, color=colours, error_kw={"lw": 1, "capsize": 3})
+    rate.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=8, fontsize=8)
     rate.set_xlim(0, max(r.rate for r in rows) * 1.3)
-    rate.set_title(f"drain, msg/s into InfluxDB (broker ceiling {ceiling.rate:,.0f})", fontsize=9)
+    rate.set_title(f"drain, msg/s into InfluxDB, median and range (broker ceiling {ceiling.rate:,.0f})", fontsize=9)
     rate.tick_params(labelsize=8)
     rate.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     width = 0.38
@@ -956,6 +964,35 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
 # -- main ------------------------------------------------------------------------------------------
 
 
+def drain_setups(bench: Bench, registry: Registry, node: str, round_no: int) -> list[Consumer]:
+    """The consumers of one drain round: client ids and databases carry the round, so each run starts empty."""
+    r = f"r{round_no}"
+    by_city = [{"client_id": f"bench-{c}-{r}", "topics": f"smartcity/v1/{c}/#"} for c in sorted(registry.cities)]
+    split = [{"client_id": f"bench-consume-{r}", "role": "consume"}, {"client_id": f"bench-write-{r}", "role": "write"}]
+    return [
+        Ingest(bench, "smartcity ingest", f"drain_ingest_{r}", [{"client_id": f"bench-ingest-{r}"}]),
+        NodeRed(bench, node, "Node-RED flow", f"drain_nodered_{r}", f"bench-nodered-{r}"),
+        Ingest(bench, "smartcity ingest, 1 process per city", f"drain_cities_{r}", by_city),
+        Ingest(bench, "smartcity ingest, --role consume + --role write", f"drain_split_{r}", split),
+    ]
+
+
+def median_row(rows: list[Row]) -> Row:
+    """The round with the median rate, carrying every round's rate and the worst round's lost and bad counts."""
+    middle = sorted(rows, key=lambda r: r.rate)[(len(rows) - 1) // 2]
+
+    def worst(values: list[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
+
+    return dataclasses.replace(
+        middle,
+        rounds=tuple(r.rate for r in rows),
+        lost=worst([r.lost for r in rows]),
+        bad_stored=worst([r.bad_stored for r in rows]),
+    )
+
+
 def run(args: argparse.Namespace, command: str) -> int:
     node = install_node_red()
     load_before = "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
@@ -966,32 +1003,35 @@ def run(args: argparse.Namespace, command: str) -> int:
     with console.status("starting Mosquitto and InfluxDB"):
         bench = Bench(workdir)
     try:
-        by_city = [{"client_id": f"bench-{c}", "topics": f"smartcity/v1/{c}/#"} for c in sorted(registry.cities)]
-        ingest = Ingest(bench, "smartcity ingest", "drain_ingest", [{"client_id": "bench-ingest"}])
-        split = [{"client_id": "bench-consume", "role": "consume"}, {"client_id": "bench-write", "role": "write"}]
-        consumers: list[Consumer] = [
-            ingest,
-            NodeRed(bench, node, "Node-RED flow", "drain_nodered", "bench-nodered"),
-            Ingest(bench, "smartcity ingest, 1 process per city", "drain_ingest_cities", by_city),
-            Ingest(bench, "smartcity ingest, --role consume + --role write", "drain_ingest_split", split),
-        ]
-        steps: list[tuple[str, Callable[[], Row]]] = [
-            ("mosquitto_sub", functools.partial(drain_ceiling, bench, stream)),
-            *((c.label, functools.partial(drain, bench, registry, c, stream)) for c in consumers),
-        ]
-        drains = []
-        for name, step in steps:
-            with console.status(f"drain: {name}"):
-                wait_idle(bench)
-                row = step()
-            drains.append(row)
-            console.print(
-                f"drain {name}: {row.rate:,.0f} msg/s, lost {fmt(row.lost)}, "
-                f"bad stored {fmt(row.bad_stored)}, RSS {row.rss_mib:.0f} MiB"
-            )
+        ceiling = "mosquitto_sub > /dev/null (ceiling)"
+        runs: dict[str, list[Row]] = {}
+        rollup_source: Ingest | None = None
+        for round_no in range(1, args.rounds + 1):
+            setups = drain_setups(bench, registry, node, round_no)
+            steps: list[tuple[str, Callable[[], Row]]] = [
+                (ceiling, functools.partial(drain_ceiling, bench, stream)),
+                *((c.label, functools.partial(drain, bench, registry, c, stream)) for c in setups),
+            ]
+            for label, _ in steps:
+                runs.setdefault(label, [])  # the table keeps this order
+            # A shuffled order per round, so that load from elsewhere and InfluxDB's background work hit all alike.
+            random.Random(args.seed + round_no).shuffle(steps)
+            for label, step in steps:
+                with console.status(f"drain, round {round_no} of {args.rounds}: {label}"):
+                    wait_idle(bench)
+                    row = step()
+                runs[label].append(row)
+                console.print(
+                    f"drain {round_no}/{args.rounds} {label}: {row.rate:,.0f} msg/s, lost {fmt(row.lost)}, "
+                    f"bad stored {fmt(row.bad_stored)}, RSS {row.rss_mib:.0f} MiB"
+                )
+            if rollup_source is None and isinstance(setups[0], Ingest):
+                rollup_source = setups[0]
+        drains = [median_row(rows) for rows in runs.values()]
+        assert rollup_source is not None
         with console.status("rollups: Beam, then InfluxQL INTO"):
             wait_idle(bench)
-            roll = rollups(bench, registry, ingest, stream)
+            roll = rollups(bench, registry, rollup_source, stream)
         console.print(f"rollups: Beam {roll.beam_s:.1f} s, InfluxQL {roll.cq_sensor_1m_s:.1f} s (sensor 1 m), "
                       f"{roll.cq_all_s:.1f} s (all); {roll.equal:,} equal, {roll.differ:,} differ")  # fmt: skip
         lives = []
@@ -1044,11 +1084,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-s", type=float, default=30, help="length of the live run in seconds (default 30)")
     parser.add_argument("--faults", default=FAULTS, help="simulator faults (default: about 2 %% bad payloads)")
     parser.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved drain rounds; the median is shown (3)")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md and the plot")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, spools, Node-RED userDirs)")
     args = parser.parse_args(argv)
-    if args.messages < 1_000 or args.rate <= 0 or args.live_s < 5:
-        parser.error("--messages must be at least 1,000, --rate positive and --live-s at least 5")
+    if args.messages < 1_000 or args.rate <= 0 or args.live_s < 5 or args.rounds < 1:
+        parser.error("--messages must be at least 1,000, --rate positive, --live-s at least 5 and --rounds at least 1")
     try:
         parse_faults(args.faults)
     except SmartcityError as err:
