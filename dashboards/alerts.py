@@ -6,7 +6,7 @@ Rules (each with a stable uid and a link to the panel that shows its data):
 - a site-threshold metric (flood water level) past the site's warning or danger line, per site;
 - a rapid rise towards a site's danger level (the anomalies pipeline's `rapid_rise`), per site;
 - a sensor silent for more than 3 of its kind's reporting intervals, per kind and sensor;
-- the share of rejected messages above 5%, per ingest instance;
+- the share of rejected messages above 5% over 15 min, per vendor (with at least 100 messages);
 - ingest lagging (spool older than 60 s) or not reporting at all.
 
 Every rule is InfluxQL query A, then Grafana's server-side expressions B = reduce(A, last) and
@@ -321,25 +321,31 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
 def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
     ops = _find(dashboards, f"{b.TAG}-operations")
     ingest = raw_from(schema.INGEST_MEASUREMENT)
+    vendors = raw_from(schema.INGEST_VENDORS_MEASUREMENT)
+    window_s = b.REJECT_RATIO_WINDOW_S
     rules = [
         AlertRule(
             uid=short_uid("ops", "reject-ratio"),
-            title=f"Reject ratio above {b.REJECT_RATIO_LIMIT:.0%}",
+            title=f"A vendor's reject ratio above {b.REJECT_RATIO_LIMIT:.0%}",
+            # Vendors with fewer messages in the window drop out in the outer WHERE (InfluxQL has no HAVING);
+            # `* 1.0` because InfluxDB 1.6 divides integers as integers inside a subquery (measured).
             query=InfluxQLQuery(
                 "A",
-                f'SELECT sum("rejected") / sum("received") AS "ratio" FROM {ingest} '
-                'WHERE time > now() - 10m GROUP BY "instance"',
+                'SELECT "ratio" FROM (SELECT sum("rejected") * 1.0 / sum("received") AS "ratio", '
+                f'sum("received") AS "received" FROM {vendors} WHERE time > now() - {window_s}s GROUP BY "vendor") '
+                f'WHERE "received" >= {b.REJECT_RATIO_MIN_MESSAGES} GROUP BY "vendor"',
             ),
-            lookback_s=600,
+            lookback_s=window_s,
             evaluator="gt",
             threshold=b.REJECT_RATIO_LIMIT,
             for_="10m",
             summary=(
-                "Ingest {{ $labels.instance }} rejects {{ humanizePercentage $values.B.Value }} of messages; "
-                "the reject topic and 'smartcity audit' say which vendor and code."
+                "{{ humanizePercentage $values.B.Value }} of the messages of vendor {{ $labels.vendor }} were "
+                f"rejected over {window_s // 60} min ({schema.UNKNOWN_VENDOR}: topics that name no registered "
+                "sensor); 'Rejects by code and vendor' on the Operations dashboard says why."
             ),
             dashboard_uid=ops.uid,
-            panel_id=ops.panel_id("Reject ratio"),
+            panel_id=ops.panel_id(b.REJECT_RATIO_PANEL),
             labels={"smartcity_alert": "reject_ratio", "severity": "warning"},
         ),
         AlertRule(

@@ -647,7 +647,11 @@ class ClusterDashboards:
 # rather than disappearing; the mean of the last SILENT_INTERVALS + 1 buckets covers at least
 # SILENT_INTERVALS full intervals although the newest bucket is still filling.
 SILENT_INTERVALS = 3
+# The reject-ratio alert: per vendor, over a window, only with enough messages that a few bad ones do not page.
 REJECT_RATIO_LIMIT = 0.05
+REJECT_RATIO_WINDOW_S = 900
+REJECT_RATIO_MIN_MESSAGES = 100
+REJECT_RATIO_PANEL = "Reject ratio by vendor"
 ANOMALIES_PANEL = "Anomalies by kind and type"
 ANOMALY_ROWS = 100
 SILENT_LOOKBACK = "6h"
@@ -732,6 +736,13 @@ def operations_dashboard() -> GeneratedDashboard:
                 f'SHOW TAG VALUES FROM {quote(schema.INGEST_MEASUREMENT)} WITH KEY = "instance"',
             )
         )
+        .with_variable(
+            tag_variable(
+                "vendor",
+                "Vendor / ผู้จำหน่าย",
+                f'SHOW TAG VALUES FROM {quote(schema.INGEST_VENDORS_MEASUREMENT)} WITH KEY = "vendor"',
+            )
+        )
     )
     ingest = raw_from(schema.INGEST_MEASUREMENT)
     where = f"{var_match('instance', 'instance')} AND $timeFilter"
@@ -789,7 +800,7 @@ def operations_dashboard() -> GeneratedDashboard:
                 )
             ],
             unit="percentunit",
-            description="Share of received messages that were rejected; the alert fires above 5%.",
+            description="Share of received messages that were rejected, all vendors (the alert is per vendor).",
             min_interval_s=60,
             thresholds=p.limit_thresholds(REJECT_RATIO_LIMIT),
         ),
@@ -829,6 +840,7 @@ def operations_dashboard() -> GeneratedDashboard:
         12,
         8,
     )
+    vendor_section(layout)
     layout.row("Pipelines / ไปป์ไลน์")
     layout.add(
         p.timeseries_panel(
@@ -854,6 +866,91 @@ def operations_dashboard() -> GeneratedDashboard:
     )
     return GeneratedDashboard(
         OPERATIONS_FOLDER, f"{TAG}-operations", "operations.json", uid, to_model(dashboard, layout)
+    )
+
+
+def vendor_section(layout: p.Layout) -> None:
+    """Per vendor (`ingest_vendors`, `ingest_rejects`): how much each vendor's sensors send, and why it is refused."""
+    where = " AND ".join([var_match("instance", "instance"), var_match("vendor", "vendor"), "$timeFilter"])
+    vendors = raw_from(schema.INGEST_VENDORS_MEASUREMENT)
+    rejects = raw_from(schema.INGEST_REJECTS_MEASUREMENT)
+    layout.row("Vendors / ผู้จำหน่าย")
+    layout.add(
+        p.timeseries_panel(
+            REJECT_RATIO_PANEL,
+            [
+                InfluxQLQuery(
+                    "A",
+                    f'SELECT sum("rejected") * 1.0 / sum("received") AS "reject ratio" FROM {vendors} WHERE {where} '
+                    'GROUP BY time($__interval), "vendor" fill(none)',
+                    alias="$tag_vendor",
+                )
+            ],
+            unit="percentunit",
+            description=(
+                f"Share of each vendor's messages that were rejected (`{schema.UNKNOWN_VENDOR}`: topics that name no "
+                f"registered sensor). The alert fires above {REJECT_RATIO_LIMIT:.0%} over "
+                f"{REJECT_RATIO_WINDOW_S // 60} min for a vendor that sent at least {REJECT_RATIO_MIN_MESSAGES} "
+                "messages in them."
+            ),
+            min_interval_s=60,
+            thresholds=p.limit_thresholds(REJECT_RATIO_LIMIT),
+        ),
+        12,
+        8,
+    )
+    layout.add(
+        p.timeseries_panel(
+            "Rejects by code and vendor",
+            [
+                InfluxQLQuery(
+                    "A",
+                    f'SELECT sum("rejected") / ($__interval_ms / 1000) AS "rejected" FROM {rejects} WHERE {where} '
+                    'GROUP BY time($__interval), "vendor", "code" fill(none)',
+                    alias="$tag_vendor: $tag_code",
+                )
+            ],
+            unit="reqps",
+            description="Rejected messages per second by vendor and reject code (only the pairs that occurred).",
+            min_interval_s=10,
+        ),
+        12,
+        8,
+    )
+    layout.add(
+        p.timeseries_panel(
+            "Messages by vendor",
+            [
+                InfluxQLQuery(
+                    "A",
+                    f'SELECT sum("received") / ($__interval_ms / 1000) AS "received" FROM {vendors} WHERE {where} '
+                    'GROUP BY time($__interval), "vendor" fill(none)',
+                    alias="$tag_vendor",
+                )
+            ],
+            unit="reqps",
+            description="Messages per second from each vendor's sensors, accepted or not; 0 when a vendor went quiet.",
+            min_interval_s=10,
+        ),
+        12,
+        8,
+    )
+    layout.add(
+        p.table_panel(
+            "Rejects by vendor and code over the range",
+            [
+                InfluxQLQuery(
+                    "A",
+                    f'SELECT sum("rejected") AS "Rejected" FROM {rejects} WHERE {where} GROUP BY "vendor", "code"',
+                    result_format="table",
+                )
+            ],
+            description="What to tell each vendor: its rejected messages by code over the dashboard's range.",
+            sort_by="Rejected",
+            descending=True,
+        ),
+        12,
+        8,
     )
 
 

@@ -384,6 +384,7 @@ class Consumer:
             # block the others (a poison message redelivered forever): reject it and go on.
             logger.exception("the contract raised on a message on %r (a bug in sensors.contract)", topic[:200])
             result = Rejected(RejectCode.INVALID_JSON, f"payload could not be decoded: {err}"[:300])
+        metrics.count_outcome(result)
         if type(result) is Accepted:
             metrics.accepted += 1
             metrics.readings += len(result.readings)

@@ -1,10 +1,12 @@
-"""The service's own figures, written to the `ingest` measurement every `metrics_interval_s`.
+"""The service's own figures, written to the `ingest` measurement every `metrics_interval_s`,
+and per vendor to `ingest_vendors` and `ingest_rejects`.
 
 Counters are plain integers, each incremented by one thread only (the MQTT
 loop, the committer or the raw writer); the reporter reads them and writes the
 difference since its previous report, so a field like `received` is "messages
 received in this interval" and `SUM()` over any range is exact. Gauges
-(`spool_bytes`, `spool_lag`, ...) are the value at report time.
+(`spool_bytes`, `spool_lag`, ...) are the value at report time. A message
+counts for the vendor of the sensor its topic names, or `_unknown`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sensors.contract import RejectCode
+from sensors.contract import Accepted, RejectCode, Rejected
 from storage.line_protocol import FieldValue, Point
-from storage.schema import ingest_point
+from storage.schema import UNKNOWN_VENDOR, ingest_point, ingest_reject_point, ingest_vendor_point
 
 logger = logging.getLogger(__name__)
 
-# Points kept while InfluxDB is unreachable (one hour at the default interval); older ones are dropped.
-BACKLOG_POINTS = 360
+# Reports kept while InfluxDB is unreachable (one hour at the default interval); older ones are dropped.
+BACKLOG_REPORTS = 360
+# The outcome of an accepted message in `Metrics.by_vendor` (the others are reject codes).
+ACCEPTED = "accepted"
 MAX_BACKOFF_INTERVALS = 32
 
 
@@ -46,6 +50,9 @@ class Metrics:
     readings: int = 0
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys((c.value for c in RejectCode), 0))
+    # (vendor, ACCEPTED or reject code) -> messages. The reporter reads a copy: dict.copy() is atomic
+    # under the GIL, so a key the MQTT loop adds meanwhile cannot break it.
+    by_vendor: dict[tuple[str, str], int] = field(default_factory=dict)
     # connection and committer
     session_not_present: int = 0
     connects: int = 0
@@ -67,6 +74,12 @@ class Metrics:
     spool_lag: int = 0
     spool_lag_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_outcome(self, result: Accepted | Rejected) -> None:
+        """Count a decoded message for its sensor's vendor (`_unknown` when the topic names no registered one)."""
+        vendor = result.sensor.vendor if result.sensor is not None else UNKNOWN_VENDOR
+        key = (vendor, result.code.value if isinstance(result, Rejected) else ACCEPTED)
+        self.by_vendor[key] = self.by_vendor.get(key, 0) + 1
 
     def observe_commit(self, records: int, commit_ms: float, ack_lag_ms: float) -> None:
         with self._lock:
@@ -146,7 +159,8 @@ class Reporter:
         self.on_report = on_report
         self.refresh = refresh  # updates the gauges just before a report
         self._previous = metrics.counters()
-        self._backlog: collections.deque[Point] = collections.deque(maxlen=BACKLOG_POINTS)
+        self._previous_vendors = metrics.by_vendor.copy()
+        self._backlog: collections.deque[list[Point]] = collections.deque(maxlen=BACKLOG_REPORTS)
         self._failures = 0
         self._skip = 0
         self._stop = threading.Event()
@@ -173,9 +187,31 @@ class Reporter:
         batches = values["write_batches"]
         values["write_batch_points_mean"] = values["write_points"] / batches if batches else 0.0
         fields: dict[str, FieldValue] = dict(values)
-        point = ingest_point(self.instance, fields, int(time.time() * 1000))
-        self._backlog.append(point)
+        ts_ms = int(time.time() * 1000)
+        self._backlog.append([ingest_point(self.instance, fields, ts_ms), *self.vendor_points(ts_ms)])
         return fields
+
+    def vendor_points(self, ts_ms: int) -> list[Point]:
+        """This interval's `ingest_vendors` point of every vendor seen since the start (zeros included, so a
+        vendor gone quiet shows 0), and an `ingest_rejects` point per vendor and code that occurred."""
+        counts = self.metrics.by_vendor.copy()
+        received: dict[str, int] = {}
+        accepted: dict[str, int] = {}
+        points = []
+        for (vendor, outcome), total in sorted(counts.items()):
+            n = total - self._previous_vendors.get((vendor, outcome), 0)
+            received[vendor] = received.get(vendor, 0) + n
+            if outcome == ACCEPTED:
+                accepted[vendor] = n
+            elif n:
+                points.append(ingest_reject_point(self.instance, vendor, outcome, n, ts_ms))
+        self._previous_vendors = counts
+        for vendor, n in received.items():
+            ok = accepted.get(vendor, 0)
+            points.append(
+                ingest_vendor_point(self.instance, vendor, received=n, accepted=ok, rejected=n - ok, ts_ms=ts_ms)
+            )
+        return points
 
     def flush(self) -> bool:
         """Send the backlog; False (kept for later) if InfluxDB did not take it.
@@ -188,19 +224,20 @@ class Reporter:
         if self._skip > 0:
             self._skip -= 1
             return False
-        points = list(self._backlog)
+        reports = list(self._backlog)
+        points = [point for report in reports for point in report]
         try:
             self.sink.write(points)
         except Exception as err:  # a metrics failure must never stop ingest
             self._failures += 1
             self._skip = min(2 ** (self._failures - 1), MAX_BACKOFF_INTERVALS) - 1
             if self._failures == 1:
-                logger.warning("could not write ingest metrics (kept, up to %d points): %s", BACKLOG_POINTS, err)
+                logger.warning("could not write ingest metrics (kept, up to %d reports): %s", BACKLOG_REPORTS, err)
             return False
         if self._failures:
-            logger.info("ingest metrics written again (%d points kept during the outage)", len(points))
+            logger.info("ingest metrics written again (%d reports kept during the outage)", len(reports))
         self._failures = self._skip = 0
-        for _ in points:
+        for _ in reports:
             self._backlog.popleft()
         return True
 

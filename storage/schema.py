@@ -16,6 +16,10 @@ with the helpers below, so a name is spelled once.
   `rapid_rise`); value, score, threshold (float); time = the reading's ts.
 - `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
   spool_lag, write latency and batch figures.
+- `ingest_vendors` (raw): tags instance, vendor; received, accepted, rejected (int),
+  per interval. `ingest_rejects` (raw): tags instance, vendor, code; rejected (int), per
+  interval, only where non-zero. The vendor is the one of the sensor the topic names,
+  or `_unknown` when it names none; the series stay few (instances x vendors x codes).
 
 Times: raw points carry the reading's `ts` (ms); rollups, AQI and health the
 window start. Tags of levels above a district are left out rather than
@@ -46,7 +50,10 @@ __all__ = [
     "HEALTH_MEASUREMENT",
     "INGEST_FIELDS",
     "INGEST_MEASUREMENT",
+    "INGEST_REJECTS_MEASUREMENT",
     "INGEST_TAGS",
+    "INGEST_VENDORS_MEASUREMENT",
+    "INGEST_VENDOR_FIELDS",
     "LEVELS",
     "RAW_RETENTION",
     "RAW_RP",
@@ -56,12 +63,15 @@ __all__ = [
     "SELFTEST_MEASUREMENT",
     "SENSOR_TAGS",
     "STATS",
+    "UNKNOWN_VENDOR",
     "WINDOWS",
     "RollupStats",
     "anomaly_point",
     "aqi_point",
     "health_point",
     "ingest_point",
+    "ingest_reject_point",
+    "ingest_vendor_point",
     "pollutant_aqi_field",
     "raw_point",
     "rollup_field",
@@ -117,6 +127,14 @@ INGEST_FIELDS: tuple[str, ...] = (
     "write_retries",
     "dead_letters",
 )
+
+# Per-vendor counters of each ingest process, per interval like `ingest`'s; rejects by code in their own
+# measurement (one series per vendor and code that occurred), so a panel groups by both tags.
+INGEST_VENDORS_MEASUREMENT = "ingest_vendors"
+INGEST_VENDOR_FIELDS: tuple[str, ...] = ("received", "accepted", "rejected")
+INGEST_REJECTS_MEASUREMENT = "ingest_rejects"
+# The vendor of messages whose topic names no registered sensor (registry vendor ids never start with `_`).
+UNKNOWN_VENDOR = "_unknown"
 
 # storage.health writes one point here (raw RP) per self-test; one series per host.
 SELFTEST_MEASUREMENT = "_selftest"
@@ -269,3 +287,17 @@ def anomaly_point(
 def ingest_point(instance: str, fields: Mapping[str, FieldValue], ts_ms: int) -> Point:
     """An `ingest` self-metrics point of one ingest process (`instance` tag); fields as in `INGEST_FIELDS`."""
     return Point(INGEST_MEASUREMENT, {"instance": instance}, dict(fields), ts_ms, "ms")
+
+
+def ingest_vendor_point(
+    instance: str, vendor: str, *, received: int, accepted: int, rejected: int, ts_ms: int
+) -> Point:
+    """An `ingest_vendors` point: one vendor's messages received, accepted and rejected by a process in an interval."""
+    fields: dict[str, FieldValue] = {"received": int(received), "accepted": int(accepted), "rejected": int(rejected)}
+    return Point(INGEST_VENDORS_MEASUREMENT, {"instance": instance, "vendor": vendor}, fields, ts_ms, "ms")
+
+
+def ingest_reject_point(instance: str, vendor: str, code: str, rejected: int, ts_ms: int) -> Point:
+    """An `ingest_rejects` point: one vendor's messages rejected with one code by one process in an interval."""
+    tags = {"instance": instance, "vendor": vendor, "code": code}
+    return Point(INGEST_REJECTS_MEASUREMENT, tags, {"rejected": int(rejected)}, ts_ms, "ms")

@@ -13,7 +13,9 @@ SENSOR_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 SensorId = Annotated[str, Field(pattern=SENSOR_ID_PATTERN)]
 
 # Measurement names the platform writes besides `{kind}`, `{kind}_1m` and `{kind}_1h`.
-RESERVED_KIND_IDS = frozenset({"aqi", "sensor_health", "ingest", "anomalies", "pipeline"})
+RESERVED_KIND_IDS = frozenset(
+    {"aqi", "sensor_health", "ingest", "ingest_vendors", "ingest_rejects", "anomalies", "pipeline"}
+)
 
 
 class Strict(BaseModel):

@@ -3,7 +3,8 @@
 Two hours of readings of every sensor of a registry at its kind's interval (values on a diurnal-ish
 curve inside each metric's range, water levels around the site's warning line), the 1m and 1h
 rollups at sensor, district and city level computed from them, hourly AQI per district and city,
-hourly sensor health, anomalies (spikes and rapid rises), and ingest self-metrics every 10 s.
+hourly sensor health, anomalies (spikes and rapid rises), and ingest self-metrics (per process and per
+vendor) every 10 s.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
         )
     rollup.extend(anomaly_points(registry, start, now_ms))
     raw.extend(ingest_points(start, now_ms))
+    raw.extend(vendor_points(start, now_ms))
     return raw, rollup
 
 
@@ -185,6 +187,27 @@ def ingest_points(start: int, end: int) -> Iterator[Point]:
             },
             ts,
         )
+
+
+# Per report (10 s): (vendor, received, {reject code: messages}). Andaman HydroMet and the unknown topics are
+# above the 5% reject-ratio alert line; BinWise too, but with too few messages (90 in 15 min) to page anyone.
+VENDOR_TRAFFIC: tuple[tuple[str, int, dict[str, int]], ...] = (
+    ("siam-airsense", 120, {}),
+    ("andaman-hydromet", 60, {"out_of_range": 4, "invalid_json": 2}),
+    ("binwise", 1, {"invalid_json": 1}),
+    (schema.UNKNOWN_VENDOR, 2, {"unknown_sensor": 2}),
+)
+
+
+def vendor_points(start: int, end: int) -> Iterator[Point]:
+    for ts in range(start, end, 10_000):
+        for vendor, received, rejects in VENDOR_TRAFFIC:
+            rejected = sum(rejects.values())
+            yield schema.ingest_vendor_point(
+                "ingest-1", vendor, received=received, accepted=received - rejected, rejected=rejected, ts_ms=ts
+            )
+            for code, n in rejects.items():
+                yield schema.ingest_reject_point("ingest-1", vendor, code, n, ts)
 
 
 def write_data_set(registry: Registry, settings: InfluxSettings) -> int:

@@ -134,3 +134,15 @@ def test_amounts_are_charted_per_hour_as_the_mean_of_a_districts_sensor_totals(
             assert charted.keys() == gauges.keys(), target["refId"]
             for key, values in gauges.items():
                 assert charted[key] == pytest.approx(sum(values) / len(values), rel=1e-9), (target["refId"], key)
+
+
+def test_the_reject_ratio_alert_is_per_vendor_and_needs_enough_messages(
+    settings: InfluxSettings, provisioning: Provisioning
+) -> None:
+    rule = next(r for g in provisioning.rule_groups for r in g.rules if r.uid == "ops-reject-ratio")
+    with QueryClient(settings) as client:
+        series = parse_results(client.raw(rule.query.query))
+    ratios = {item.tags["vendor"]: item.values[-1][1] for item in series}
+    # BinWise rejects everything it sends, but sent too few messages in the window to count.
+    assert ratios == {"siam-airsense": 0, "andaman-hydromet": pytest.approx(0.1), "_unknown": 1}
+    assert rule.threshold == 0.05 and rule.evaluator == "gt"

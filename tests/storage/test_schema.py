@@ -12,6 +12,8 @@ from storage.schema import (
     anomaly_point,
     aqi_point,
     health_point,
+    ingest_reject_point,
+    ingest_vendor_point,
     raw_point,
     rollup_fields,
     rollup_measurement,
@@ -93,3 +95,10 @@ def test_anomaly_point_carries_the_sensor_tags_and_what_was_judged() -> None:
             threshold=1.0,
             ts_ms=0,
         )
+
+
+def test_per_vendor_ingest_points() -> None:
+    vendor = ingest_vendor_point("ingest-1", "acme", received=10, accepted=7, rejected=3, ts_ms=5)
+    assert encode_line(vendor) == "ingest_vendors,instance=ingest-1,vendor=acme received=10i,accepted=7i,rejected=3i 5"
+    reject = ingest_reject_point("ingest-1", "_unknown", "bad_topic", 3, 5)
+    assert encode_line(reject) == "ingest_rejects,code=bad_topic,instance=ingest-1,vendor=_unknown rejected=3i 5"
