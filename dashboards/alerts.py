@@ -4,7 +4,6 @@ Rules (each with a stable uid and a link to the panel that shows its data):
 
 - Thai AQI band 4 or 5 ("starting to affect health" or worse) for 1 h, per district;
 - a site-threshold metric (flood water level) past the site's warning or danger line, per site;
-- a rapid rise towards a site's danger level (the anomalies pipeline's `rapid_rise`), per site;
 - a sensor silent for more than 3 of its kind's reporting intervals, per kind and sensor;
 - the share of rejected messages above 5% over 15 min, per vendor (with at least 100 messages);
 - ingest lagging (spool older than 60 s) or not reporting at all.
@@ -262,37 +261,12 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
                             },
                         )
                     )
-    health_uid = b.dashboard_uid(cluster_id, "sensor-health")
-    health = _find(dashboards, health_uid)
     if site_rules:
-        # Rapid rises come from the anomalies pipeline, which judges whole hours: hence the 2 h look-back.
-        site_rules.append(
-            AlertRule(
-                uid=short_uid(cluster_id, "rapid-rise"),
-                title=f"{cluster.name.en}: rapid rise towards a site's danger level",
-                query=InfluxQLQuery(
-                    "A",
-                    f'SELECT count("value") AS "rises" FROM {rollup_from(schema.ANOMALY_MEASUREMENT)} '
-                    f"WHERE {scope} AND {quote('type')} = {literal(schema.ANOMALY_RAPID_RISE)} "
-                    'AND time > now() - 2h GROUP BY "site", "kind", "metric"',
-                ),
-                lookback_s=2 * 3600,
-                evaluator="gt",
-                threshold=0,
-                for_="0s",
-                summary=(
-                    "{{ $labels.kind }} {{ $labels.metric }} at site {{ $labels.site }} moved towards its danger "
-                    "level faster than from warning to danger within an hour ({{ $values.B }} readings in the "
-                    "last 2 h; the anomalies pipeline reports each hour once it is over)."
-                ),
-                dashboard_uid=health_uid,
-                panel_id=health.panel_id(b.ANOMALIES_PANEL),
-                labels={**labels, "smartcity_alert": "rapid_rise", "severity": "warning"},
-            )
-        )
         groups.append(RuleGroup(f"{cluster_id}-site-thresholds", folder, folder_uid, 60, site_rules))
 
     # Silent sensors, per kind.
+    health_uid = b.dashboard_uid(cluster_id, "sensor-health")
+    health = _find(dashboards, health_uid)
     silent_rules = []
     for kind in gen.kinds:
         silent_rules.append(
