@@ -243,12 +243,17 @@ class ClusterDashboards:
         layout.row(f"{kind.name.en} / {kind.name.th}")
         for metric in kind.metrics:
             chart = MetricChart(kind, metric.name, "district", filters=self.place_filters())
-            how = "total per hour of each sensor, mean" if chart.total else "mean"
+            how = (
+                f"per hour: the district's mean reading times the {3600 / kind.interval_s:g} readings an hour "
+                "holds (its sensors' hourly total, averaged)"
+                if chart.total
+                else "mean of the district's sensors"
+            )
             panel = p.timeseries_panel(
                 f"{metric_title(metric)} by district",
                 chart.targets(),
                 unit=p.chart_unit(metric),
-                description=f"{kind.name.en} `{metric.name}` ({metric.unit}), {how} of the district's sensors.",
+                description=f"{kind.name.en} `{metric.name}` ({metric.unit}), {how}.",
                 min_interval_s=kind.interval_s,
                 thresholds=pollutant_thresholds(metric.name, metric.unit),
                 threshold_style=cm.GraphThresholdsStyleMode.DASHED,

@@ -144,11 +144,16 @@ class MetricChart:
     """One metric of a kind over time, grouped by a scope, in every tier.
 
     `stat` is the statistic charted; by default the metric's registry `aggregate` decides: the mean,
-    or for an amount since the previous reading (`sum`: rain, vehicles) the total per hour: each
-    sensor's sum over a bucket scaled to an hour, and for an area the mean of its sensors' totals
-    (a sum over the sensors would grow with their number). `filters` are InfluxQL conditions on
-    tags that raw points and rollups share (super_cluster, city, district); `sensor_filter` is a
-    variable name that selects sensors (raw `sensor_id`, rollup `area`), for sensor-scope charts.
+    or for an amount since the previous reading (`sum`: rain, vehicles) a total per hour. A sensor's
+    is its sum over the bucket scaled to an hour. An area's is its mean reading times the readings an
+    hour holds (3600 / interval_s): the mean of its sensors' hourly totals while they all report, a
+    missed reading counting as the mean rather than 0 (a silent gauge is not a dry one); a sum over
+    the sensors would grow with their number. (The exact mean of the sensors' totals needs a
+    subquery, which InfluxDB 1.6 answered 14x slower over 90 days of 30 sensors: 1.2 s, measured.)
+
+    `filters` are InfluxQL conditions on tags that raw points and rollups share (super_cluster, city,
+    district); `sensor_filter` is a variable name that selects sensors (raw `sensor_id`, rollup
+    `area`), for sensor-scope charts.
     """
 
     kind: Kind
@@ -167,35 +172,40 @@ class MetricChart:
         assert spec is not None, f"kind {self.kind.id} has no metric {self.metric!r}"
         return self.stat is None and spec.aggregate == "sum"
 
+    def select(self, tier: Tier) -> str:
+        """The expression charted in one tier."""
+        if not self.total:
+            stat = self.stat or "mean"
+            return f"{stat}({quote(self.metric if tier == 'raw' else schema.rollup_field(self.metric, stat))})"
+        if self.scope == "sensor":
+            column = self.metric if tier == "raw" else schema.rollup_field(self.metric, "sum")
+            return f"sum({quote(column)}) * {HOUR_MS} / $__interval_ms"
+        per_hour = f"* 3600 / {self.kind.interval_s}"
+        if tier == "raw":
+            return f"mean({quote(self.metric)}) {per_hour}"
+        total, count = (quote(schema.rollup_field(self.metric, stat)) for stat in ("sum", "count"))
+        return f"sum({total}) / sum({count}) {per_hour}"
+
     def targets(self) -> list[InfluxQLQuery]:
-        total, stat = self.total, self.stat or "mean"
-        name = quote(self.metric)
+        raw_tag, rollup_tag = _GROUP_TAG[self.scope]
         out = []
         for ref, bounds in zip("ABC", tier_bounds(self.kind.interval_s), strict=False):
-            raw = bounds.tier == "raw"
-            sensor_tag, tag = ("sensor_id", _GROUP_TAG[self.scope][0]) if raw else ("area", _GROUP_TAG[self.scope][1])
             where = [*self.filters, "$timeFilter", bounds.condition()]
-            if self.sensor_filter:
-                where.insert(0, var_match(sensor_tag, self.sensor_filter))
-            if raw:
-                source, column = raw_from(self.kind.id), self.metric
+            if bounds.tier == "raw":
+                source = raw_from(self.kind.id)
+                tag = raw_tag
+                if self.sensor_filter:
+                    where.insert(0, var_match("sensor_id", self.sensor_filter))
                 where[:0] = self.extra_raw_filters
             else:
                 source = rollup_from(schema.rollup_measurement(self.kind.id, bounds.tier))
-                column = schema.rollup_field(self.metric, "sum" if total else stat)
-                level = "sensor" if total else self.scope  # totals are taken per sensor, then averaged
-                where[:0] = [*self.extra_rollup_filters, f"{quote('level')} = {literal(level)}"]
-            conditions = " AND ".join(where)
-            group = f"GROUP BY time($__interval), {quote(tag)} fill(none)"
-            if not total:
-                query = f"SELECT {stat}({quote(column)}) AS {name} FROM {source} WHERE {conditions} {group}"
-            else:
-                by = ", ".join(quote(t) for t in dict.fromkeys((sensor_tag, tag)))
-                query = (
-                    f"SELECT sum({quote(column)}) * {HOUR_MS} / $__interval_ms AS {name} FROM {source} "
-                    f"WHERE {conditions} GROUP BY time($__interval), {by} fill(none)"
-                )
-                if tag != sensor_tag:
-                    query = f"SELECT mean({name}) AS {name} FROM ({query}) {group}"
+                tag = rollup_tag
+                if self.sensor_filter:
+                    where.insert(0, var_match("area", self.sensor_filter))
+                where[:0] = [*self.extra_rollup_filters, f"{quote('level')} = {literal(self.scope)}"]
+            query = (
+                f"SELECT {self.select(bounds.tier)} AS {quote(self.metric)} FROM {source} WHERE {' AND '.join(where)} "
+                f"GROUP BY time($__interval), {quote(tag)} fill(none)"
+            )
             out.append(InfluxQLQuery(ref, query, alias=f"$tag_{tag}", tier=bounds.tier))
         return out

@@ -11,10 +11,10 @@ completeness, link) and one `{super_cluster}.html` per super-cluster with
 - a section per sensor kind of the super-cluster's fleet: one chart per metric
   by district (hourly means; 1-minute means for ranges up to 6 h), pollutants
   on their PCD band breakpoints; a metric whose registry `aggregate` is `sum`
-  (rain, vehicles since the previous reading) as a total per hour instead: each
-  sensor's sum over a bucket, scaled to an hour, averaged over the district's
-  sensors; a metric with site thresholds (flood water level) gets a chart per
-  site instead: each gauge's maximum against the site's warning and danger levels;
+  (rain, vehicles since the previous reading) as a total per hour: the district's
+  mean reading times the readings an hour holds; a metric with site thresholds
+  (flood water level) gets a chart per site instead: each gauge's maximum
+  against the site's warning and danger levels;
 - sensor health: completeness by vendor over time, and by kind over the range.
 
 Everything comes from the registry and the rollups of `storage.schema`
@@ -31,7 +31,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -60,6 +59,8 @@ DEFAULT_SPAN = timedelta(hours=24)
 MINUTE_TIER_MAX_SPAN = timedelta(hours=6)
 WINDOW_SECONDS = {"1m": 60, "1h": 3600}
 WINDOW_LABELS = {"1m": "1-minute", "1h": "Hourly"}
+# District rollup fields by metric `aggregate`: a level's mean; an amount's sum and count (see per_hour_chart).
+DISTRICT_STATS = {"mean": ("mean",), "sum": ("sum", "count")}
 PLOTLY_JS = "plotly.min.js"
 NO_DATA = "No data in range · ไม่มีข้อมูลในช่วงเวลานี้"
 POLLUTANT_LABELS = {"pm25": "PM2.5", "pm10": "PM10", "o3": "O₃", "co": "CO", "no2": "NO₂", "so2": "SO₂"}
@@ -446,13 +447,15 @@ class ClusterReport:
         step_s = WINDOW_SECONDS[window]
         measurement = rollup_measurement(kind.id, window)
         by_district = [m for m in kind.metrics if m.name not in kind.site_thresholds]
-        means = [m for m in by_district if m.aggregate == "mean"]
-        totals = [m for m in by_district if m.aggregate == "sum"]
         charts: list[Chart] = []
-        if means:
-            fields = [rollup_field(m.name, "mean") for m in means]
+        if by_district:
+            fields = [rollup_field(m.name, stat) for m in by_district for stat in DISTRICT_STATS[m.aggregate]]
             rows = self.area_rows(measurement, fields, "district", "district")
-            for metric, column in zip(means, fields, strict=True):
+            for metric in by_district:
+                if metric.aggregate == "sum":
+                    charts.append(self.per_hour_chart(kind, metric, rows, window))
+                    continue
+                column = rollup_field(metric.name, "mean")
                 bands = pollutant_bands(metric)
                 note = f"{WINDOW_LABELS[window]} mean of each district's sensors, {unit_label(metric.unit) or 'count'}."
                 if bands:
@@ -467,23 +470,6 @@ class ClusterReport:
                         bands=bands,
                     )
                 )
-        if totals:
-            # Buckets of whole windows that hold at least one reading of each sensor.
-            bucket_s = step_s * -(-kind.interval_s // step_s)
-            fields = [rollup_field(m.name, "sum") for m in totals]
-            rows = self.district_totals(measurement, fields, bucket_s)
-            every = f"{bucket_s // 60} min" if bucket_s < 3600 else f"{bucket_s // 3600} h"
-            for metric, column in zip(totals, fields, strict=True):
-                charts.append(
-                    Chart(
-                        f"{self.cluster.id}-{kind.id}-{metric.name}",
-                        f"{metric.description} ({metric.name}), per hour",
-                        f"Total per hour: each sensor's sum of readings every {every}, scaled to an hour, "
-                        f"mean of the district's sensors, {per_hour(metric.unit)}.",
-                        per_hour(metric.unit),
-                        self.district_traces(rows, column, bucket_s),
-                    )
-                )
         if kind.site_thresholds:
             fields = [rollup_field(name, "max") for name in kind.site_thresholds]
             rows = self.area_rows(measurement, fields, "sensor", "area")
@@ -491,36 +477,29 @@ class ClusterReport:
                 charts.extend(self.site_charts(kind, name, column, rows, window))
         return Section(kind.id, f"{kind.name.en} · {kind.name.th}", charts)
 
-    def district_totals(
-        self, measurement: str, fields: Sequence[str], bucket_s: int
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Rows by district: per bucket and `{metric}_sum` field, the mean over the district's sensors of
-        each sensor's sum in the bucket, per hour (a sum over the sensors would grow with their number)."""
-        series = self.query(
-            AREA_ROWS,
-            measurement,
-            fields=[ident(f) for f in fields],
-            level="sensor",
-            tag=[ident("district"), ident("area")],
+    def per_hour_chart(
+        self, kind: Kind, metric: Metric, rows: Mapping[str, list[dict[str, Any]]], window: str
+    ) -> Chart:
+        """An amount since the previous reading (`aggregate: sum`) per hour: the district's mean reading times
+        the readings an hour holds, i.e. the mean of its sensors' hourly totals (as the dashboards chart it)."""
+        total, count = rollup_field(metric.name, "sum"), rollup_field(metric.name, "count")
+        per_hour_rows = {
+            district: [
+                {"time": r["time"], "per_hour": r[total] / r[count] * 3600 / kind.interval_s}
+                for r in records
+                if r.get(total) is not None and r.get(count)
+            ]
+            for district, records in rows.items()
+        }
+        unit = per_hour(metric.unit)
+        return Chart(
+            f"{self.cluster.id}-{kind.id}-{metric.name}",
+            f"{metric.description} ({metric.name}), per hour",
+            f"Per hour ({unit}), from the {WINDOW_LABELS[window].lower()} rollups: each district's mean reading "
+            f"times the {3600 / kind.interval_s:g} readings an hour holds (its sensors' hourly total, averaged).",
+            unit,
+            self.district_traces(per_hour_rows, "per_hour", WINDOW_SECONDS[window]),
         )
-        # (district, bucket start) -> field -> sensor -> its sum in the bucket
-        cells: dict[tuple[str, datetime], dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-        for item in series:
-            district, sensor = item.tags.get("district", ""), item.tags.get("area", "")
-            for record in item.records():
-                when: datetime = record["time"]
-                start = when - timedelta(seconds=when.timestamp() % bucket_s)
-                for name in fields:
-                    if record.get(name) is not None:
-                        sums = cells[(district, start)][name]
-                        sums[sensor] = sums.get(sensor, 0.0) + float(record[name])
-        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for (district, start), by_field in sorted(cells.items()):
-            row: dict[str, Any] = {"time": start}
-            for name, sums in by_field.items():
-                row[name] = sum(sums.values()) / len(sums) * 3600 / bucket_s
-            rows[district].append(row)
-        return rows
 
     def site_charts(
         self, kind: Kind, metric_name: str, column: str, rows: Mapping[str, list[dict[str, Any]]], window: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -101,39 +102,49 @@ def test_check_command_passes_with_data_and_names_the_panel_on_errors(
     assert "AQI now by district" in missing.stdout and "database not found" in missing.stdout
 
 
-def test_amounts_are_charted_per_hour_as_the_mean_of_a_districts_sensor_totals(
-    settings: InfluxSettings, provisioning: Provisioning
-) -> None:
-    """Rain by district, in every tier: each gauge's rain in a bucket, scaled to an hour, averaged over gauges."""
+def test_amounts_are_charted_per_hour_in_every_tier(settings: InfluxSettings, provisioning: Provisioning) -> None:
+    """Rain, in the raw, 1m and 1h tiers alike: each gauge's rain in a bucket scaled to an hour; per district,
+    the mean of its gauges' totals (the data set has every reading, so the district's mean reading times 60)."""
     dashboard = next(d for d in provisioning.dashboards if d.uid == "smartcity-andaman-flood-weather")
-    panel = next(p for p in all_panels(dashboard.model) if p["title"] == "Rainfall per hour by district")
-    assert panel["fieldConfig"]["defaults"]["unit"] == "suffix: mm/h"
+    panels = {p["title"]: p for p in all_panels(dashboard.model)}
+    by_district, by_sensor = panels["Rainfall per hour by district"], panels["Rainfall per hour by sensor"]
+    assert by_district["fieldConfig"]["defaults"]["unit"] == "suffix: mm/h"
     with QueryClient(settings) as client:
         variables, _ = check.Checker(client).variable_values(dashboard)
 
-        def rows(statement: str) -> dict[tuple[str, object], float]:
+        def charted(target: dict[str, Any], tag: str, interval_s: int) -> dict[tuple[str, object], float]:
+            statement = check.substitute(target["query"], variables, range_s=6 * 3600, interval_s=interval_s)
             return {
-                (item.tags["district"], row[0]): row[1]
-                for item in parse_results(client.raw(statement))
-                for row in item.values
+                (item.tags[tag], row[0]): row[1] for item in parse_results(client.raw(statement)) for row in item.values
             }
 
-        for target, interval_s in zip(panel["targets"], (60, 600, 3600), strict=True):
-            charted = rows(check.substitute(target["query"], variables, range_s=6 * 3600, interval_s=interval_s))
-            per_gauge = (
-                f'SELECT sum("rainfall") * 3600 / {interval_s} FROM "raw"."weather" '
-                "WHERE \"super_cluster\" = 'andaman' AND time >= now() - 6h "
-                f'GROUP BY time({interval_s}s), "sensor_id", "district" fill(none)'
+        for tier, interval_s in enumerate((60, 600, 3600)):
+            # Each gauge's rain and readings per bucket, from the raw points.
+            gauges = parse_results(
+                client.raw(
+                    f'SELECT sum("rainfall"), count("rainfall") FROM "raw"."weather" WHERE "super_cluster" = '
+                    f'\'andaman\' AND time >= now() - 6h GROUP BY time({interval_s}s), "sensor_id", "district" '
+                    "fill(none)"
+                )
             )
-            gauges: dict[tuple[str, object], list[float]] = defaultdict(list)
-            for item in parse_results(client.raw(per_gauge)):
-                for when, value in item.values:
-                    gauges[(item.tags["district"], when)].append(value)
-            assert len({district for district, _ in gauges}) > 1
-            assert max(len(values) for values in gauges.values()) > 1, "districts with several gauges"
-            assert charted.keys() == gauges.keys(), target["refId"]
-            for key, values in gauges.items():
-                assert charted[key] == pytest.approx(sum(values) / len(values), rel=1e-9), (target["refId"], key)
+            per_hour = interval_s / 3600
+            totals = {(g.tags["sensor_id"], when): total / per_hour for g in gauges for when, total, _ in g.values}
+            assert charted(by_sensor["targets"][tier], "area" if tier else "sensor_id", interval_s) == pytest.approx(
+                totals, rel=1e-9
+            )
+            districts: dict[tuple[str, object], list[tuple[float, int]]] = defaultdict(list)
+            for g in gauges:
+                for when, total, count in g.values:
+                    districts[(g.tags["district"], when)].append((total / per_hour, count))
+            full = {
+                key: sum(total for total, _ in seen) / len(seen)
+                for key, seen in districts.items()
+                if all(count == interval_s // 60 for _, count in seen)  # buckets the data set covers whole
+            }
+            assert max(len(seen) for seen in districts.values()) > 1, "districts with several gauges"
+            shown = charted(by_district["targets"][tier], "district", interval_s)
+            assert len(full) > 1 and shown.keys() >= full.keys()
+            assert {key: shown[key] for key in full} == pytest.approx(full, rel=1e-9), interval_s
 
 
 def test_the_reject_ratio_alert_is_per_vendor_and_needs_enough_messages(
