@@ -64,6 +64,15 @@ SPOOL_ERROR_PAUSE_S = 10.0
 _encode_json = msgspec.json.Encoder().encode
 
 
+def _published(info: mqtt.MQTTMessageInfo) -> bool:
+    """True once the broker acknowledged a reject notice. paho raises for one published while the
+    connection was down (rc NO_CONN), though it still sends it after the reconnect: not yet, then."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 class ConsumerError(SmartcityError):
     """The broker refused this consumer (credentials, ACL, client id): retrying will not help."""
 
@@ -256,7 +265,7 @@ class Consumer:
         self._committer_done.wait(max(0.0, deadline - time.monotonic()))
         # Let paho send the acknowledgements and reject notices before DISCONNECT.
         while time.monotonic() < deadline and (
-            self._client.want_write() or any(not info.is_published() for info in self._reject_infos)
+            self._client.want_write() or any(not _published(info) for info in self._reject_infos)
         ):
             time.sleep(0.005)
         properties = Properties(PacketTypes.DISCONNECT)
@@ -466,7 +475,7 @@ class Consumer:
         )
         info = self._client.publish(reject_topic(rejection.topic), body, qos=1)
         infos = self._reject_infos
-        while infos and infos[0].is_published():
+        while infos and _published(infos[0]):
             infos.popleft()
         infos.append(info)
 
