@@ -449,6 +449,10 @@ class Points:
             raise BenchError("InfluxDB cut a query answer short (max-row-limit); the lost/bad counts would be wrong")
         return [row for s in parse_results(payload, raw_times=True) for row in s.values]
 
+    def drop(self) -> None:
+        """Drop the database, so that every run meets InfluxDB in the same state."""
+        self.client.execute("DROP DATABASE {db}", {"db": ident(self.settings.db)}, db="")
+
     def close(self) -> None:
         self.client.close()
 
@@ -515,7 +519,8 @@ def forget_sessions(bench: Bench, client_ids: Sequence[str]) -> None:
         client.loop_stop()
 
 
-def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream) -> Row:
+def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream, keep: bool = False) -> Row:
+    """One drain of `stream` through `consumer`; its database is dropped afterwards unless `keep`."""
     points = Points(bench, registry, consumer.db)
     consumer.prepare()
     publish(bench, stream.messages)
@@ -532,6 +537,8 @@ def drain(bench: Bench, registry: Registry, consumer: Consumer, stream: Stream) 
         consumer.stop()
         forget_sessions(bench, consumer.client_ids)
     keys = points.keys()
+    if not keep:
+        points.drop()
     points.close()
     return Row(
         consumer.label,
@@ -1012,7 +1019,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         rollup_source: Ingest | None = None
         for round_no in range(1, args.rounds + 1):
             setups = drain_setups(bench, registry, node, round_no)
-            steps = [(c.label, functools.partial(drain, bench, registry, c, stream)) for c in setups]
+            # The first round's 1-process ingest keeps its database: the rollups run over it.
+            steps = [
+                (c.label, functools.partial(drain, bench, registry, c, stream, keep=c is setups[0] and round_no == 1))
+                for c in setups
+            ]
             if round_no == 1:  # the broker's ceiling is a reference, far off the others: once is enough
                 steps.insert(0, (ceiling, functools.partial(drain_ceiling, bench, stream)))
             for label, _ in steps:
@@ -1020,14 +1031,15 @@ def run(args: argparse.Namespace, command: str) -> int:
             # A shuffled order per round, so that load from elsewhere and InfluxDB's background work hit all alike.
             random.Random(args.seed + round_no).shuffle(steps)
             for label, step in steps:
-                began = time.monotonic()
+                step_began = time.monotonic()
                 with console.status(f"drain, round {round_no} of {args.rounds}: {label}"):
                     wait_idle(bench)
                     row = step()
                 runs[label].append(row)
+                took = time.monotonic() - step_began
                 console.print(
                     f"drain {round_no}/{args.rounds} {label}: {row.rate:,.0f} msg/s, lost {fmt(row.lost)}, "
-                    f"bad stored {fmt(row.bad_stored)}, RSS {row.rss_mib:.0f} MiB ({time.monotonic() - began:.0f} s)"
+                    f"bad stored {fmt(row.bad_stored)}, RSS {row.rss_mib:.0f} MiB ({took:.0f} s)"
                 )
             if rollup_source is None and isinstance(setups[0], Ingest):
                 rollup_source = setups[0]
