@@ -945,8 +945,8 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
     fig, (rate, latency, memory) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.5, 1, 1]})
     spread = [[r.rate - min(r.rounds or [r.rate]) for r in rows], [max(r.rounds or [r.rate]) - r.rate for r in rows]]
     bars = rate.barh(names, [r.rate for r in rows], xerr=spread, color=colours, error_kw={"lw": 1, "capsize": 3})
-    rate.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], padding=8, fontsize=8)
-    rate.set_xlim(0, max(r.rate for r in rows) * 1.3)
+    rate.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in rows], label_type="center", color="white", fontsize=8)
+    rate.set_xlim(0, max(max(r.rounds or [r.rate]) for r in rows) * 1.1)
     rate.set_title(f"drain, msg/s into InfluxDB, median and range (broker ceiling {ceiling.rate:,.0f})", fontsize=9)
     rate.tick_params(labelsize=8)
     rate.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
