@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 RETRY_MIN_DELAY_S = 0.5
 RESCAN_INTERVAL_S = 1.0
 GC_INTERVAL_S = 60.0
+# The saved offset only bounds what a restart writes again, and rewrites are idempotent: saving it
+# (with an fsync) at most once a second instead of after every batch costs at most a second of
+# rewrites after a crash, and saves the fsync that was 14% of the writer's time under load.
+OFFSET_SAVE_INTERVAL_S = 1.0
 # After closing the sink on a late stop, how long the writer thread gets to notice.
 ABORT_WAIT_S = 0.5
 
@@ -61,6 +65,13 @@ class _Stream:
         self.offsets = Offsets(stream_dir)
         self.saved = self.offsets.load()
         self.tail = StreamTail(stream_dir, self.saved)
+        self.save_due = 0.0
+
+    def save(self, now: float) -> None:
+        """Record the position as written (everything before it is acknowledged by InfluxDB)."""
+        self.offsets.save(self.tail.position)
+        self.saved = self.tail.position
+        self.save_due = now + OFFSET_SAVE_INTERVAL_S
 
 
 class RawWriter:
@@ -154,9 +165,8 @@ class RawWriter:
                     stream.tail = StreamTail(stream.dir, stream.saved)
                     return False
                 progressed = True
-            if stream.tail.position != stream.saved:
-                stream.offsets.save(stream.tail.position)
-                stream.saved = stream.tail.position
+            if stream.tail.position != stream.saved and (now >= stream.save_due or self._stop.is_set()):
+                stream.save(now)
         if now >= self._next_gc and not self._stop.is_set():
             self._next_gc = now + GC_INTERVAL_S
             self._skipped.clear()
