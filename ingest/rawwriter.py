@@ -55,6 +55,8 @@ GC_INTERVAL_S = 60.0
 OFFSET_SAVE_INTERVAL_S = 1.0
 # After closing the sink on a late stop, how long the writer thread gets to notice.
 ABORT_WAIT_S = 0.5
+# After a disk error (e.g. the spool's disk is full), how long the writer waits before it tries again.
+DISK_RETRY_S = 2.0
 
 
 class _Stream:
@@ -136,7 +138,18 @@ class RawWriter:
     def run(self) -> None:
         try:
             while True:
-                progressed = self.step()
+                try:
+                    progressed = self.step()
+                except OSError as err:
+                    # A full or failing disk (saving the offset, deleting segments): the readings stay in
+                    # the spool. Reread from the saved positions and retry, rather than stop until a restart.
+                    logger.error("raw writer: %s; retrying in %.0f s from the saved positions", err, DISK_RETRY_S)
+                    for stream in self._streams.values():
+                        stream.tail.close()
+                        stream.tail = StreamTail(stream.dir, stream.saved)
+                    if self._stop.wait(DISK_RETRY_S):
+                        return
+                    continue
                 if self._stop.is_set():
                     if not progressed or time.monotonic() >= self._deadline:
                         return
