@@ -775,9 +775,14 @@ class Publisher:
             self.poll(0.05)
         conn = self._conns[account]
         info = conn.client.publish(topic, payload, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        # Without a connection, or losing it while writing, paho keeps the message and sends it after the reconnect.
+        if info.rc not in (
+            MQTTErrorCode.MQTT_ERR_SUCCESS,
+            MQTTErrorCode.MQTT_ERR_NO_CONN,
+            MQTTErrorCode.MQTT_ERR_CONN_LOST,
+        ):
             raise SimulatorError(f"publishing as {account} to {topic} failed: {mqtt.error_string(info.rc)}")
-        conn.inflight[info.mid] = token  # sent again by paho after a reconnect (NO_CONN)
+        conn.inflight[info.mid] = token
         self.inflight += 1
         return True
 
