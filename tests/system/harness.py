@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import threading
@@ -217,9 +216,6 @@ class Load(threading.Thread):
         """(sensor_id, ts) of the readings acknowledged by the broker before `before` that must be stored."""
         return {(a.sensor_id, a.ts) for a in list(self.acks) if a.at <= before and a.category in (*STORED, DUPLICATE)}
 
-    def wait_published(self, count: int, timeout_s: float = 30) -> None:
-        wait_until(lambda: self.published >= count or not self.is_alive(), timeout_s, f"{count} publishes")
-
 
 # -- faults ---------------------------------------------------------------------------------------
 
@@ -250,12 +246,6 @@ class Faults:
     @property
     def recovery(self) -> list[float]:
         return [r.recovery_s for r in self.runs]
-
-
-def recovery_figures(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.median(values):.1f} / {max(values):.1f} s"
 
 
 def end_fault(run: FaultRun, load: Load, stack: StackHandle, timeout_s: float = 90) -> None:
@@ -417,10 +407,6 @@ def tmpfs(path: Path, size_mib: int) -> Iterator[bool]:
     finally:
         if mounted:
             subprocess.run(["umount", "--lazy", str(path)], check=False)
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
 
 
 def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from ingest.spool import OFFSET_FILE
 from pipelines.checkpoint import Checkpoint
 from sensors.simulator import HOUR_MS, iso
 from sensors.spool import closed_segments
 from storage.schema import ANOMALY_MEASUREMENT as ANOMALIES
-from tests.ingest.helpers import IngestProcess, ingest_env
+from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle
 from tests.system.harness import (
     Faults,
@@ -334,6 +335,25 @@ def test_kill_9_of_the_follow_pipeline_at_random_points(
             seconds=time.monotonic() - started,
         )
     )
+
+
+def test_the_raw_writer_outlives_a_failed_offset_save(stack: StackHandle, tmp_path: Path) -> None:
+    """What a full disk does to the writer's offset file, made certain: a directory where its temp file goes.
+    The writer must retry, not stop writing until ingest is restarted."""
+    items = messages(2000, slot=40)
+    home = tmp_path / "home"
+    blocker = home / "spool" / "sys-offset" / (OFFSET_FILE + ".tmp")
+    blocker.mkdir(parents=True)
+    with IngestProcess(ingest_env(stack, home, client_id="sys-offset"), tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        publisher = Publisher(stack)
+        publisher.publish(items[:1000])
+        ingest.wait_log("Is a directory")
+        blocker.rmdir()
+        publisher.publish(items[1000:])
+        publisher.close()
+        wait_for_points(stack, items, timeout_s=30)
+        assert ingest.terminate() == 0
 
 
 def fill(path: Path, leave_bytes: int = 0) -> None:

@@ -377,7 +377,7 @@ def test_hostile_vendors_change_nothing_but_their_own_rejections(
             ) from None
         until(lambda: stored_points(private_stack, registry) == expected, 60, "every accepted reading")
         own_rejects = sum(1 for n, a in answers.items() if isinstance(a, Rejected) and sent[n].account == spy_vendor)
-        until(lambda: len(spy.topics) >= own_rejects - 1, 30, "the spy's own reject notices")
+        until(lambda: len(spy.topics) >= own_rejects, 30, "the spy's own reject notices")
         time.sleep(0.5)  # anything else the broker might still deliver to the spy
         spy.close()
         assert ingest.terminate() == 0
@@ -391,7 +391,7 @@ def test_hostile_vendors_change_nothing_but_their_own_rejections(
     # The vendor listening to '#' got its own rejections, and nothing else.
     own_reject_topics = {reject_topic(s.topic) for s in registry.sensors_of(vendor=spy_vendor)}
     assert set(spy.topics) <= own_reject_topics, sorted(set(spy.topics) - own_reject_topics)[:5]
-    assert len(spy.topics) >= own_rejects - 1 and own_rejects > 1
+    assert len(spy.topics) >= own_rejects and own_rejects > 1
     # Every rejection is kept with the contract's code (bad topics included).
     codes = Counter(r.code for r in stored_rejections(home / "spool"))
     assert codes == Counter(a.code.value for a in rejected)
