@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.audit import stored_rejections
-from sensors.contract import Accepted, Contract, RejectCode, Rejected, reject_topic
+from sensors.contract import Accepted, Contract, RejectCode, Rejected, parse_topic, reject_topic
 from sensors.registry import Registry, Sensor, default_registry
 from sensors.simulator import (
     GATEWAY_ACCOUNT,
@@ -335,10 +335,9 @@ def test_hostile_vendors_change_nothing_but_their_own_rejections(
         elif isinstance(answer, Accepted):
             for r in answer.readings:
                 tally.ack((r.sensor_id, r.ts // HOUR_MS, "good"), None)
-        elif item.sensor_id or answer.code != RejectCode.BAD_TOPIC:
-            sensor_id = item.sensor_id or item.topic.rsplit("/", 1)[1]
-            info.setdefault(sensor_id, SensorInfo(GATEWAY_VENDOR, "phuket", "air_quality", item.topic))
-            tally.ack((sensor_id, 0, answer.code.value), None)
+        elif parts := parse_topic(item.topic):  # the audit sees rejections of topics that name a sensor
+            info.setdefault(parts.sensor_id, SensorInfo(GATEWAY_VENDOR, parts.city, parts.kind, item.topic))
+            tally.ack((parts.sensor_id, 0, answer.code.value), None)
 
     accounts = sorted({item.account for item in sent})
     passwords = {a: private_stack.mqtt_password(a) for a in accounts}
