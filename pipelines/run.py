@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -57,6 +58,8 @@ from pipelines.write_to_influx import WriteToInflux
 from sensors.errors import SmartcityError
 from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo, closed_segments
+from storage.query import QueryClient, ident
+from storage.schema import ANOMALY_MEASUREMENT
 from storage.settings import InfluxSettings
 
 logger = logging.getLogger(__name__)
@@ -177,6 +180,8 @@ def run_plan(
     """Run the plan on the runner `beam_args` select and write its points; returns its counters."""
     options = beam_options(beam_args)
     started = time.monotonic()
+    if "anomalies" in plan.pipelines:
+        clear_anomalies(influx or InfluxSettings.from_env(), plan.start_ms, plan.end_ms)
     pipeline = beam.Pipeline(options=options)
     for name, points in build(pipeline, plan, settings, registry).items():
         points | f"Write{name.title()}" >> WriteToInflux(influx)
@@ -189,6 +194,27 @@ def run_plan(
         name = counter.key.metric.name
         counters[name] = counters.get(name, 0) + int(counter.committed or counter.attempted or 0)
     return RunReport(plan, time.monotonic() - started, counters)
+
+
+def clear_anomalies(influx: InfluxSettings, start_ms: int, end_ms: int) -> None:
+    """Delete the anomaly points of [start_ms, end_ms) before the run writes that range again.
+
+    Rollups, AQI and health points have one timestamp per window, so a rewrite replaces them;
+    an anomaly point has the reading's timestamp, so a spike flagged on part of an hour (a follow
+    cycle) that the whole hour no longer confirms would otherwise stay forever.
+    """
+    if influx.token:  # InfluxDB 2.x/3.x accept no InfluxQL DELETE; their points stay until rewritten
+        logger.warning("anomalies of earlier runs over this range are not cleared on InfluxDB 2.x/3.x")
+        return
+    with QueryClient(influx) as client:
+        client.execute(
+            "DELETE FROM {m} WHERE time >= {start} AND time < {end}",
+            {"m": ident(ANOMALY_MEASUREMENT), "start": _utc(start_ms), "end": _utc(end_ms)},
+        )
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def spool_extent(settings: PipelineSettings) -> tuple[int, int] | None:

@@ -190,6 +190,26 @@ def test_a_second_run_rewrites_exactly_the_same_points(
     assert run["report"][0].counters["segments_from_cache"] == 0 and again.counters["segments_from_cache"] > 0
 
 
+def test_a_rerun_clears_anomalies_the_range_no_longer_confirms(
+    run: dict[str, Any], stack: StackHandle, registry: Registry
+) -> None:
+    """A spike flagged earlier (e.g. by a follow cycle over part of an hour) goes when the hour is rerun."""
+    from storage.schema import anomaly_point
+    from storage.writer import make_writer
+
+    sensor = registry.sensors["pkt-aq-001"]
+    tags = {"super_cluster": sensor.super_cluster, "city": sensor.city, "district": sensor.district,
+            "site": sensor.site, "sensor_id": sensor.id, "vendor": sensor.vendor}  # fmt: skip
+    stale = anomaly_point(tags, kind="air_quality", metric="pm25", anomaly_type="spike", value=999.0, score=9.9,
+                          threshold=3.5, ts_ms=T0 + 2 * HOUR + 7)  # fmt: skip
+    influx = run["influx"]
+    with make_writer(influx, rp=influx.rollup_rp) as writer:
+        writer.write([stale])
+    assert len(query_rows(stack, "anomalies")) == len(run["stored"]["anomalies"]) + 1
+    run_plan(Plan.bounded(["anomalies"], T0 + 2 * HOUR, T0 + 3 * HOUR), run["settings"], registry, [], influx)
+    assert query_rows(stack, "anomalies") == run["stored"]["anomalies"]
+
+
 def test_command_line_runs_a_range_and_reports(cli_env: dict[str, str], run: dict[str, Any]) -> None:
     env = {**cli_env, "SMARTCITY_HOME": str(run["settings"].home), "SMARTCITY_INFLUX_DB": DB}
     command = [

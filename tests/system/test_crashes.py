@@ -29,7 +29,6 @@ from ingest.spool import OFFSET_FILE
 from pipelines.checkpoint import Checkpoint
 from sensors.simulator import HOUR_MS, iso
 from sensors.spool import closed_segments
-from storage.schema import ANOMALY_MEASUREMENT as ANOMALIES
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle
 from tests.system.harness import (
@@ -318,11 +317,9 @@ def test_kill_9_of_the_follow_pipeline_at_random_points(
     assert clean.returncode == 0, clean.stderr
     followed = dump(private_stack, rp="rollup", between=(start, end))
     once = dump(private_stack, "clean", rp="rollup", between=(start, end))
-    # A follow cycle over part of an hour may flag a spike that the whole hour does not confirm; such
-    # points stay (crash or not), so the follow run's anomalies include the clean run's.
-    flagged, confirmed = (set(d.pop(ANOMALIES, {}).get("points", [])) for d in (followed, once))
+    # Anomalies included: a spike a follow cycle flagged on part of an hour is cleared when the hour
+    # is computed again (pipelines.run.clear_anomalies).
     assert followed and followed == once, differences(followed, once)
-    assert confirmed <= flagged, f"{len(confirmed - flagged)} anomalies of the clean run missing"
     reliability.add(
         Row(
             "kill -9 of `pipeline run --follow`",
