@@ -20,6 +20,7 @@ may carry no usable time). Exit 1 on any unexplained difference.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -95,16 +96,24 @@ def load_manifest(path: Path) -> Manifest:
     )
 
 
-def siblings(manifest: Manifest) -> list[Manifest]:
-    """The other readable manifests in the same folder (to bound which rejections belong to which run)."""
-    found = []
+def other_runs_started(manifest: Manifest) -> list[datetime]:
+    """When the other simulator runs of the manifest's folder started (to bound which rejections are whose)."""
+    started = []
     for path in sorted(manifest.path.parent.glob("*.json")):
         if path.resolve() != manifest.path.resolve():
-            try:
-                found.append(load_manifest(path))
-            except AuditError:
-                continue
-    return found
+            moment = _run_started(path, path.stat().st_mtime_ns)
+            if moment is not None:
+                started.append(moment)
+    return started
+
+
+@functools.lru_cache(maxsize=256)
+def _run_started(path: Path, mtime_ns: int) -> datetime | None:
+    """`run.started_at` of a manifest, read once per file version (the demo polls the audit every second)."""
+    try:
+        return _time(json.loads(path.read_text(encoding="utf-8"))["run"]["started_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def latest_manifests(home: Path) -> list[Path]:
@@ -224,6 +233,7 @@ def audit(
 ) -> AuditResult:
     result = AuditResult()
     rows = result.vendors
+    rejections = list(stored_rejections(spool))  # read once, matched to each manifest's run below
     with QueryClient(settings) as client:
         for manifest in manifests:
             lo = max(manifest.start, start) if start else manifest.start
@@ -255,12 +265,12 @@ def audit(
                     result.problems.append(f"{vendor} {sensor_id}: {missing - explained} readings not stored")
 
             window_from, window_to = manifest.sent_from, manifest.sent_to + RECEIVE_SLACK
-            later = [m.sent_from for m in siblings(manifest) if m.sent_from > manifest.sent_from]
+            later = [t for t in other_runs_started(manifest) if t > manifest.sent_from]
             if later:  # rejections received once the next simulator run started belong to that run
                 window_to = min(window_to, min(later))
             seen: Counter[tuple[str, str]] = Counter()
             distinct: set[tuple[str, str, str, str]] = set()
-            for rejection in stored_rejections(spool):
+            for rejection in rejections:
                 received = _time(rejection.received_at)
                 parts = parse_topic(rejection.topic)
                 sensor_id = rejection.sensor_id or (parts.sensor_id if parts else "")
