@@ -17,6 +17,9 @@ import pytest
 
 from tests.servers import StackHandle, start_stack
 
+# tests.timeout_guard: no test can pass after its own timeout; pytester runs the guard's own test.
+pytest_plugins = ["tests.timeout_guard", "pytester"]
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
