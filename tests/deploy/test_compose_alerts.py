@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy.cli import main
 from deploy.compose import ALERT_EMAIL, ALERT_WEBHOOK, ENV_FILE, read_env_file
@@ -60,3 +61,11 @@ def test_the_webhook_url_is_kept_and_email_needs_its_smtp_server(
     assert env[ALERT_EMAIL] == "ops@city.example" and env["GF_SMTP_ENABLED"] == "true"
     assert env["GF_SMTP_HOST"] == "smtp.city.example:587" and env["GF_SMTP_PASSWORD"] == "s3cret"
     assert "dashboards build --alert-email" in capsys.readouterr().out
+
+
+def test_compose_starts_grafana_only_with_a_webhook_url() -> None:
+    """`${VAR:?message}` makes docker compose stop with the message when the variable is unset or empty."""
+    compose = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "compose.yaml").read_text())
+    env = compose["services"]["grafana"]["environment"]
+    assert env[ALERT_WEBHOOK].startswith("${" + ALERT_WEBHOOK + ":?") and "compose init" in env[ALERT_WEBHOOK]
+    assert ".invalid" not in str(env)
