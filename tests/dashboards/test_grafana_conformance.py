@@ -131,7 +131,10 @@ def rule_violations(alerting: list[dict[str, Any]], datasource_uids: set[str]) -
     - AlertQuery.PreSave with RelativeTimeRange.isValid (pkg/services/ngalert/models/alert_query.go):
       a datasource query (not an expression) needs from > to;
     - every datasourceUid resolves to a provisioned datasource or the expression engine (__expr__);
-    - rule uids are unique and valid short uids (at most 40 characters)."""
+    - rule uids are unique and valid short uids (at most 40 characters);
+    - annotations hold no `${`: Grafana up to 11 reads them raw (`Annotations.Raw`), newer ones expand
+      braced variables only (`Annotations.ValueWithBracedVars`), so only text without `${` reads the same
+      in both."""
     problems = []
     seen: Counter[str] = Counter()
     for group, rule in rules(alerting):
@@ -143,6 +146,8 @@ def rule_violations(alerting: list[dict[str, Any]], datasource_uids: set[str]) -
         seen[rule.get("uid", "")] += 1
         if not SHORT_UID.match(rule.get("uid", "")) or not rule.get("title"):
             problems.append(f"{where}: uid or title invalid")
+        if any("${" in text for text in (rule.get("annotations") or {}).values()):
+            problems.append(f"{where}: an annotation holds ${{, which newer Grafana expands")
         ref_ids = [q.get("refId") for q in rule.get("data") or []]
         if rule.get("condition") not in ref_ids:
             problems.append(f"{where}: condition {rule.get('condition')!r} is not one of {ref_ids}")
@@ -184,6 +189,7 @@ def test_the_rule_checks_catch_the_old_sample_rule() -> None:
                         "title": "t",
                         "condition": "C",
                         "data": [{"refId": "A", "datasourceUid": "smartcity-influxdb", "model": {"refId": "A"}}],
+                        "annotations": {"summary": "Sensor ${sensor}"},
                     }
                 ],
             }
@@ -191,6 +197,7 @@ def test_the_rule_checks_catch_the_old_sample_rule() -> None:
     }
     problems = rule_violations([broken], datasource_uids())
     assert any("condition 'C'" in p for p in problems) and any("relativeTimeRange" in p for p in problems)
+    assert any("newer Grafana expands" in p for p in problems)
     assert any("does not resolve" in p for p in rule_violations([broken], set()))
 
 
