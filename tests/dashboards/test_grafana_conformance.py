@@ -244,3 +244,13 @@ def grafana_interpolate(value: str, env: dict[str, str]) -> str:
         return _ENV.sub(lambda m: env.get(m.group(1).strip("{}"), ""), part)
 
     return "$".join(expand(part) for part in value.split("$$"))
+
+
+def test_the_hand_written_samples_obey_the_same_rules() -> None:
+    """The references in samples/ document working configuration, not a rule Grafana would refuse."""
+    samples = GRAFANA / "samples"
+    load = {
+        name: [yaml.safe_load((samples / f"{name}.yaml").read_text("utf-8"))] for name in ("alerting", "datasources")
+    }
+    assert rule_violations(load["alerting"], datasource_uids()) == []
+    assert default_datasource_violations(load["datasources"]) == []

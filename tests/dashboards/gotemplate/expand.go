@@ -146,7 +146,37 @@ func humanizeDuration(i interface{}) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return (time.Duration(v * float64(time.Second))).String(), nil
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return fmt.Sprintf("%.4g", v), nil
+	}
+	if v == 0 {
+		return fmt.Sprintf("%.4gs", v), nil
+	}
+	if math.Abs(v) >= 1 {
+		sign := ""
+		if v < 0 {
+			sign, v = "-", -v
+		}
+		seconds, minutes := int64(v)%60, (int64(v)/60)%60
+		hours, days := (int64(v)/60/60)%24, int64(v)/60/60/24
+		switch {
+		case days != 0:
+			return fmt.Sprintf("%s%dd %dh %dm %ds", sign, days, hours, minutes, seconds), nil
+		case hours != 0:
+			return fmt.Sprintf("%s%dh %dm %ds", sign, hours, minutes, seconds), nil
+		case minutes != 0:
+			return fmt.Sprintf("%s%dm %ds", sign, minutes, seconds), nil
+		}
+		return fmt.Sprintf("%s%.4gs", sign, v), nil
+	}
+	prefix := ""
+	for _, p := range []string{"m", "u", "n", "p", "f", "a", "z", "y"} {
+		if math.Abs(v) >= 1 {
+			break
+		}
+		prefix, v = p, v*1000
+	}
+	return fmt.Sprintf("%.4g%ss", v, prefix), nil
 }
 
 func stubString(args ...interface{}) string { return fmt.Sprint(args...) }
