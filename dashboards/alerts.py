@@ -29,8 +29,16 @@ from storage import schema
 ORG_ID = 1
 CONTACT_POINT = "smartcity-operators"
 CONTACT_POINT_UID = "smartcity-operators-webhook"
-# The webhook URL is read by Grafana from this environment variable when it loads the files.
+CONTACT_POINT_EMAIL_UID = "smartcity-operators-email"
+# Grafana reads the webhook URL and the e-mail addresses from these environment variables when it
+# loads the provisioning files.
 WEBHOOK_ENV = "SMARTCITY_ALERT_WEBHOOK_URL"
+EMAIL_ENV = "SMARTCITY_ALERT_EMAIL"
+# Notification template (Go text/template over Grafana's notification data) of the e-mail subject.
+EMAIL_SUBJECT = (
+    "[{{ .Status | toUpper }}] smartcity: {{ .GroupLabels.alertname }} "
+    "({{ len .Alerts.Firing }} firing, {{ len .Alerts.Resolved }} resolved)"
+)
 UID_MAX = 40  # Grafana's limit for alert rule uids
 AQI_ALERT_BAND = 4
 INGEST_LAG_LIMIT_S = 60
@@ -358,6 +366,17 @@ def contact_point(webhook_url: str) -> dict[str, Any]:
         "name": CONTACT_POINT,
         "type": "webhook",
         "settings": {"url": webhook_url, "httpMethod": "POST"},
+        "disableResolveMessage": False,
+    }
+
+
+def email_receiver(addresses: str) -> dict[str, Any]:
+    """An e-mail integration of the operators' contact point (Grafana sends it through its GF_SMTP_* server)."""
+    return {
+        "uid": CONTACT_POINT_EMAIL_UID,
+        "name": CONTACT_POINT,
+        "type": "email",
+        "settings": {"addresses": addresses, "singleEmail": True, "subject": EMAIL_SUBJECT},
         "disableResolveMessage": False,
     }
 

@@ -37,12 +37,17 @@ def dashboards_group() -> None:
     help="Folder for the provisioning files, dashboards and gazetteer.",
 )
 @click.option("--database", default="smartcity", show_default=True, help="InfluxDB database the datasource reads.")
-def build_command(registry_paths: Sequence[Path], out_dir: Path, database: str) -> None:
+@click.option(
+    "--alert-email",
+    is_flag=True,
+    help="Also e-mail alerts to $SMARTCITY_ALERT_EMAIL through Grafana's SMTP server (GF_SMTP_*), besides the webhook.",
+)
+def build_command(registry_paths: Sequence[Path], out_dir: Path, database: str, alert_email: bool) -> None:
     """Write Grafana provisioning files: datasource, dashboard provider, dashboards, alerting."""
     from dashboards.provisioning import write_provisioning
 
     registry = registry_from(registry_paths)
-    written = write_provisioning(registry, out_dir, database=database)
+    written = write_provisioning(registry, out_dir, database=database, email=alert_email)
     out.print(f"dashboards build: {len(written)} file(s) changed under {out_dir}")
 
 

@@ -8,13 +8,17 @@
     dashboards/<folder title>/<name>.json     one subfolder per super-cluster, plus Operations
     gazetteer/smartcity.json                  sensor, site and district coordinates for the geomaps
 
-Every generated file says it is generated; the hand-written `sample.yaml` next to each
-provisioning file documents the keys and is left alone. Dashboard JSON that an earlier build
-wrote and this one does not is removed, so a dashboard taken out of the registry disappears.
+Every generated file says it is generated. Grafana loads every file under `provisioning/`, so the
+hand-written references that document the keys live in `samples/`, outside the mounted folder.
+Dashboard JSON that an earlier build wrote and this one does not is removed, so a dashboard taken
+out of the registry disappears.
 
-Grafana expands `$VAR` and `${VAR}` in provisioning YAML when it loads it: credentials and the
-webhook URL come from its environment (never written here), and every literal `$` of the alert
-rules (InfluxQL regexes, `{{ $labels.x }}` templates) is written as `$$`.
+Grafana expands `$VAR` and `${VAR}` (and turns `$$` into `$`) in most provisioning fields when it
+loads them: credentials, the webhook URL and the e-mail addresses come from its environment (never
+written here). It does NOT expand alert rule annotations and query models (since 9.1 they are read
+raw: `AlertRuleV1.mapToModel` and `QueryV1.mapToModel` in Grafana's
+pkg/services/provisioning/alerting/rules_types.go), so `{{ $labels.x }}` templates and InfluxQL
+(`/^...$/`, `$tag_x` aliases) are written as they are, and `$` is doubled only in expanded fields.
 """
 
 from __future__ import annotations
@@ -105,38 +109,59 @@ def dashboard_provider(path: str = CONTAINER_DASHBOARDS) -> dict[str, Any]:
     }
 
 
-def _escape_dollars(value: Any) -> Any:
-    """`$` -> `$$` in every string, so Grafana's env expansion leaves rule text as written."""
+class EnvRef(str):
+    """A `${VAR}` reference that Grafana must expand when it loads the file (never escaped)."""
+
+
+def env_ref(name: str) -> EnvRef:
+    return EnvRef(f"${{{name}}}")
+
+
+# Keys whose values Grafana reads raw, without env expansion (rules_types.go: `AlertRuleV1.mapToModel`
+# takes `Annotations.Raw`, `QueryV1.mapToModel` takes `Model.Raw`).
+RAW_KEYS = frozenset({"annotations", "model"})
+
+
+def escape_env(value: Any) -> Any:
+    """`$` -> `$$` in every string Grafana expands, so it reads the text as written; raw fields and
+    `EnvRef`s are left alone."""
+    if isinstance(value, EnvRef):
+        return str(value)
     if isinstance(value, str):
         return value.replace("$", "$$")
     if isinstance(value, list):
-        return [_escape_dollars(v) for v in value]
+        return [escape_env(v) for v in value]
     if isinstance(value, dict):
-        return {k: _escape_dollars(v) for k, v in value.items()}
+        return {k: v if k in RAW_KEYS else escape_env(v) for k, v in value.items()}
     return value
 
 
-def alerting(groups: Sequence[alerts.RuleGroup]) -> dict[str, Any]:
-    contact = alerts.contact_point(f"${{{alerts.WEBHOOK_ENV}}}")
-    return {
-        "apiVersion": 1,
-        "groups": [_escape_dollars(group.file_group()) for group in groups],
-        "contactPoints": [
-            {
-                "orgId": alerts.ORG_ID,
-                "name": contact["name"],
-                "receivers": [
-                    {
-                        "uid": contact["uid"],
-                        "type": contact["type"],
-                        "settings": contact["settings"],
-                        "disableResolveMessage": contact["disableResolveMessage"],
-                    }
-                ],
-            }
-        ],
-        "policies": [{"orgId": alerts.ORG_ID, **alerts.notification_policy()}],
-    }
+def receivers(email: bool) -> list[dict[str, Any]]:
+    """The operators' contact point integrations: the webhook always, e-mail when asked for."""
+    found = [alerts.contact_point(env_ref(alerts.WEBHOOK_ENV))]
+    if email:
+        found.append(alerts.email_receiver(env_ref(alerts.EMAIL_ENV)))
+    return found
+
+
+def alerting(groups: Sequence[alerts.RuleGroup], *, email: bool = False) -> dict[str, Any]:
+    return escape_env(
+        {
+            "apiVersion": 1,
+            "groups": [group.file_group() for group in groups],
+            "contactPoints": [
+                {
+                    "orgId": alerts.ORG_ID,
+                    "name": alerts.CONTACT_POINT,
+                    "receivers": [
+                        {key: receiver[key] for key in ("uid", "type", "settings", "disableResolveMessage")}
+                        for receiver in receivers(email)
+                    ],
+                }
+            ],
+            "policies": [{"orgId": alerts.ORG_ID, **alerts.notification_policy()}],
+        }
+    )
 
 
 def gazetteer(registry: Registry) -> list[dict[str, Any]]:
@@ -181,12 +206,12 @@ def dashboard_json(dashboard: GeneratedDashboard) -> str:
     return _json({MARKER_KEY: MARKER, **dashboard.model})
 
 
-def rendered_files(provisioning: Provisioning, database: str = DEFAULT_DB) -> dict[Path, str]:
+def rendered_files(provisioning: Provisioning, database: str = DEFAULT_DB, *, email: bool = False) -> dict[Path, str]:
     """Relative path -> content of every generated file."""
     files = {
         Path("provisioning/datasources/smartcity.yaml"): _yaml(datasource(database)),
         Path("provisioning/dashboards/smartcity.yaml"): _yaml(dashboard_provider()),
-        Path("provisioning/alerting/smartcity.yaml"): _yaml(alerting(provisioning.rule_groups)),
+        Path("provisioning/alerting/smartcity.yaml"): _yaml(alerting(provisioning.rule_groups, email=email)),
         Path("gazetteer/smartcity.json"): _json(provisioning.gazetteer),
     }
     for dashboard in provisioning.dashboards:
@@ -199,10 +224,11 @@ def write_provisioning(
     out: Path = DEFAULT_OUT,
     *,
     database: str = DEFAULT_DB,
+    email: bool = False,
     on_file: Callable[[Path], None] = lambda _: None,
 ) -> list[Path]:
     """Write every file under `out` (only changed files are rewritten); returns the paths written."""
-    files = rendered_files(generate(registry), database)
+    files = rendered_files(generate(registry), database, email=email)
     written = []
     try:
         for relative, content in files.items():

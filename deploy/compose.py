@@ -2,8 +2,9 @@
 
 Everything generated here stays out of git (under SMARTCITY_HOME by default):
 
-    compose.env           passwords for Mosquitto, InfluxDB and Grafana (0600), read by
-                          `docker compose --env-file`
+    compose.env           passwords for Mosquitto, InfluxDB and Grafana (0600), and where
+                          Grafana sends alerts (webhook URL, optional e-mail and SMTP server),
+                          read by `docker compose --env-file`
     mqtt-users.json       plain broker passwords per user, for vendors' onboarding (0600)
     mosquitto/mosquitto.conf, passwd, acl
                           the broker settings the delivery promise depends on, and one
@@ -18,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -36,6 +39,53 @@ SERVICE_SECRETS = (
 )
 
 
+# Where Grafana sends alerts (the contact point in deploy/grafana/provisioning/alerting reads these).
+ALERT_WEBHOOK = "SMARTCITY_ALERT_WEBHOOK_URL"
+ALERT_EMAIL = "SMARTCITY_ALERT_EMAIL"
+
+
+@dataclass(frozen=True)
+class AlertDelivery:
+    """What `compose init` was told about alert delivery; None keeps what compose.env already has."""
+
+    webhook_url: str | None = None
+    email: str | None = None  # addresses, `,` or `;` separated
+    smtp_host: str | None = None  # host:port of the SMTP server Grafana sends through
+    smtp_from: str | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+
+    def settings(self, env: dict[str, str]) -> dict[str, str]:
+        """The compose.env entries: the webhook is required (alerts must reach someone), e-mail is optional."""
+        webhook = self.webhook_url or env.get(ALERT_WEBHOOK)
+        if not webhook:
+            raise SmartcityError(
+                f"compose init: no alert webhook URL: pass --alert-webhook-url URL (or set {ALERT_WEBHOOK}), "
+                "the address Grafana posts every alert to"
+            )
+        parts = urlsplit(webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SmartcityError(f"compose init: alert webhook URL {webhook!r} is not an http(s) URL with a host")
+        settings = {ALERT_WEBHOOK: webhook}
+        if self.email:
+            if not self.smtp_host or not self.smtp_from:
+                raise SmartcityError(
+                    "compose init: --alert-email needs --smtp-host HOST:PORT and --smtp-from ADDRESS "
+                    "(the SMTP server and sender Grafana mails through)"
+                )
+            settings.update(
+                {
+                    ALERT_EMAIL: self.email,
+                    "GF_SMTP_ENABLED": "true",
+                    "GF_SMTP_HOST": self.smtp_host,
+                    "GF_SMTP_FROM_ADDRESS": self.smtp_from,
+                    "GF_SMTP_USER": self.smtp_user or env.get("GF_SMTP_USER", ""),
+                    "GF_SMTP_PASSWORD": self.smtp_password or env.get("GF_SMTP_PASSWORD", ""),
+                }
+            )
+        return settings
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if path.exists():
@@ -46,14 +96,16 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def init_compose(out: Path, registry_paths: Sequence[Path] = ()) -> list[Path]:
+def init_compose(out: Path, registry_paths: Sequence[Path] = (), alerts: AlertDelivery = AlertDelivery()) -> list[Path]:
     """Write (or refresh) the compose secrets and broker files in `out`; returns the files written."""
     registry = registry_from(registry_paths)
     rules = registry_acl_rules(registry)
+    env = read_env_file(out / ENV_FILE)
+    delivery = alerts.settings(env)  # before anything is written: a missing webhook URL stops here
     try:
         out.mkdir(parents=True, exist_ok=True)
         passwords = broker_auth.load_or_create_passwords(out / "mqtt-users.json", rules)
-        env = read_env_file(out / ENV_FILE)
+        env.update(delivery)
         for key in SERVICE_SECRETS:
             env.setdefault(key, broker_auth.new_password())
         env["SMARTCITY_MQTT_ADMIN_PASSWORD"] = passwords[broker_auth.ADMIN_USER]
@@ -100,10 +152,33 @@ def compose_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the generated files [default: HOME/compose].",
 )
+@click.option(
+    "--alert-webhook-url",
+    envvar=ALERT_WEBHOOK,
+    help=f"Where Grafana posts alerts (required on the first run, then kept) [env: {ALERT_WEBHOOK}].",
+)
+@click.option("--alert-email", help="Also e-mail alerts to these addresses (`,` separated); needs the SMTP options.")
+@click.option("--smtp-host", help="SMTP server Grafana mails through, HOST:PORT (GF_SMTP_HOST).")
+@click.option("--smtp-from", help="Sender address of the alert e-mails (GF_SMTP_FROM_ADDRESS).")
+@click.option("--smtp-user", help="SMTP user; the password comes from $SMARTCITY_SMTP_PASSWORD.")
 @home_option("the generated files go to HOME/compose unless --out says otherwise")
-def init_command(registry_paths: Sequence[Path], out: Path | None, home: Path) -> None:
+def init_command(
+    registry_paths: Sequence[Path],
+    out: Path | None,
+    alert_webhook_url: str | None,
+    alert_email: str | None,
+    smtp_host: str | None,
+    smtp_from: str | None,
+    smtp_user: str | None,
+    home: Path,
+) -> None:
     """Generate the secrets env file and the Mosquitto config, passwords and ACLs for compose."""
     target = out or home / "compose"
-    written = init_compose(target, registry_paths)
+    alerts = AlertDelivery(
+        alert_webhook_url, alert_email, smtp_host, smtp_from, smtp_user, os.environ.get("SMARTCITY_SMTP_PASSWORD")
+    )
+    written = init_compose(target, registry_paths, alerts)
     click.echo(f"wrote {len(written)} files to {target}")
+    if alert_email:
+        click.echo("e-mail: run 'smartcity dashboards build --alert-email' so the contact point mails too")
     click.echo(f"start: docker compose --env-file {target / ENV_FILE} -f deploy/compose.yaml up -d")

@@ -10,6 +10,10 @@ command -v influxd >/dev/null 2>&1 || needed+=(influxdb)
 command -v influx >/dev/null 2>&1 || needed+=(influxdb-client)
 # Test only: `smartcity report` pages are checked in a headless browser (tests/deploy/test_report_browser.py).
 [ -x /usr/bin/chromium ] || needed+=(chromium)
+# A Thai font, so the report (and a browser on this machine) draws Thai district names, not boxes.
+[ -d /usr/share/fonts/truetype/tlwg ] || needed+=(fonts-thai-tlwg)
+# Test only: Grafana's alert templates are run by Go's own text/template (tests/dashboards/test_go_templates.py).
+command -v go >/dev/null 2>&1 || needed+=(golang-go)
 for extra in "$@"; do
     command -v "$extra" >/dev/null 2>&1 || needed+=("$extra")
 done

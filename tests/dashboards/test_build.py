@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from dashboards import build as b
 from dashboards.influxql import DATASOURCE_UID, tier_bounds
-from dashboards.provisioning import DEFAULT_OUT, MARKER, Provisioning, datasource, generate, rendered_files
+from dashboards.provisioning import (
+    DEFAULT_OUT,
+    MARKER,
+    Provisioning,
+    datasource,
+    env_ref,
+    escape_env,
+    generate,
+    rendered_files,
+)
 from deploy.cli import main
 from sensors.registry import BUILTIN_DIR, default_registry, load_registry
 
@@ -116,14 +125,33 @@ def test_aqi_panels_use_the_official_band_colours(provisioning: Provisioning) ->
     ]
 
 
-def test_alerting_yaml_escapes_dollars_but_not_the_webhook_variable(tmp_path: Path) -> None:
-    text = rendered_files(generate(default_registry()))[Path("provisioning/alerting/smartcity.yaml")]
-    data = yaml.safe_load(text)
+def test_alerting_yaml_writes_templates_raw_and_escapes_only_expanded_fields() -> None:
+    """Grafana reads annotations and query models raw, and expands `$` everywhere else (rules_types.go)."""
+    data = yaml.safe_load(rendered_files(generate(default_registry()))[Path("provisioning/alerting/smartcity.yaml")])
     assert data["apiVersion"] == 1
     assert data["contactPoints"][0]["receivers"][0]["settings"]["url"] == "${SMARTCITY_ALERT_WEBHOOK_URL}"
-    summaries = [r["annotations"]["summary"] for g in data["groups"] for r in g["rules"]]
-    assert all("$$" in s for s in summaries if "$" in s)
-    assert "{{ $labels" not in text
+    rules = [r for g in data["groups"] for r in g["rules"]]
+    summaries = [r["annotations"]["summary"] for r in rules]
+    assert any("{{ $labels." in s for s in summaries) and not any("$$" in s for s in summaries)
+    aliases = [q["model"].get("alias", "") for r in rules for q in r["data"]]
+    assert "$tag_sensor_id" in aliases and not any("$$" in a for a in aliases)
+
+
+def test_expanded_fields_double_a_literal_dollar() -> None:
+    node = {"title": "costs $5", "annotations": {"summary": "{{ $labels.x }}"}, "data": [{"model": {"q": "/^a$/"}}]}
+    assert escape_env(node) == {
+        "title": "costs $$5",
+        "annotations": {"summary": "{{ $labels.x }}"},
+        "data": [{"model": {"q": "/^a$/"}}],
+    }
+    assert escape_env(env_ref("X")) == "${X}"
+
+
+def test_provisioning_folder_holds_only_generated_files() -> None:
+    """Grafana loads every file under provisioning/: hand-written samples there would be live config."""
+    folder = REPO / DEFAULT_OUT / "provisioning"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert files and all(MARKER in p.read_text("utf-8") for p in files), files
 
 
 def test_committed_provisioning_matches_the_generator() -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from deploy.cli import app
-from deploy.compose import ENV_FILE, init_compose, read_env_file
+from deploy.compose import ENV_FILE, AlertDelivery, init_compose, read_env_file
 
 COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
@@ -27,7 +27,7 @@ VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("compose")
-    init_compose(out)
+    init_compose(out, alerts=AlertDelivery(webhook_url="https://hooks.example/smartcity"))
     return out
 
 

@@ -8,6 +8,7 @@ test fails.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -216,3 +217,49 @@ def test_cluster_page_fits_a_phone_screen(browser: Browser, report: Path) -> Non
     plot_width = browser.evaluate("document.querySelector('#andaman-aqi .main-svg').getBoundingClientRect().width")
     assert 300 <= plot_width <= PHONE["width"]
     assert browser.errors() == []
+
+
+# Two copies of the first Thai word of the page, in the font of the element that shows it: the word
+# itself, and as many private-use characters (which no font has, so each is drawn as the missing-glyph
+# box). Without a Thai font every Thai character is that same box, so both render the same pixels.
+THAI_PROBES = r"""(() => {
+  const thai = /[\u0E00-\u0E7F]+/;
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walker.nextNode()) && !thai.test(node.textContent)) {}
+  if (!node) return null;
+  const word = node.textContent.match(thai)[0];
+  const style = getComputedStyle(node.parentElement);
+  const probe = (text, top) => {
+    const span = document.createElement('span');
+    span.textContent = text;
+    Object.assign(span.style, {position: 'fixed', left: '0px', top: top + 'px', zIndex: 99999,
+      background: '#fff', color: '#000', padding: '4px', whiteSpace: 'pre', lineHeight: '1.6',
+      fontFamily: style.fontFamily, fontSize: '32px'});
+    document.body.appendChild(span);
+    const r = span.getBoundingClientRect();
+    return {x: r.x, y: r.y, width: r.width, height: r.height};
+  };
+  return {word, font: style.fontFamily, thai: probe(word, 0), boxes: probe('\uE000'.repeat(word.length), 120)};
+})()"""
+
+
+@pytest.mark.timeout(60)
+def test_thai_district_names_render_with_thai_glyphs(browser: Browser, report: Path) -> None:
+    """A screenshot of a Thai district name must differ from the same number of missing-glyph boxes."""
+    browser.open((report / "lanna.html").as_uri(), DESKTOP)
+    probes = browser.evaluate(THAI_PROBES)
+    assert probes, "no Thai text on the page"
+
+    def shot(rect: dict[str, float]) -> bytes:
+        clip = {**rect, "scale": 1}
+        data = browser.send("Page.captureScreenshot", {"format": "png", "clip": clip}, session=True)["data"]
+        return base64.b64decode(data)
+
+    boxes_only = shot(probes["thai"]) == shot(probes["boxes"])
+    assert not boxes_only, (
+        f"{probes['word']!r} renders as missing-glyph boxes in {probes['font']}: "
+        "install a Thai font with 'bash deploy/install-system-deps.sh' (fonts-thai-tlwg)"
+    )
+    # A Thai font draws tone marks and vowels above and below (no advance), so the word is narrower.
+    assert probes["thai"]["width"] < probes["boxes"]["width"], probes
