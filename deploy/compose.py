@@ -168,14 +168,15 @@ def setup_influx(environ: dict[str, str] | None = None) -> list[str]:
                 password = environ.get(variable)
                 if not password:
                     raise SmartcityError(f"{variable} is not set: run 'smartcity compose init'")
-                params = {"user": ident(user), "password": password, "db": ident(settings.db)}
+                who = {"user": ident(user), "password": password}
                 if user in existing:
-                    client.execute("SET PASSWORD FOR {user} = {password}", params, db="")
+                    client.execute("SET PASSWORD FOR {user} = {password}", who, db="")
                 else:
-                    client.execute("CREATE USER {user} WITH PASSWORD {password}", params, db="")
+                    client.execute("CREATE USER {user} WITH PASSWORD {password}", who, db="")
                 # Only this one privilege: REVOKE ALL, then GRANT.
-                client.execute("REVOKE ALL PRIVILEGES ON {db} FROM {user}", params, db="")
-                client.execute(f"GRANT {privilege} ON {{db}} TO {{user}}", params, db="")
+                on = {"user": ident(user), "db": ident(settings.db)}
+                client.execute("REVOKE ALL PRIVILEGES ON {db} FROM {user}", on, db="")
+                client.execute(f"GRANT {privilege} ON {{db}} TO {{user}}", on, db="")
                 steps.append(f"user {user}: {privilege.lower()} only on {settings.db}")
     except StorageError as err:
         raise SmartcityError(f"compose setup: {err}") from err

@@ -8,7 +8,6 @@ file or folder that exists, and every smartcity command line parses with the rea
 
 from __future__ import annotations
 
-import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,7 @@ import yaml
 
 from deploy.cli import app
 from deploy.compose import ENV_FILE, init_compose, read_env_file
-
-COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
-VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+from tests.deploy.composefile import COMPOSE, substitute
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +34,6 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def substitute(text: str, env: dict[str, str]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        default = match.group(0)[len(name) + 2 : -1]
-        if name in env:
-            return env[name]
-        if default.startswith((":-", "-")):
-            return default.split("-", 1)[1]
-        raise AssertionError(f"compose.yaml uses ${{{name}}}, which compose init does not define")
-
-    return VARIABLE.sub(value, text.replace("$$", "\0")).replace("\0", "$")
-
-
 def test_init_writes_private_secrets_and_broker_files(generated: Path) -> None:
     env = read_env_file(generated / ENV_FILE)
     assert stat.S_IMODE((generated / ENV_FILE).stat().st_mode) == 0o600
@@ -62,6 +46,7 @@ def test_init_writes_private_secrets_and_broker_files(generated: Path) -> None:
         assert len(env[key]) >= 20
     conf = (generated / "mosquitto" / "mosquitto.conf").read_text()
     assert "persistence true" in conf and "allow_anonymous false" in conf and "listener 1883\n" in conf
+    assert "listener 8883\ncafile /mosquitto/config/tls/ca.crt\n" in conf
     acl = (generated / "mosquitto" / "acl").read_text()
     assert "user siam-airsense\n" in acl and "topic write smartcity/v1/phuket/air_quality/pkt-aq-001\n" in acl
     # A second run keeps every password.
