@@ -18,6 +18,7 @@ import yaml
 
 from deploy.cli import app
 from deploy.compose import ENV_FILE, init_compose, read_env_file
+from deploy.tls import certificate_names
 from tests.deploy.composefile import COMPOSE, substitute
 
 
@@ -40,18 +41,26 @@ def test_init_writes_private_secrets_and_broker_files(generated: Path) -> None:
     assert stat.S_IMODE((generated / "mqtt-users.json").stat().st_mode) == 0o600
     for key in (
         "SMARTCITY_INFLUX_ADMIN_PASSWORD",
+        "SMARTCITY_INFLUX_INGEST_PASSWORD",
         "SMARTCITY_MQTT_INGEST_PASSWORD",
         "SMARTCITY_GRAFANA_ADMIN_PASSWORD",
+        "SMARTCITY_GRAFANA_SECRET_KEY",
     ):
         assert len(env[key]) >= 20
+    assert env["SMARTCITY_PUBLISH_ADDRESS"] == "127.0.0.1"
+    for private in (generated / "ca.key", generated / "mosquitto" / "tls" / "server.key"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    ca = (generated / "mosquitto" / "tls" / "ca.crt").read_bytes()
+    assert "mosquitto" in certificate_names(generated / "mosquitto" / "tls" / "server.crt")
     conf = (generated / "mosquitto" / "mosquitto.conf").read_text()
     assert "persistence true" in conf and "allow_anonymous false" in conf and "listener 1883\n" in conf
     assert "listener 8883\ncafile /mosquitto/config/tls/ca.crt\n" in conf
     acl = (generated / "mosquitto" / "acl").read_text()
     assert "user siam-airsense\n" in acl and "topic write smartcity/v1/phuket/air_quality/pkt-aq-001\n" in acl
-    # A second run keeps every password.
+    # A second run keeps every password and the CA vendors verify the broker with.
     init_compose(generated)
     assert read_env_file(generated / ENV_FILE) == env
+    assert (generated / "mosquitto" / "tls" / "ca.crt").read_bytes() == ca
 
 
 def test_services_images_and_health_checks(compose: dict[str, Any]) -> None:
