@@ -23,6 +23,7 @@ one for Grafana.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Sequence
@@ -217,6 +218,15 @@ def init_command(
     home: Path,
 ) -> None:
     """Generate the secrets env file, the Mosquitto config, passwords, ACLs and TLS certificates for compose."""
+    if publish_address is not None:
+        try:
+            ipaddress.ip_address(publish_address)
+        except ValueError:
+            raise click.BadParameter(
+                f"{publish_address!r} is not an IP address", param_hint="--publish-address"
+            ) from None
+    if grafana_root_url is not None and not grafana_root_url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{grafana_root_url!r} is not an http(s) URL", param_hint="--grafana-root-url")
     target = out or home / "compose"
     written = init_compose(target, registry_paths, host_names, publish_address, grafana_root_url)
     click.echo(f"wrote {len(written)} files to {target}; vendors verify the broker with {written[3]}")

@@ -106,3 +106,24 @@ def test_smartcity_commands_parse(compose: dict[str, Any]) -> None:
                 command.make_context(command_name or "", rest)
         except click.UsageError as err:
             raise AssertionError(f"{name}: smartcity {' '.join(args)}: {err.format_message()}") from err
+
+
+def test_init_options_are_checked_and_kept(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["compose", "init", "--out", str(tmp_path), "--publish-address", "everywhere"])
+    assert bad.exit_code == 2 and "'everywhere' is not an IP address" in bad.output
+    args = [
+        "compose",
+        "init",
+        "--out",
+        str(tmp_path),
+        "--publish-address",
+        "0.0.0.0",
+        "--mqtt-host",
+        "mqtt.city.example",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["compose", "init", "--out", str(tmp_path)]).exit_code == 0
+    assert read_env_file(tmp_path / ENV_FILE)["SMARTCITY_PUBLISH_ADDRESS"] == "0.0.0.0", "a re-run keeps the opt-out"
