@@ -56,7 +56,7 @@ class Bench:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.stack = Stack(workdir / "stack")
-        self.ports = self.stack.up(mqtt_port=free_port(), influx_port=free_port())
+        self.ports = self.stack.up(mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port())
         self.env_base = dict(os.environ)
         for line in self.stack.env_path.read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")

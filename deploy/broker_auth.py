@@ -57,7 +57,8 @@ def render_acl_file(rules: Mapping[str, Iterable[AclRule]]) -> str:
 def service_acl_rules() -> dict[str, list[AclRule]]:
     """The platform's own users: ingest reads every reading and writes rejects; admin does anything."""
     return {
-        ADMIN_USER: [AclRule("readwrite", "#")],
+        # `#` does not match topics starting with `$` (MQTT 3.1.1 4.7.2): the health check reads $SYS.
+        ADMIN_USER: [AclRule("readwrite", "#"), AclRule("read", "$SYS/#")],
         INGEST_USER: [
             AclRule("read", "smartcity/v1/#"),
             AclRule("readwrite", "smartcity/dlq/#"),

@@ -93,17 +93,54 @@ def stack_group() -> None:
 
 @stack_group.command("up")
 @home_option()
-@click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="MQTT port.")
+@click.option(
+    "--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="Plain MQTT port (127.0.0.1)."
+)
+@click.option(
+    "--mqtt-tls-port",
+    type=click.IntRange(1, 65535),
+    default=8883,
+    show_default=True,
+    help="MQTT over TLS port, on every interface (vendors).",
+)
+@click.option(
+    "--tls-name",
+    "tls_names",
+    multiple=True,
+    help="Another host name or IP address vendors reach the broker by (repeatable); "
+    "the certificate always names this machine and localhost.",
+)
 @click.option("--influx-port", type=click.IntRange(1, 65535), default=8086, show_default=True, help="InfluxDB port.")
 @registry_option
-def stack_up(home: Path, mqtt_port: int, influx_port: int, registry_paths: Sequence[Path]) -> None:
-    """Start Mosquitto and InfluxDB with generated configs and credentials (one per vendor); write HOME/env."""
+def stack_up(
+    home: Path,
+    mqtt_port: int,
+    mqtt_tls_port: int,
+    tls_names: tuple[str, ...],
+    influx_port: int,
+    registry_paths: Sequence[Path],
+) -> None:
+    """Start Mosquitto and InfluxDB with generated configs and credentials (one per vendor); write HOME/env.
+
+    Plain MQTT listens on 127.0.0.1 only; vendors connect with TLS, verifying the broker
+    with HOME/tls/ca.crt (created on the first run and kept).
+    """
     from deploy.stack import Stack
 
     stack = Stack(home)
     registry = registry_from(registry_paths)
-    ports = stack.up(mqtt_port=mqtt_port, influx_port=influx_port, on_step=step, registry=registry)
-    out.print(f"stack up: mqtt 127.0.0.1:{ports.mqtt}, influxdb 127.0.0.1:{ports.influx}")
+    ports = stack.up(
+        mqtt_port=mqtt_port,
+        influx_port=influx_port,
+        mqtt_tls_port=mqtt_tls_port,
+        tls_names=tls_names,
+        on_step=step,
+        registry=registry,
+    )
+    out.print(
+        f"stack up: mqtt 127.0.0.1:{ports.mqtt}, mqtts :{ports.mqtt_tls} (CA {stack.tls_files.ca_cert}), "
+        f"influxdb 127.0.0.1:{ports.influx}"
+    )
     out.print(f"load its settings with: . {stack.env_path}")
 
 
@@ -156,6 +193,9 @@ def stack_status(home: Path) -> None:
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the simulated readings.")
 @click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="MQTT port.")
 @click.option("--influx-port", type=click.IntRange(1, 65535), default=8086, show_default=True, help="InfluxDB port.")
+@click.option(
+    "--mqtt-tls-port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="MQTT over TLS port."
+)
 @registry_option
 def demo(
     home: Path,
@@ -165,6 +205,7 @@ def demo(
     seed: int,
     mqtt_port: int,
     influx_port: int,
+    mqtt_tls_port: int,
     registry_paths: Sequence[Path],
 ) -> None:
     """Run the whole system end to end on this machine and print a summary.
@@ -183,6 +224,7 @@ def demo(
         seed=seed,
         mqtt_port=mqtt_port,
         influx_port=influx_port,
+        mqtt_tls_port=mqtt_tls_port,
         registry_paths=tuple(registry_paths),
     )
     registry = registry_from(registry_paths)

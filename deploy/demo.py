@@ -69,6 +69,7 @@ class DemoOptions:
     seed: int = 42
     mqtt_port: int = 1883
     influx_port: int = 8086
+    mqtt_tls_port: int = 8883
     registry_paths: Sequence[Path] = ()
 
 
@@ -166,7 +167,11 @@ class Demo:
         (self.home / "demo").mkdir(parents=True, exist_ok=True)
         with self.stage("stack", "starting Mosquitto and InfluxDB") as note:
             ports = self.stack.up(
-                mqtt_port=options.mqtt_port, influx_port=options.influx_port, registry=self.registry, on_step=note
+                mqtt_port=options.mqtt_port,
+                influx_port=options.influx_port,
+                mqtt_tls_port=options.mqtt_tls_port,
+                registry=self.registry,
+                on_step=note,
             )
             self.env = dict(os.environ)
             self.env.update(_read_env(self.stack.env_path))

@@ -8,13 +8,14 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sensors.broker_url import BrokerAddress
 from sensors.errors import SmartcityError
 from storage.health import check
 from storage.settings import DEFAULT_DB, InfluxSettings
 
 
-def mqtt_health(host: str, port: int, user: str, password: str, timeout_s: float = 5.0) -> tuple[bool, str]:
-    """Connect with MQTT 5 and credentials; healthy when the broker accepts the connection."""
+def mqtt_health(address: BrokerAddress, user: str, password: str, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Connect with MQTT 5 and credentials (over TLS for an mqtts address); healthy when the broker accepts."""
     connected = threading.Event()
     outcome: dict[str, str] = {}
 
@@ -25,9 +26,10 @@ def mqtt_health(host: str, port: int, user: str, password: str, timeout_s: float
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.username_pw_set(user, password)
     client.on_connect = on_connect
+    address.apply_tls(client)
     started = time.monotonic()
     try:
-        client.connect(host, port, keepalive=10)
+        client.connect(address.host, address.port, keepalive=10)
     except OSError as err:
         return False, f"connect failed: {err}"
     client.loop_start()
@@ -37,7 +39,8 @@ def mqtt_health(host: str, port: int, user: str, password: str, timeout_s: float
         reason = outcome.get("reason", "")
         if reason != "Success":
             return False, f"connection refused: {reason}"
-        return True, f"MQTT 5 connect as {user} ok ({(time.monotonic() - started) * 1000:.0f} ms)"
+        how = "MQTT 5 connect over TLS" if address.tls else "MQTT 5 connect"
+        return True, f"{how} as {user} ok ({(time.monotonic() - started) * 1000:.0f} ms)"
     finally:
         client.disconnect()
         client.loop_stop()

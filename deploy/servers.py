@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.tls import TlsFiles
 from sensors.errors import SmartcityError
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,9 @@ class Mosquitto(ServerProcess):
     name: str = "mosquitto"
     password_file: Path | None = None
     acl_file: Path | None = None
+    # Vendors' listener: MQTT over TLS on all interfaces (the plain `port` is on the loopback only).
+    tls_port: int | None = None
+    tls_files: TlsFiles | None = None
 
     @property
     def binary(self) -> str:
@@ -250,8 +254,19 @@ class Mosquitto(ServerProcess):
                 # Mosquitto started as root drops to user `mosquitto` and then silently runs
                 # without persistence if it cannot write its folder: stay the user who owns it.
                 run_as_user=getpass.getuser(),
+                tls=self.tls_listener,
             )
         )
+
+    @property
+    def tls_listener(self) -> TlsListener | None:
+        if self.tls_port is None or self.tls_files is None:
+            return None
+        f = self.tls_files
+        return TlsListener(self.tls_port, str(f.ca_cert), str(f.server_cert), str(f.server_key))
+
+    def busy_ports(self) -> list[int]:
+        return [self.port] if self.tls_port is None else [self.port, self.tls_port]
 
     def is_ready(self) -> bool:
         try:
@@ -259,6 +274,26 @@ class Mosquitto(ServerProcess):
                 return True
         except OSError:
             return False
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A Mosquitto listener for MQTT over TLS and the certificate files it serves (deploy/tls.py)."""
+
+    port: int
+    cafile: str
+    certfile: str
+    keyfile: str
+    bind_address: str = ""
+
+    def lines(self) -> list[str]:
+        return [
+            f"listener {self.port} {self.bind_address}".rstrip(),
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            "tls_version tlsv1.2",  # the minimum
+        ]
 
 
 def render_mosquitto_conf(
@@ -270,6 +305,7 @@ def render_mosquitto_conf(
     run_as_user: str | None,
     bind_address: str = "127.0.0.1",
     log_dest: str = "stdout",
+    tls: TlsListener | None = None,
 ) -> str:
     """The broker settings the delivery promise depends on (see DESIGN.md, 'Broker settings')."""
     lines = [
@@ -297,6 +333,10 @@ def render_mosquitto_conf(
     ]
     if run_as_user:
         lines.append(f"user {run_as_user}")
+    if tls is not None:
+        # Listener options (cafile, max_connections, ...) apply to the listener line above them:
+        # the TLS listener comes last, so what precedes it configures the plain listener.
+        lines += tls.lines()
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,13 @@ Layout of the state folder (default `./.smartcity`):
     stack.json               ports the stack was started with
     secrets/mqtt-users.json  {"user": "password"} for admin, ingest and each vendor (0600)
     secrets/influx-admin.json
+    tls/                     ca.crt (what vendors verify the broker with), ca.key, server.crt,
+                             server.key (keys 0600), see deploy/tls.py
     mosquitto/               mosquitto.conf, password and ACL files, persistence, log, pid
     influxdb/                influxdb.conf, meta, data, wal, log, pid
+
+Mosquitto listens with plain MQTT on 127.0.0.1 only (the project's own processes) and
+with MQTT over TLS on every interface (vendors, `--mqtt-tls-port`, 8883 by default).
 
 `up` is idempotent: a stack that is already running is left alone. `down`
 stops exactly the processes `up` started (pid files, checked against the
@@ -21,19 +26,22 @@ import logging
 import os
 import shlex
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import broker_auth
 from deploy.acl import registry_acl_rules
 from deploy.servers import InfluxDB, Mosquitto, ServerError, find_binary, free_port
+from deploy.tls import TlsFiles, ensure_certificates, machine_names
+from sensors.broker_url import BrokerAddress
 from sensors.errors import SmartcityError
 from sensors.registry import Registry, default_registry
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTT_TLS_PORT = 8883
 DEFAULT_INFLUX_PORT = 8086
 INFLUX_ADMIN = "admin"
 DEFAULT_DB = "smartcity"
@@ -44,6 +52,7 @@ class StackPorts:
     mqtt: int = DEFAULT_MQTT_PORT
     influx: int = DEFAULT_INFLUX_PORT
     influx_rpc: int = 0
+    mqtt_tls: int = DEFAULT_MQTT_TLS_PORT
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,10 @@ class Stack:
     def influx_admin_path(self) -> Path:
         return self.secrets_dir / "influx-admin.json"
 
+    @property
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles.in_folders(self.home / "tls", self.home / "tls")
+
     def ports(self) -> StackPorts | None:
         try:
             return StackPorts(**json.loads(self.state_path.read_text()))
@@ -94,6 +107,8 @@ class Stack:
             port=ports.mqtt,
             password_file=mdir / "passwd",
             acl_file=mdir / "acl",
+            tls_port=ports.mqtt_tls,
+            tls_files=self.tls_files,
         )
 
     def influxdb(self, ports: StackPorts) -> InfluxDB:
@@ -123,26 +138,32 @@ class Stack:
         acl_rules: Mapping[str, Iterable[broker_auth.AclRule]] | None = None,
         on_step: Callable[[str], None] = lambda _: None,
         registry: Registry | None = None,
+        mqtt_tls_port: int | None = None,
+        tls_names: Sequence[str] = (),
     ) -> StackPorts:
         """Start both servers (unless already running) and write the env file; returns the ports in use.
 
         The broker gets an account per vendor of `registry` (default: the built-in one) limited to
-        its own sensors, unless `acl_rules` gives the users explicitly.
+        its own sensors, unless `acl_rules` gives the users explicitly. Its TLS listener is on
+        `mqtt_tls_port` (default: the running stack's, else 8883) with a certificate for this
+        machine's names and `tls_names`, signed by the stack's CA.
         """
         find_binary("mosquitto")
         find_binary("influxd")
         self.home.mkdir(parents=True, exist_ok=True)
         previous = self.ports()
         if previous and (self.mosquitto(previous).running_pid() or self.influxdb(previous).running_pid()):
-            if (mqtt_port, influx_port) != (previous.mqtt, previous.influx):
+            tls_port = previous.mqtt_tls if mqtt_tls_port is None else mqtt_tls_port
+            if (mqtt_port, tls_port, influx_port) != (previous.mqtt, previous.mqtt_tls, previous.influx):
                 raise SmartcityError(
-                    f"the stack in {self.home} already runs on ports mqtt {previous.mqtt} / influx "
-                    f"{previous.influx}; run 'smartcity stack down' first to change them"
+                    f"the stack in {self.home} already runs on ports mqtt {previous.mqtt}, mqtts "
+                    f"{previous.mqtt_tls} / influx {previous.influx}; run 'smartcity stack down' first to change them"
                 )
             ports = previous
         else:
             rpc = previous.influx_rpc if previous and previous.influx_rpc else free_port()
-            ports = StackPorts(mqtt=mqtt_port, influx=influx_port, influx_rpc=rpc)
+            tls_port = DEFAULT_MQTT_TLS_PORT if mqtt_tls_port is None else mqtt_tls_port
+            ports = StackPorts(mqtt=mqtt_port, influx=influx_port, influx_rpc=rpc, mqtt_tls=tls_port)
         self.state_path.write_text(json.dumps(ports.__dict__) + "\n")
 
         if acl_rules is None:
@@ -150,8 +171,11 @@ class Stack:
         rules = dict(acl_rules)
         passwords = self.write_broker_auth(rules)
 
+        renewed = ensure_certificates(self.tls_files, [*machine_names(), *tls_names])
         mosquitto = self.mosquitto(ports)
         running = mosquitto.running_pid()
+        if running is not None and renewed:
+            on_step("the broker's TLS certificate was renewed: 'smartcity stack down' and 'up' serve it")
         if running is None:
             on_step(f"starting mosquitto on port {ports.mqtt}")
             mosquitto.start(detach=True)
@@ -184,6 +208,8 @@ class Stack:
         values = {
             "SMARTCITY_HOME": str(self.home),
             "SMARTCITY_MQTT_URL": f"mqtt://{broker_auth.INGEST_USER}:{ingest_pw}@127.0.0.1:{ports.mqtt}",
+            # For mqtts:// URLs to the TLS listener (port ports.mqtt_tls).
+            "SMARTCITY_MQTT_CA_FILE": str(self.tls_files.ca_cert),
             "SMARTCITY_INFLUX_URL": f"http://{INFLUX_ADMIN}:{admin_password}@127.0.0.1:{ports.influx}",
             "SMARTCITY_INFLUX_DB": DEFAULT_DB,
         }
@@ -216,11 +242,13 @@ class Stack:
         result = []
         mosquitto = self.mosquitto(ports)
         pid = mosquitto.running_pid()
-        ok, detail = mqtt_health("127.0.0.1", ports.mqtt, broker_auth.ADMIN_USER, admin_pw) if pid else (
-            False,
-            "not running",
-        )
-        result.append(ServiceStatus("mosquitto", pid, ports.mqtt, ok, detail))
+        listeners = {
+            "mosquitto": BrokerAddress("127.0.0.1", ports.mqtt, tls=False),
+            "mosquitto (tls)": BrokerAddress("127.0.0.1", ports.mqtt_tls, tls=True, ca_file=self.tls_files.ca_cert),
+        }
+        for name, address in listeners.items():
+            ok, detail = mqtt_health(address, broker_auth.ADMIN_USER, admin_pw) if pid else (False, "not running")
+            result.append(ServiceStatus(name, pid, address.port, ok, detail))
         influx = self.influxdb(ports)
         pid = influx.running_pid()
         if pid:

@@ -23,7 +23,6 @@ import collections
 import logging
 import re
 import shutil
-import ssl
 import struct
 import threading
 import time
@@ -220,8 +219,7 @@ class Consumer:
         client = _Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if s.mqtt.username is not None:
             client.username_pw_set(s.mqtt.username, s.mqtt.password)
-        if s.mqtt.tls:
-            client.tls_set(ca_certs=str(s.mqtt.ca_file) if s.mqtt.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        s.mqtt.address.apply_tls(client)
         client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
         client.max_inflight_messages_set(REJECT_INFLIGHT)
         client.on_connect = self._on_connect

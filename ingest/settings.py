@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import re
 import typing
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from sensors.broker_url import BrokerAddress, BrokerUrlError
 from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
 from sensors.errors import SmartcityError
 
@@ -28,7 +28,6 @@ ROLES: tuple[Role, ...] = ("all", "consume", "write")
 # The client id names a folder and an MQTT session: keep it to portable characters.
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHARE_GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 MAX_FLUSH_INTERVAL_MS = 50
 
 
@@ -43,58 +42,50 @@ def _where(env: str) -> str:
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """The broker connection: `SMARTCITY_MQTT_URL` (user and password in it) and a TLS CA bundle."""
+    """The broker connection: `SMARTCITY_MQTT_URL` (user and password in it) and a TLS CA bundle.
+
+    Parsed by `sensors.broker_url`, the one parser every smartcity MQTT client uses.
+    """
 
     url: str = field(default="mqtt://127.0.0.1:1883", repr=False)
     ca_file: Path | None = None
 
     def __post_init__(self) -> None:
-        where = _where("SMARTCITY_MQTT_URL")
-        try:
-            parts = urllib.parse.urlsplit(self.url)
-            parts.port  # noqa: B018 (raises ValueError on a bad port)
-        except ValueError as err:
-            raise SettingsError(f"{where}: not a URL: {err}") from None
-        if parts.scheme not in MQTT_PORTS:
-            raise SettingsError(f"{where}: scheme must be mqtt:// or mqtts://, got {parts.scheme or 'none'!r}")
-        if not parts.hostname:
-            raise SettingsError(f"{where}: no host in the URL")
-        if parts.path not in ("", "/"):
-            raise SettingsError(f"{where}: unexpected path {parts.path!r}; expected mqtt://user:password@host:port")
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise SettingsError(f"{_where('SMARTCITY_MQTT_CA_FILE')}: no such file {self.ca_file}")
+        self.address  # noqa: B018 (validates)
 
     @property
-    def _parts(self) -> urllib.parse.SplitResult:
-        return urllib.parse.urlsplit(self.url)
+    def address(self) -> BrokerAddress:
+        try:
+            return BrokerAddress.from_url(
+                self.url, self.ca_file, where=_where("SMARTCITY_MQTT_URL"), ca_where=_where("SMARTCITY_MQTT_CA_FILE")
+            )
+        except BrokerUrlError as err:
+            raise SettingsError(str(err)) from None
 
     @property
     def host(self) -> str:
-        return self._parts.hostname or ""
+        return self.address.host
 
     @property
     def port(self) -> int:
-        return self._parts.port or MQTT_PORTS[self._parts.scheme]
+        return self.address.port
 
     @property
     def tls(self) -> bool:
-        return self._parts.scheme == "mqtts"
+        return self.address.tls
 
     @property
     def username(self) -> str | None:
-        user = self._parts.username
-        return urllib.parse.unquote(user) if user else None
+        return self.address.username
 
     @property
     def password(self) -> str | None:
-        password = self._parts.password
-        return urllib.parse.unquote(password) if password is not None else None
+        return self.address.password
 
     @property
     def display(self) -> str:
         """The URL without the password, for logs."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{self._parts.scheme}://{user}{self.host}:{self.port}"
+        return self.address.display
 
 
 # Allowed ranges of the numeric [ingest] keys (inclusive).

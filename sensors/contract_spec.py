@@ -794,6 +794,61 @@ def _section_kinds(registry: Registry) -> str:
     return "\n\n".join(parts)
 
 
+# Placeholders of the connect examples: what the operator hands over (tests substitute them).
+BROKER_HOST_PLACEHOLDER = "BROKER_HOST"
+PASSWORD_PLACEHOLDER = "YOUR_PASSWORD"
+CA_FILE_NAME = "ca.crt"
+MQTTS_PORT = 8883
+
+
+def _section_connect(registry: Registry) -> str:
+    """A `mosquitto_pub` line and a paho-mqtt script that publish one reading over TLS (a test runs both)."""
+    sensor = next(iter(_first_sensors(registry).values()), None)
+    if sensor is None:
+        return "No sensor is registered yet."
+    kind = registry.kinds[sensor.kind]
+    values = {m.name: example_value(m) for m in kind.metrics if m.required} or {
+        kind.metrics[0].name: example_value(kind.metrics[0])
+    }
+    payload = json.dumps({"ts": EXAMPLE_TS.isoformat(), "values": values})
+    client_id = f"{sensor.vendor}-gw-01"
+    shell = (
+        f"mosquitto_pub -h {BROKER_HOST_PLACEHOLDER} -p {MQTTS_PORT} --cafile {CA_FILE_NAME} \\\n"
+        f"  -u {sensor.vendor} -P '{PASSWORD_PLACEHOLDER}' -i {client_id} -V mqttv5 -q 1 \\\n"
+        f"  -t {sensor.topic} \\\n"
+        f"  -m '{payload}'"
+    )
+    python = f"""import json
+from datetime import datetime, timezone
+
+import paho.mqtt.client as mqtt  # paho-mqtt >= 2
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{client_id}", protocol=mqtt.MQTTv5)
+client.username_pw_set("{sensor.vendor}", "{PASSWORD_PLACEHOLDER}")
+client.tls_set(ca_certs="{CA_FILE_NAME}")  # verifies the broker's certificate and its host name
+session = Properties(PacketTypes.CONNECT)
+session.SessionExpiryInterval = 24 * 3600  # persistent session: the broker keeps it a day
+client.connect("{BROKER_HOST_PLACEHOLDER}", {MQTTS_PORT}, keepalive=60, clean_start=False, properties=session)
+client.loop_start()
+
+reading = {{"ts": datetime.now(timezone.utc).isoformat(), "values": {json.dumps(values)}}}
+info = client.publish("{sensor.topic}", json.dumps(reading), qos=1)
+info.wait_for_publish(timeout=30)  # PUBACK: the platform has stored the reading, or its rejection
+
+client.disconnect()
+client.loop_stop()"""
+    return (
+        f"From a shell, with `mosquitto_pub` (Debian/Ubuntu package `mosquitto-clients`) and the CA file "
+        f"`{CA_FILE_NAME}` the operator gave you (a local test stack's is `.smartcity/tls/ca.crt`):\n\n"
+        f"```sh connect-example\n{shell}\n```\n\n"
+        f"From Python, with paho-mqtt 2 (MQTT 5, persistent session, QoS 1):\n\n"
+        f"```python connect-example\n{python}\n```"
+    )
+
+
 def _section_timestamps(registry: Registry) -> str:
     return "\n\n".join(f"{e.title}:\n\n" + example_block(e) for e in timestamp_examples(registry))
 
@@ -819,6 +874,7 @@ def _section_schema_limits(registry: Registry) -> str:
 
 
 DOC_SECTIONS: dict[str, Callable[[Registry], str]] = {
+    "connect": _section_connect,
     "limits": _section_limits,
     "kinds": _section_kinds,
     "timestamps": _section_timestamps,
@@ -853,6 +909,11 @@ class GuideExample:
     markers: dict[str, str]
     payload: str
     reject_message: dict[str, Any] | None
+
+
+def connect_examples(text: str) -> dict[str, str]:
+    """The guide's `connect-example` blocks by language (`sh`, `python`)."""
+    return {m[1]: m[2] for m in re.finditer(r"^```(\w+) connect-example\n(.*?)\n```$", text, re.S | re.M)}
 
 
 def guide_examples(text: str) -> list[GuideExample]:

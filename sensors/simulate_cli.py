@@ -101,7 +101,15 @@ class Speed(click.ParamType):
     default="mqtt://127.0.0.1:1883",
     show_default=True,
     envvar="SMARTCITY_MQTT_URL",
-    help="Broker host and port (its user is ignored: each vendor connects as itself) [env: SMARTCITY_MQTT_URL].",
+    help="Broker host and port, mqtts:// for TLS (its user is ignored: each vendor connects as itself) "
+    "[env: SMARTCITY_MQTT_URL].",
+)
+@click.option(
+    "--mqtt-ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SMARTCITY_MQTT_CA_FILE",
+    help="CA (PEM) that signs the broker's certificate, for mqtts:// [default: the system's CAs] "
+    "[env: SMARTCITY_MQTT_CA_FILE].",
 )
 @click.option(
     "--rate",
@@ -144,6 +152,7 @@ def simulate_command(
     registry_paths: Sequence[Path],
     home: Path,
     mqtt_url: str,
+    mqtt_ca_file: Path | None,
     rate: float | None,
     duration: float | None,
     start: int | None,
@@ -183,7 +192,9 @@ def simulate_command(
     sensors = select_sensors(registry, sensor_count)
     if not sensors:
         raise SimulatorError(f"the registry ({', '.join(map(str, registry.files))}) has no sensors to simulate")
-    address = BrokerAddress.from_url(mqtt_url, "--mqtt-url / SMARTCITY_MQTT_URL")
+    address = BrokerAddress.from_url(
+        mqtt_url, mqtt_ca_file, "--mqtt-url / SMARTCITY_MQTT_URL", "--mqtt-ca-file / SMARTCITY_MQTT_CA_FILE"
+    )
 
     if replay:
         assert start is not None

@@ -45,7 +45,6 @@ import select
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from sensors import signals
+from sensors.broker_url import BrokerAddress
 from sensors.contract import RejectCode
 from sensors.errors import SmartcityError
 from sensors.faults import EXPECTED_CODE, SLOT_FAULTS, Fault
@@ -580,34 +580,6 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
 # -- the broker --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def from_url(cls, url: str, option: str = "SMARTCITY_MQTT_URL") -> BrokerAddress:
-        """Host and port of `mqtt://[user:password@]host[:port]` (`mqtts://` for TLS); credentials are ignored."""
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in {"mqtt", "mqtts", "tcp", "ssl"} or not parsed.hostname:
-            raise SimulatorError(f"{option}: {_masked(url)!r} is not an mqtt://host:port or mqtts://host:port URL")
-        tls = parsed.scheme in {"mqtts", "ssl"}
-        try:
-            port = parsed.port or (8883 if tls else 1883)
-        except ValueError:
-            raise SimulatorError(f"{option}: {_masked(url)!r} has an invalid port") from None
-        return cls(parsed.hostname, port, tls)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def _masked(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
-
-
 def load_passwords(path: Path, accounts: Iterable[str]) -> dict[str, str]:
     """The broker password of each account from `{"user": "password"}` (written by `stack up` / `sensors acl`)."""
     try:
@@ -683,8 +655,7 @@ class Publisher:
             client.username_pw_set(account, password)
             client.max_inflight_messages_set(max_inflight)  # our window is the only limit
             client.max_queued_messages_set(0)
-            if address.tls:
-                client.tls_set()
+            address.apply_tls(client)
             conn = _Connection(account, client)
             client.on_connect = self._on_connect(conn)
             client.on_disconnect = self._on_disconnect(conn)

@@ -35,6 +35,14 @@ class StackHandle:
         return self.ports.mqtt
 
     @property
+    def mqtt_tls_port(self) -> int:
+        return self.ports.mqtt_tls
+
+    @property
+    def ca_file(self) -> Path:
+        return self.stack.tls_files.ca_cert
+
+    @property
     def influx_port(self) -> int:
         return self.ports.influx
 
@@ -102,7 +110,7 @@ def start_stack(home: Path) -> StackHandle:
     """Start a stack on free ports in `home`; a failure fails the test loudly (never skips)."""
     stack = Stack(home)
     try:
-        ports = stack.up(mqtt_port=free_port(), influx_port=free_port())
+        ports = stack.up(mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port())
     except ServerError as err:
         stack.down()
         pytest.fail(f"could not start the test stack: {err}", pytrace=False)

@@ -30,12 +30,13 @@ def item_timeout_s(item: pytest.Item) -> float:
     return float(item.config.getini("timeout") or 0)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     if call.when == "setup":
         item.stash[_STARTED] = call.start
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+    report = yield
     limit = item_timeout_s(item)
     elapsed = call.stop - item.stash.get(_STARTED, call.start)
     if limit > 0 and report.passed and elapsed > limit and not item.stash.get(_FLAGGED, False):
@@ -45,3 +46,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             f"{item.nodeid}: {call.when} ended {elapsed:.1f} s after its setup began, past its {limit:g} s "
             "timeout (the timeout's exception was swallowed, e.g. inside a gc callback)"
         )
+    return report

@@ -8,7 +8,6 @@ file or folder that exists, and every smartcity command line parses with the rea
 
 from __future__ import annotations
 
-import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ import yaml
 
 from deploy.cli import app
 from deploy.compose import ENV_FILE, AlertDelivery, init_compose, read_env_file
-
-COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
-VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+from deploy.tls import certificate_names
+from tests.deploy.composefile import COMPOSE, substitute
 
 
 @pytest.fixture(scope="module")
@@ -37,36 +35,32 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def substitute(text: str, env: dict[str, str]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        default = match.group(0)[len(name) + 2 : -1]
-        if name in env:
-            return env[name]
-        if default.startswith((":-", "-")):
-            return default.split("-", 1)[1]
-        raise AssertionError(f"compose.yaml uses ${{{name}}}, which compose init does not define")
-
-    return VARIABLE.sub(value, text.replace("$$", "\0")).replace("\0", "$")
-
-
 def test_init_writes_private_secrets_and_broker_files(generated: Path) -> None:
     env = read_env_file(generated / ENV_FILE)
     assert stat.S_IMODE((generated / ENV_FILE).stat().st_mode) == 0o600
     assert stat.S_IMODE((generated / "mqtt-users.json").stat().st_mode) == 0o600
     for key in (
         "SMARTCITY_INFLUX_ADMIN_PASSWORD",
+        "SMARTCITY_INFLUX_INGEST_PASSWORD",
         "SMARTCITY_MQTT_INGEST_PASSWORD",
         "SMARTCITY_GRAFANA_ADMIN_PASSWORD",
+        "SMARTCITY_GRAFANA_SECRET_KEY",
     ):
         assert len(env[key]) >= 20
+    assert env["SMARTCITY_PUBLISH_ADDRESS"] == "127.0.0.1"
+    for private in (generated / "ca.key", generated / "mosquitto" / "tls" / "server.key"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    ca = (generated / "mosquitto" / "tls" / "ca.crt").read_bytes()
+    assert "mosquitto" in certificate_names(generated / "mosquitto" / "tls" / "server.crt")
     conf = (generated / "mosquitto" / "mosquitto.conf").read_text()
     assert "persistence true" in conf and "allow_anonymous false" in conf and "listener 1883\n" in conf
+    assert "listener 8883\ncafile /mosquitto/config/tls/ca.crt\n" in conf
     acl = (generated / "mosquitto" / "acl").read_text()
     assert "user siam-airsense\n" in acl and "topic write smartcity/v1/phuket/air_quality/pkt-aq-001\n" in acl
-    # A second run keeps every password.
+    # A second run keeps every password and the CA vendors verify the broker with.
     init_compose(generated)
     assert read_env_file(generated / ENV_FILE) == env
+    assert (generated / "mosquitto" / "tls" / "ca.crt").read_bytes() == ca
 
 
 def test_services_images_and_health_checks(compose: dict[str, Any]) -> None:
@@ -112,3 +106,26 @@ def test_smartcity_commands_parse(compose: dict[str, Any]) -> None:
                 command.make_context(command_name or "", rest)
         except click.UsageError as err:
             raise AssertionError(f"{name}: smartcity {' '.join(args)}: {err.format_message()}") from err
+
+
+def test_init_options_are_checked_and_kept(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["compose", "init", "--out", str(tmp_path), "--publish-address", "everywhere"])
+    assert bad.exit_code == 2 and "'everywhere' is not an IP address" in bad.output
+    args = [
+        "compose",
+        "init",
+        "--out",
+        str(tmp_path),
+        "--publish-address",
+        "0.0.0.0",
+        "--mqtt-host",
+        "mqtt.city.example",
+        "--alert-webhook-url",
+        "https://hooks.example/smartcity",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["compose", "init", "--out", str(tmp_path)]).exit_code == 0
+    assert read_env_file(tmp_path / ENV_FILE)["SMARTCITY_PUBLISH_ADDRESS"] == "0.0.0.0", "a re-run keeps the opt-out"

@@ -22,6 +22,7 @@ def test_short_demo_balances_and_checks_every_panel_with_data(tmp_path: Path) ->
     command = [
         sys.executable, "-m", "deploy.cli", "demo", "--home", str(home), "--hours", "2", "--sensors", "80",
         "--minutes", "0.25", "--mqtt-port", str(free_port()), "--influx-port", str(free_port()),
+        "--mqtt-tls-port", str(free_port()),
     ]  # fmt: skip
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from deploy.servers import Mosquitto, free_port
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle
 
@@ -69,67 +67,17 @@ def test_separate_consume_and_write_processes(stack: StackHandle, tmp_path: Path
     assert not (home / "spool" / "writer").exists(), "a writer has no stream of its own"
 
 
-@dataclass(kw_only=True)
-class TlsMosquitto(Mosquitto):
-    """The stack's Mosquitto configuration plus a TLS listener (no fixture offers one)."""
-
-    tls_port: int
-    cert_dir: Path
-
-    def write_config(self) -> None:
-        super().write_config()
-        with open(self.config_path, "a") as config:
-            config.write(
-                f"listener {self.tls_port} 127.0.0.1\n"
-                f"cafile {self.cert_dir / 'ca.pem'}\n"
-                f"certfile {self.cert_dir / 'server.pem'}\n"
-                f"keyfile {self.cert_dir / 'server.key'}\n"
-            )
-
-    def busy_ports(self) -> list[int]:
-        return [self.port, self.tls_port]
-
-
-def make_certificates(folder: Path) -> None:
-    """A throw-away CA and a server certificate for 127.0.0.1."""
-    folder.mkdir(parents=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=smartcity test CA")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
-
-
-def test_mqtts_with_a_private_ca(stack: StackHandle, tmp_path: Path) -> None:
-    certs = tmp_path / "certs"
-    make_certificates(certs)
-    broker = TlsMosquitto(
-        data_dir=tmp_path / "mosquitto",
-        port=free_port(),
-        tls_port=free_port(),
-        cert_dir=certs,
-        password_file=stack.home / "mosquitto" / "passwd",
-        acl_file=stack.home / "mosquitto" / "acl",
-    )
-    broker.start()
-    try:
-        items = messages(500, slot=21)
-        env = ingest_env(stack, tmp_path / "home", client_id="it-tls")
-        env["SMARTCITY_MQTT_URL"] = f"mqtts://ingest:{stack.mqtt_password('ingest')}@127.0.0.1:{broker.tls_port}"
-        env["SMARTCITY_MQTT_CA_FILE"] = str(certs / "ca.pem")
-        with IngestProcess(env, tmp_path / "ingest.log") as ingest:
-            ingest.wait_log(f"connected to mqtts://ingest@127.0.0.1:{broker.tls_port}")
-            plain = StackHandle(stack.stack, stack.ports.__class__(mqtt=broker.port, influx=stack.influx_port))
-            publisher = Publisher(plain)
-            publisher.publish(items)
-            publisher.close()
-            wait_for_points(stack, items, timeout_s=30)
-            assert ingest.terminate() == 0
-    finally:
-        broker.stop()
+def test_mqtts_with_the_stacks_ca(stack: StackHandle, tmp_path: Path) -> None:
+    """Ingest over the stack's TLS listener, verifying it with the CA `stack up` created."""
+    items = messages(500, slot=21)
+    env = ingest_env(stack, tmp_path / "home", client_id="it-tls")
+    env["SMARTCITY_MQTT_URL"] = f"mqtts://ingest:{stack.mqtt_password('ingest')}@127.0.0.1:{stack.mqtt_tls_port}"
+    env["SMARTCITY_MQTT_CA_FILE"] = str(stack.ca_file)
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log(f"connected to mqtts://ingest@127.0.0.1:{stack.mqtt_tls_port}")
+        ingest.wait_log("subscribed to")
+        publisher = Publisher(stack)
+        publisher.publish(items)
+        publisher.close()
+        wait_for_points(stack, items, timeout_s=30)
+        assert ingest.terminate() == 0

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from deploy.servers import free_port
+from deploy.tls import TlsFiles, ensure_certificates
 from sensors.contract import Accepted, Contract, Rejected
 from sensors.registry import BUILTIN_DIR, Registry, default_registry, load_registry
 from tests.sensors.test_registry import NEW_KIND
@@ -265,4 +266,24 @@ def test_missing_credentials_or_broker_are_one_line_and_exit_1(stack: StackHandl
     env = environment(stack) | {"SMARTCITY_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"}
     result = simulate(stack, "--duration", "1", env=env)
     assert result.returncode == 1 and "cannot reach the broker" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_simulate_publishes_over_tls_and_refuses_a_broker_of_another_ca(stack: StackHandle, tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    tls_env = environment(stack) | {"SMARTCITY_MQTT_URL": f"mqtts://127.0.0.1:{stack.mqtt_tls_port}"}
+    assert tls_env["SMARTCITY_MQTT_CA_FILE"] == str(stack.ca_file)  # stack up's env names the CA
+    with subscriber(stack) as received:
+        result = simulate(stack, "--rate", "50", "--duration", "1", "--sensors", "10", "--manifest", str(path),
+                          env=tls_env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads(path.read_text())
+        assert manifest["run"]["broker"] == f"mqtts://127.0.0.1:{stack.mqtt_tls_port}"
+        messages = received.wait_for(manifest["totals"]["messages"])
+    check_manifest_against(manifest, messages, REGISTRY)
+
+    other = TlsFiles.in_folders(tmp_path / "other", tmp_path / "other")
+    ensure_certificates(other, [])
+    result = simulate(stack, "--duration", "1", "--mqtt-ca-file", str(other.ca_cert), env=tls_env)
+    assert result.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensors.contract import MALFORMED_REJECT_TOPIC, Accepted, Contract, parse_topic, reject_topic
-from sensors.contract_spec import ACCEPTED, EXAMPLE_RECEIVED_MS, GuideExample, guide_examples
+from sensors.contract_spec import (
+    ACCEPTED,
+    BROKER_HOST_PLACEHOLDER,
+    CA_FILE_NAME,
+    EXAMPLE_RECEIVED_MS,
+    MQTTS_PORT,
+    PASSWORD_PLACEHOLDER,
+    GuideExample,
+    connect_examples,
+    guide_examples,
+)
 from sensors.registry import default_registry
 from tests.servers import StackHandle
 
@@ -213,3 +224,41 @@ def test_a_script_built_from_the_guide_examples_lands_every_reading_and_gets_eve
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_the_guides_connect_examples_publish_over_tls_and_the_readings_land(
+    stack: StackHandle, ingest: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """The `mosquitto_pub` line and the paho script of 'Connect', run as written with the operator's values."""
+    blocks = connect_examples(GUIDE.read_text())
+    assert set(blocks) == {"sh", "python"}, blocks.keys()
+    shutil.copy(stack.ca_file, tmp_path / CA_FILE_NAME)  # the file the operator hands over
+    vendor = re.search(r" -u (\S+)", blocks["sh"])
+    assert vendor is not None
+    password = stack.mqtt_password(vendor[1])
+
+    def as_handed_over(text: str) -> str:
+        text = text.replace(BROKER_HOST_PLACEHOLDER, "127.0.0.1").replace(PASSWORD_PLACEHOLDER, password)
+        return text.replace(str(MQTTS_PORT), str(stack.mqtt_tls_port))
+
+    line = restamp(as_handed_over(blocks["sh"]), int(time.time()) - EXAMPLE_RECEIVED_MS // 1000)
+    started_ms = int(time.time() * 1000)
+    shell = subprocess.run(["sh", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shell.returncode == 0 and not shell.stderr, shell.stderr
+    (tmp_path / "vendor.py").write_text(as_handed_over(blocks["python"]))
+    script = subprocess.run([sys.executable, "vendor.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0, script.stderr
+
+    topic_match, payload_match = re.search(r" -t (\S+)", line), re.search(r" -m '(.*)'", line)
+    assert topic_match is not None and payload_match is not None
+    topic = parse_topic(topic_match[1])
+    assert topic is not None
+    shell_ts = int(datetime.fromisoformat(json.loads(payload_match[1])["ts"]).timestamp() * 1000)
+    deadline = time.monotonic() + 60
+    while True:
+        found = stored_points(stack, topic.kind, topic.sensor_id, [min(shell_ts, started_ms), int(time.time() * 1000)])
+        from_script = [ts for ts in found if ts >= started_ms and ts != shell_ts]
+        if shell_ts in found and from_script:
+            break
+        assert time.monotonic() < deadline, f"stored: {found} (shell reading at {shell_ts})"
+        time.sleep(0.5)
