@@ -71,6 +71,7 @@ class IngestService:
             for recovered in spool.recovered:
                 logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
                             recovered.truncated_bytes)  # fmt: skip
+            self.metrics.count_damaged(spool.damaged)
             self.consumer = Consumer(s, self.contract, spool, self.metrics)
         if s.role in ("all", "write"):
             s.spool_root.mkdir(parents=True, exist_ok=True)
