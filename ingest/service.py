@@ -71,7 +71,6 @@ class IngestService:
             for recovered in spool.recovered:
                 logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
                             recovered.truncated_bytes)  # fmt: skip
-            self.metrics.count_damaged(spool.damaged)
             self.consumer = Consumer(s, self.contract, spool, self.metrics)
         if s.role in ("all", "write"):
             s.spool_root.mkdir(parents=True, exist_ok=True)
@@ -90,6 +89,7 @@ class IngestService:
             self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh
         )
         if self.consumer is not None:
+            self.metrics.count_damaged(self.consumer.spool.damaged)  # after the reporter took its baseline
             self.consumer.start()
         if self.writer is not None:
             self.writer.start()
