@@ -39,28 +39,33 @@ INGEST_LAG_LIMIT_S = 60
 
 Evaluator = Literal["gt", "lt"]
 
-# Loss visible without manifests: ingest counter field -> (title, summary). Any count in the last 15 min fires.
+# Loss visible without manifests: ingest counter field -> (title, summary, severity). Any count in the last
+# 15 min fires. A restored session is a warning: a clean broker restart restores it too.
 LOSS_WINDOW_S = 900
-LOSS_ALERTS: dict[str, tuple[str, str]] = {
+LOSS_ALERTS: dict[str, tuple[str, str, str]] = {
     schema.INGEST_BROKER_DROPPED: (
         "The broker dropped messages",
         "The broker dropped {{ $values.B }} messages in 15 min ($SYS dropped counter, seen by ingest "
         "{{ $labels.instance }}): a session queue was full, e.g. ingest's while it was away or behind.",
+        "critical",
     ),
     schema.INGEST_SESSION_NOT_PRESENT: (
         "Ingest found no broker session",
         "Ingest {{ $labels.instance }} reconnected and the broker had no session for it: messages queued "
         "while it was away may be lost (session expired, or the broker lost its persistence).",
+        "critical",
     ),
     schema.INGEST_SESSION_RESTORED: (
         "The broker restarted with an old copy of ingest's session",
         "Ingest {{ $labels.instance }} reconnected to a restarted broker that restored its session from the "
         "persistence file: messages queued after the broker's last save may be lost.",
+        "warning",
     ),
     schema.INGEST_SPOOL_LOST: (
         "Records lost in a damaged spool segment",
         "Ingest {{ $labels.instance }} found a closed spool segment that does not match its metadata: "
         "{{ $values.B }} records could not be read (see its log for the file).",
+        "critical",
     ),
 }
 
@@ -379,9 +384,9 @@ def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
             summary=summary,
             dashboard_uid=ops.uid,
             panel_id=ops.panel_id(b.LOSS_PANEL),
-            labels={"smartcity_alert": "ingest_loss", "severity": "critical", "loss": field_name},
+            labels={"smartcity_alert": "ingest_loss", "severity": severity, "loss": field_name},
         )
-        for field_name, (title, summary) in LOSS_ALERTS.items()
+        for field_name, (title, summary, severity) in LOSS_ALERTS.items()
     ]
     return RuleGroup("operations", b.OPERATIONS_FOLDER, f"{b.TAG}-operations", 60, rules)
 
