@@ -100,3 +100,17 @@ def test_a_truncated_meta_json_of_a_rejects_segment_is_reported_not_fatal(
     assert "Traceback" not in out + err
     assert "pkt-aq-001: 3 'invalid_json' rejections not stored" in out
     assert f"{meta}: unreadable segment metadata" in out
+
+
+def test_a_cut_rejects_segment_keeps_its_whole_records(
+    stack: StackHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    segment, manifest = reject_store_and_manifest(home)
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) - 30])  # the third record torn
+    assert audit(stack, home, manifest, monkeypatch) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "pkt-aq-001: 1 'invalid_json' rejections not stored" in out
+    assert f"{segment}:3: skipped a record that does not verify" in out
