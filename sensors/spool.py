@@ -131,8 +131,13 @@ def closed_segments(
     return found
 
 
+_warned: set[str] = set()  # reasons logged already: `pipeline run --follow` lists the spool every few seconds
+
+
 def _skip(skipped: list[str] | None, reason: str) -> None:
-    logger.warning("%s", reason)
+    if reason not in _warned:
+        _warned.add(reason)
+        logger.warning("%s", reason)
     if skipped is not None:
         skipped.append(reason)
 
