@@ -56,6 +56,7 @@ class BrokerWatch:
         self.started_at: float | None = state.get("started_at")  # epoch s of the broker's start, estimated
         dropped = state.get("dropped")
         self.dropped: int | None = None if dropped is None else int(dropped)  # the broker's counter, last seen
+        self._started_mono: float | None = None  # the same on the monotonic clock, once seen by this process
         self._session_present = False
         self._checked = True  # the restart check of the current connection is done
         self._held_dropped: int | None = None
@@ -79,7 +80,11 @@ class BrokerWatch:
 
     def _on_uptime(self, uptime_s: int) -> None:
         started = time.time() - uptime_s
-        restarted = self.started_at is not None and started > self.started_at + RESTART_SLACK_S
+        started_mono = time.monotonic() - uptime_s
+        if self._started_mono is not None:  # immune to steps of the wall clock
+            restarted = started_mono > self._started_mono + RESTART_SLACK_S
+        else:  # the first in this process: against the start a previous run saw
+            restarted = self.started_at is not None and started > self.started_at + RESTART_SLACK_S
         if restarted:
             self.dropped = 0  # a new broker process counts from 0
             logger.warning("the broker restarted (up for %d s)", uptime_s)
@@ -88,10 +93,13 @@ class BrokerWatch:
                 logger.warning(
                     "the restarted broker restored the session of %s from its persistence file: messages it "
                     "queued for ingest after its last save before the restart may be lost (a crash before "
-                    "its autosave); the broker's own log and `smartcity audit` tell how many",
+                    "its autosave); the broker does not say how many",
                     self.client_id,
                 )
-        self.started_at = started if restarted or self.started_at is None else min(self.started_at, started)
+        if restarted or self._started_mono is None:
+            self.started_at, self._started_mono = started, started_mono
+        else:
+            self._started_mono = min(self._started_mono, started_mono)
         if not self._checked:
             self._checked = True
             if self._held_dropped is not None:
