@@ -293,13 +293,15 @@ def _recover_segment(path: Path, stream: str, record_type: str, seq: int) -> Rec
     return Recovered(path, meta.count, cut)
 
 
-def inspect_segment(path: Path, full: bool = True) -> SegmentCheck | None:
+def inspect_segment(path: Path, full: bool = True, repair: bool = False) -> SegmentCheck | None:
     """Check a closed segment against its metadata; the check if it is damaged and not reported before.
 
     `full=False` only compares the size (a stat, for every segment at start-up);
     a size that differs, or `full`, reads the segment (CRC-32 and records). A
     damaged segment is logged as an error with the number of records lost, and
     a `.damage.json` note next to it keeps it from being reported again.
+    Unreadable metadata is logged; with `repair` (the stream's own writer, at
+    start-up) it is written anew from the segment's verified records.
     """
     note = path.with_name(path.name + DAMAGE_SUFFIX)
     if note.exists():
@@ -310,7 +312,15 @@ def inspect_segment(path: Path, full: bool = True) -> SegmentCheck | None:
             return None
         check = check_segment(info)
     except BadMetadata as err:
-        logger.error("%s; its records are still written to InfluxDB, but the pipelines skip it", err)
+        if repair:
+            info = _rebuild_meta(path)
+            logger.error(
+                "%s; written anew from the segment (%d verified records; any lost before cannot be counted)",
+                err,
+                info.count,
+            )
+        else:
+            logger.error("%s; its records are still written to InfluxDB, but the pipelines skip it", err)
         return None
     except FileNotFoundError:
         return None  # deleted by the retention meanwhile
@@ -324,13 +334,30 @@ def inspect_segment(path: Path, full: bool = True) -> SegmentCheck | None:
     return check
 
 
+def _rebuild_meta(path: Path) -> SegmentInfo:
+    """Metadata for a closed segment from its verified records (its own is unreadable)."""
+    match = _FILE.match(path.name)
+    assert match is not None
+    record_type, seq = match.group(1), int(match.group(2))
+    data = path.read_bytes()
+    meta = _Batch()
+    for line in data.splitlines(keepends=True):
+        if record_type == READINGS:
+            with contextlib.suppress(CorruptRecord):
+                meta.add_readings([decode_reading(line)])
+        elif verify_line(line):
+            meta.count += 1
+    meta.data = bytearray()
+    return _close_file(path, path.parent.name, record_type, seq, meta, len(data), zlib.crc32(data))
+
+
 def inspect_stream(stream_dir: Path) -> list[SegmentCheck]:
     """The damaged closed segments of a stream, by size (cheap enough for every start)."""
     found = []
     for record_type in RECORD_TYPES:
         for _, path in sorted(segment_files(stream_dir, record_type).items()):
             if path.suffix == CLOSED_SUFFIX:
-                check = inspect_segment(path, full=False)
+                check = inspect_segment(path, full=False, repair=True)
                 if check is not None:
                     found.append(check)
     return found

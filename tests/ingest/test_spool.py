@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,22 @@ def test_unreadable_metadata_and_records_are_skipped_and_named(tmp_path: Path) -
     second.path.write_bytes(second.path.read_bytes().replace(b"invalid_json", b"invalid_jsoN"))
     assert list(read_rejections(second.path, skipped)) == []
     assert len(skipped) == 2 and "skipped a record that does not verify" in skipped[1]
+
+
+def test_unreadable_metadata_is_written_anew_from_the_segment_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = tmp_path / "spool" / "ingest-a"
+    spool = writer(stream)
+    for i in range(10):
+        spool.append_readings([reading(i)], i)
+    spool.close()
+    [before] = closed_segments(stream.parent)
+    meta = meta_path(before.path)
+    meta.write_bytes(meta.read_bytes()[:25])
+    assert closed_segments(stream.parent) == []
+    with caplog.at_level(logging.ERROR):
+        writer(stream).close()
+    assert "unreadable segment metadata" in caplog.text and "written anew from the segment" in caplog.text
+    [after] = closed_segments(stream.parent)
+    assert after == replace(before, closed_at=after.closed_at)
