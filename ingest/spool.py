@@ -312,6 +312,8 @@ def inspect_segment(path: Path, full: bool = True, repair: bool = False) -> Segm
             return None
         check = check_segment(info)
     except BadMetadata as err:
+        if not path.exists():
+            return None  # deleted by the retention meanwhile
         if repair:
             info = _rebuild_meta(path)
             logger.error(

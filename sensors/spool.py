@@ -97,6 +97,8 @@ def read_meta(segment: Path) -> SegmentInfo:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return SegmentInfo(**data, path=segment)
+    except OSError as err:
+        raise BadMetadata(f"{path}: unreadable segment metadata ({err.strerror or err})") from None
     except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadMetadata(f"{path}: unreadable segment metadata ({str(err).splitlines()[0]})") from None
 
