@@ -45,7 +45,7 @@ LOSS_WINDOW_S = 900
 LOSS_ALERTS: dict[str, tuple[str, str, str]] = {
     schema.INGEST_BROKER_DROPPED: (
         "The broker dropped messages",
-        "The broker dropped {{ $values.B }} messages in 15 min ($SYS dropped counter, seen by ingest "
+        "The broker dropped {{ $values.B }} messages in 15 min (its dropped-message counter, seen by ingest "
         "{{ $labels.instance }}): a session queue was full, e.g. ingest's while it was away or behind.",
         "critical",
     ),
