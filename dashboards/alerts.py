@@ -6,7 +6,9 @@ Rules (each with a stable uid and a link to the panel that shows its data):
 - a site-threshold metric (flood water level) past the site's warning or danger line, per site;
 - a sensor silent for more than 3 of its kind's reporting intervals, per kind and sensor;
 - the share of rejected messages above 5% over 15 min, per vendor (with at least 100 messages);
-- ingest lagging (spool older than 60 s) or not reporting at all.
+- ingest lagging (spool older than 60 s) or not reporting at all;
+- loss ingest sees itself (`LOSS_ALERTS`): messages the broker dropped, a lost or restored broker
+  session, records of a damaged spool segment.
 
 Every rule is InfluxQL query A, then Grafana's server-side expressions B = reduce(A, last) and
 C = threshold(B); C is the condition. `AlertRule` holds one rule; `file_rule()` and `api_rule()`
@@ -44,6 +46,36 @@ AQI_ALERT_BAND = 4
 INGEST_LAG_LIMIT_S = 60
 
 Evaluator = Literal["gt", "lt"]
+
+# Loss visible without manifests: ingest counter field -> (title, summary, severity). Any count in the last
+# 15 min fires. A restored session is a warning: a clean broker restart restores it too.
+LOSS_WINDOW_S = 900
+LOSS_ALERTS: dict[str, tuple[str, str, str]] = {
+    schema.INGEST_BROKER_DROPPED: (
+        "The broker dropped messages",
+        "The broker dropped {{ $values.B }} messages in 15 min (its dropped-message counter, seen by ingest "
+        "{{ $labels.instance }}): a session queue was full, e.g. ingest's while it was away or behind.",
+        "critical",
+    ),
+    schema.INGEST_SESSION_NOT_PRESENT: (
+        "Ingest found no broker session",
+        "Ingest {{ $labels.instance }} reconnected and the broker had no session for it: messages queued "
+        "while it was away may be lost (session expired, or the broker lost its persistence).",
+        "critical",
+    ),
+    schema.INGEST_SESSION_RESTORED: (
+        "The broker restarted with an old copy of ingest's session",
+        "Ingest {{ $labels.instance }} reconnected to a restarted broker that restored its session from the "
+        "persistence file: messages queued after the broker's last save may be lost.",
+        "warning",
+    ),
+    schema.INGEST_SPOOL_LOST: (
+        "Records lost in a damaged spool segment",
+        "Ingest {{ $labels.instance }} found a closed spool segment that does not match its metadata: "
+        "{{ $values.B }} records could not be read (see its log for the file).",
+        "critical",
+    ),
+}
 
 
 def short_uid(*parts: str) -> str:
@@ -348,7 +380,32 @@ def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
             no_data="Alerting",  # no self-metrics for 5 minutes means ingest is down
         ),
     ]
+    rules += [
+        AlertRule(
+            uid=short_uid("ops", "loss", field_name),
+            title=title,
+            query=loss_query(field_name),
+            lookback_s=LOSS_WINDOW_S,
+            evaluator="gt",
+            threshold=0,
+            for_="0s",
+            summary=summary,
+            dashboard_uid=ops.uid,
+            panel_id=ops.panel_id(b.LOSS_PANEL),
+            labels={"smartcity_alert": "ingest_loss", "severity": severity, "loss": field_name},
+        )
+        for field_name, (title, summary, severity) in LOSS_ALERTS.items()
+    ]
     return RuleGroup("operations", b.OPERATIONS_FOLDER, f"{b.TAG}-operations", 60, rules)
+
+
+def loss_query(field_name: str) -> InfluxQLQuery:
+    """The loss counter's sum over the alert window, per ingest instance (no series when there was none)."""
+    return InfluxQLQuery(
+        "A",
+        f"SELECT sum({quote(field_name)}) AS {quote(field_name)} FROM {raw_from(schema.INGEST_MEASUREMENT)} "
+        f'WHERE time > now() - {LOSS_WINDOW_S}s GROUP BY "instance"',
+    )
 
 
 def build_rule_groups(registry: Registry, dashboards: Sequence[b.GeneratedDashboard]) -> list[RuleGroup]:

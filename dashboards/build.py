@@ -39,6 +39,7 @@ from storage import schema
 
 TAG = "smartcity"
 OPERATIONS_FOLDER = "Smartcity operations · ปฏิบัติการ"
+LOSS_PANEL = "Loss seen by ingest"
 
 
 @dataclass(frozen=True)
@@ -840,6 +841,26 @@ def operations_dashboard() -> GeneratedDashboard:
             [per_second(["write_points", "write_batches", "write_retries", "dead_letters"])],
             unit="reqps",
             description="Points and batches written per second, retries and readings given up on.",
+            min_interval_s=10,
+        ),
+        12,
+        8,
+    )
+    layout.add(
+        p.timeseries_panel(
+            LOSS_PANEL,
+            [
+                InfluxQLQuery(
+                    "A",
+                    "SELECT "
+                    + ", ".join(f"sum({quote(f)}) AS {quote(f)}" for f in schema.INGEST_LOSS_FIELDS)
+                    + f" FROM {ingest} WHERE {where} GROUP BY time($__interval) fill(none)",
+                )
+            ],
+            unit="short",
+            description="Loss ingest sees without the simulator: messages the broker dropped ($SYS), reconnects "
+            "that found the broker session lost or restored from an old copy, records of damaged spool segments. "
+            "Anything above 0 is lost data (each has an alert rule); the ingest log names the cause.",
             min_interval_s=10,
         ),
         12,

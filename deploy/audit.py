@@ -168,10 +168,11 @@ def _exact_points(
     return sum(len(s.values) for s in series)
 
 
-def stored_rejections(spool: Path) -> Iterator[Rejection]:
-    """Every rejection in the spool: closed reject segments and the verified lines of open ones."""
-    for info in closed_segments(spool, REJECTS):
-        yield from read_rejections(info.path)
+def stored_rejections(spool: Path, skipped: list[str] | None = None) -> Iterator[Rejection]:
+    """Every rejection in the spool: closed reject segments and the verified lines of open ones. A record
+    that does not verify, or a segment with unreadable metadata, is skipped and named in `skipped`."""
+    for info in closed_segments(spool, REJECTS, skipped=skipped):
+        yield from read_rejections(info.path, skipped)
     if spool.is_dir():
         for segment in sorted(spool.glob(f"*/{REJECTS}-*{OPEN_SUFFIX}")):
             with open(segment, "rb") as handle:
@@ -210,6 +211,7 @@ class AuditResult:
     vendors: dict[str, Row] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     stored_by_code: Counter[str] = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)  # unreadable spool records and segments, one line each
 
     @property
     def balanced(self) -> bool:
@@ -233,7 +235,7 @@ def audit(
 ) -> AuditResult:
     result = AuditResult()
     rows = result.vendors
-    rejections = list(stored_rejections(spool))  # read once, matched to each manifest's run below
+    rejections = list(stored_rejections(spool, result.skipped))  # read once, matched to each manifest's run below
     with QueryClient(settings) as client:
         for manifest in manifests:
             lo = max(manifest.start, start) if start else manifest.start
@@ -309,6 +311,7 @@ def as_json(result: AuditResult) -> dict[str, Any]:
         "vendors": {v: row.__dict__ for v, row in sorted(result.vendors.items())},
         "problems": result.problems,
         "rejections_by_code": dict(sorted(result.stored_by_code.items())),
+        "skipped": result.skipped,
     }
 
 
@@ -398,6 +401,10 @@ def print_result(result: AuditResult, what: str, console: Console | None = None)
         console.print(f"[red]unexplained:[/] {problem}")
     if len(result.problems) > 20:
         console.print(f"[red]... and {len(result.problems) - 20} more[/]")
+    if result.skipped:
+        console.print(f"[yellow]skipped {len(result.skipped):,} unreadable spool records or segments:[/]")
+        for reason in result.skipped[:5]:
+            console.print(f"  {reason}", soft_wrap=True)
     total = result.total()
     verdict = "balanced" if result.balanced else "NOT balanced"
     console.print(

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
 from ingest.metrics import Metrics
 from ingest.settings import IngestSettings
 from ingest.spool import SpoolError, StreamWriter, usage_bytes
@@ -195,6 +196,8 @@ class Consumer:
         self.broker_version: str | None = None
         self._generation = 0
         self._version_mid: int | None = None
+        self._watch_mid: int | None = None
+        self.broker_watch = BrokerWatch(spool.stream_dir / STATE_FILE, metrics, settings.client_id)
         self._connected_once = False
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
@@ -293,6 +296,7 @@ class Consumer:
             self._generation += 1
         self.metrics.connects += 1
         self.session_present = bool(flags.session_present)
+        self.broker_watch.connected(self.session_present)
         expected_fresh = not self._connected_once and not self.spool.had_data
         if not flags.session_present and not expected_fresh:
             self.metrics.session_not_present += 1
@@ -314,6 +318,8 @@ class Consumer:
         client.subscribe([(topic, options) for topic in self.settings.subscriptions])
         if self.settings.share_group and self.broker_version is None:
             self._version_mid = client.subscribe(SYS_VERSION_TOPIC, qos=0)[1]
+        # The broker's dropped-message counter and uptime (`#` does not match `$SYS`).
+        self._watch_mid = client.subscribe([(topic, 0) for topic in WATCH_TOPICS])[1]
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.warning("cannot connect to %s; retrying", self.settings.mqtt.display)
@@ -334,7 +340,16 @@ class Consumer:
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
-        if refused and mid == self._version_mid:
+        if mid == self._watch_mid:
+            if refused:
+                logger.warning(
+                    "cannot read %s (%s): messages the broker drops, and its restarts, are not watched; "
+                    "allow user %s to read $SYS/#",
+                    ", ".join(WATCH_TOPICS),
+                    refused[0],
+                    self.settings.mqtt.username,
+                )
+        elif refused and mid == self._version_mid:
             logger.warning("cannot read %s (%s): the broker version is not checked", SYS_VERSION_TOPIC, refused[0])
         elif not refused and mid != self._version_mid:
             logger.info("subscribed to %s", ", ".join(self.settings.subscriptions))
@@ -362,6 +377,8 @@ class Consumer:
         if message._topic[:1] == b"$":
             if message._topic == SYS_VERSION_TOPIC.encode():
                 self._on_version(client, message)
+            else:
+                self.broker_watch.on_message(message.topic, message.payload, message.retain)
             return
         with self._consume_lock:
             if self._stopping:

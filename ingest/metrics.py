@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sensors.contract import Accepted, RejectCode, Rejected
+from sensors.spool import SegmentCheck
 from storage.line_protocol import FieldValue, Point
 from storage.schema import UNKNOWN_VENDOR, ingest_point, ingest_reject_point, ingest_vendor_point
 
@@ -55,6 +56,8 @@ class Metrics:
     by_vendor: dict[tuple[str, str], int] = field(default_factory=dict)
     # connection and committer
     session_not_present: int = 0
+    session_restored: int = 0  # reconnects to a restarted broker that restored the session (maybe an old copy)
+    broker_dropped: int = 0  # increase of the broker's $SYS dropped-message counter seen by this process
     connects: int = 0
     stale_acks: int = 0
     commits: int = 0
@@ -70,6 +73,9 @@ class Metrics:
     storage_retries: int = 0  # retries inside storage.writer (a total, set from its stats)
     dead_letters: int = 0
     corrupt_records: int = 0
+    # spool integrity: closed segments found damaged, and their records that could not be read
+    spool_damaged_segments: int = 0
+    spool_lost_records: int = 0
     write_ms: list[float] = field(default_factory=list)
     spool_lag: int = 0
     spool_lag_s: float = 0.0
@@ -80,6 +86,12 @@ class Metrics:
         vendor = result.sensor.vendor if result.sensor is not None else UNKNOWN_VENDOR
         key = (vendor, result.code.value if isinstance(result, Rejected) else ACCEPTED)
         self.by_vendor[key] = self.by_vendor.get(key, 0) + 1
+
+    def count_damaged(self, checks: Iterable[SegmentCheck]) -> None:
+        with self._lock:
+            for check in checks:
+                self.spool_damaged_segments += 1
+                self.spool_lost_records += check.lost
 
     def observe_commit(self, records: int, commit_ms: float, ack_lag_ms: float) -> None:
         with self._lock:
@@ -116,6 +128,8 @@ class Metrics:
                 "readings",
                 "duplicates",
                 "session_not_present",
+                "session_restored",
+                "broker_dropped",
                 "stale_acks",
                 "commits",
                 "committed_records",
@@ -124,6 +138,8 @@ class Metrics:
                 "write_retries",
                 "dead_letters",
                 "corrupt_records",
+                "spool_damaged_segments",
+                "spool_lost_records",
             )
         }
         flat["write_retries"] += self.storage_retries

@@ -171,6 +171,8 @@ class RawWriter:
             batch = stream.tail.read(self.batch_points)
             self.metrics.corrupt_records += stream.tail.corrupt
             stream.tail.corrupt = 0
+            self.metrics.count_damaged(stream.tail.damaged)
+            stream.tail.damaged = []
             if batch:
                 if not self._write([self.to_point(reading) for reading, _ in batch]):
                     # Not acknowledged (shutting down): reread from the saved position next time.

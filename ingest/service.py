@@ -89,6 +89,7 @@ class IngestService:
             self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh
         )
         if self.consumer is not None:
+            self.metrics.count_damaged(self.consumer.spool.damaged)  # after the reporter took its baseline
             self.consumer.start()
         if self.writer is not None:
             self.writer.start()

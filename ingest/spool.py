@@ -16,6 +16,10 @@ without importing `ingest`. This module adds what only the writer needs:
 - `StreamTail` follows a stream's readings across open and closed segments
   for the raw writer; `Offsets` keeps its position durably; `collect_garbage`
   applies the retention.
+- `inspect_segment` checks a closed segment against its metadata (size,
+  CRC-32, records) when the writer starts and when the raw writer opens it; a
+  damaged one is reported once (a `.damage.json` note next to it), with the
+  number of records lost, and its intact records are still written.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +54,10 @@ from sensors.spool import (
     OPEN_SUFFIX,
     READINGS,
     REJECTS,
+    BadMetadata,
+    SegmentCheck,
     SegmentInfo,
+    check_segment,
     meta_path,
     read_meta,
     segment_name,
@@ -62,6 +70,7 @@ RECORD_TYPES = (READINGS, REJECTS)
 OFFSET_FILE = "raw-writer.offset.json"
 WRITER_LOCK = "ingest.lock"  # held by the process appending to the stream
 RAW_WRITER_LOCK = "raw-writer.lock"  # held by the process writing the stream to InfluxDB
+DAMAGE_SUFFIX = ".damage.json"  # next to a closed segment found damaged: reported once, kept for inspection
 _FILE = re.compile(r"^(readings|rejects)-(\d{12})(\.open|\.seg)$")
 
 T = TypeVar("T")
@@ -154,6 +163,7 @@ class _OpenSegment:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         _fsync_dir(stream_dir)
         self.size = 0  # durable bytes
+        self.crc32 = 0  # of the durable bytes
         self.meta = _Batch()
         self.first_write: float | None = None  # monotonic time of the first record
 
@@ -170,6 +180,7 @@ class _OpenSegment:
                 os.ftruncate(self.fd, self.size)
             raise SpoolError(f"{self.path}: cannot write: {err.strerror}") from err
         self.size += len(batch.data)
+        self.crc32 = zlib.crc32(batch.data, self.crc32)
         self.meta.merge(batch)
         if self.first_write is None:
             self.first_write = time.monotonic()
@@ -181,10 +192,14 @@ class _OpenSegment:
             self.path.unlink()
             _fsync_dir(self.stream_dir)
             return None
-        return _close_file(self.path, self.stream_dir.name, self.record_type, self.seq, self.meta, self.size)
+        return _close_file(
+            self.path, self.stream_dir.name, self.record_type, self.seq, self.meta, self.size, self.crc32
+        )
 
 
-def _close_file(path: Path, stream: str, record_type: str, seq: int, meta: _Batch, size: int) -> SegmentInfo:
+def _close_file(
+    path: Path, stream: str, record_type: str, seq: int, meta: _Batch, size: int, crc32: int
+) -> SegmentInfo:
     closed = path.with_name(segment_name(record_type, seq, CLOSED_SUFFIX))
     info = SegmentInfo(
         stream=stream,
@@ -196,6 +211,7 @@ def _close_file(path: Path, stream: str, record_type: str, seq: int, meta: _Batc
         max_ts=meta.max_ts if record_type == READINGS else None,
         closed_at=int(time.time() * 1000),
         kinds=dict(sorted(meta.kinds.items())) if record_type == READINGS else {},
+        crc32=crc32,
         path=closed,
     )
     write_meta(info, closed)
@@ -272,9 +288,81 @@ def _recover_segment(path: Path, stream: str, record_type: str, seq: int) -> Rec
         path.unlink()
         _fsync_dir(path.parent)
     else:
-        _close_file(path, stream, record_type, seq, meta, good)
+        _close_file(path, stream, record_type, seq, meta, good, zlib.crc32(data[:good]))
         logger.info("%s: closed the segment a previous run left open (%d records)", path, meta.count)
     return Recovered(path, meta.count, cut)
+
+
+def inspect_segment(path: Path, full: bool = True, repair: bool = False) -> SegmentCheck | None:
+    """Check a closed segment against its metadata; the check if it is damaged and not reported before.
+
+    `full=False` only compares the size (a stat, for every segment at start-up);
+    a size that differs, or `full`, reads the segment (CRC-32 and records). A
+    damaged segment is logged as an error with the number of records lost, and
+    a `.damage.json` note next to it keeps it from being reported again.
+    Unreadable metadata is logged; with `repair` (the stream's own writer, at
+    start-up) it is written anew from the segment's verified records.
+    """
+    note = path.with_name(path.name + DAMAGE_SUFFIX)
+    if note.exists():
+        return None
+    try:
+        info = read_meta(path)
+        if not full and path.stat().st_size == info.bytes:
+            return None
+        check = check_segment(info)
+    except BadMetadata as err:
+        if not path.exists():
+            return None  # deleted by the retention meanwhile
+        if repair:
+            info = _rebuild_meta(path)
+            logger.error(
+                "%s; written anew from the segment (%d verified records; any lost before cannot be counted)",
+                err,
+                info.count,
+            )
+        else:
+            logger.error("%s; its records are still written to InfluxDB, but the pipelines skip it", err)
+        return None
+    except FileNotFoundError:
+        return None  # deleted by the retention meanwhile
+    if not check.damaged:
+        return None
+    logger.error("%s", check.describe())
+    with contextlib.suppress(OSError):  # a note that cannot be written only means a second report
+        note.write_text(
+            json.dumps({"lost": check.lost, "intact": check.intact, "bytes": check.size, "crc32": check.crc32})
+        )
+    return check
+
+
+def _rebuild_meta(path: Path) -> SegmentInfo:
+    """Metadata for a closed segment from its verified records (its own is unreadable)."""
+    match = _FILE.match(path.name)
+    assert match is not None
+    record_type, seq = match.group(1), int(match.group(2))
+    data = path.read_bytes()
+    meta = _Batch()
+    for line in data.splitlines(keepends=True):
+        if record_type == READINGS:
+            with contextlib.suppress(CorruptRecord):
+                meta.add_readings([decode_reading(line)])
+        elif verify_line(line):
+            meta.count += 1
+    meta.data = bytearray()
+    return _close_file(path, path.parent.name, record_type, seq, meta, len(data), zlib.crc32(data))
+
+
+def inspect_stream(stream_dir: Path) -> list[SegmentCheck]:
+    """The damaged closed segments of a stream, by size (cheap enough for every start)."""
+    found = []
+    for record_type in RECORD_TYPES:
+        for _, path in sorted(segment_files(stream_dir, record_type).items()):
+            if path.suffix == CLOSED_SUFFIX:
+                check = inspect_segment(path, full=False, repair=True)
+                if check is not None:
+                    found.append(check)
+    return found
 
 
 class StreamWriter(Generic[T]):
@@ -296,6 +384,7 @@ class StreamWriter(Generic[T]):
                 stream_dir, WRITER_LOCK, "another ingest process uses this client id"
             )
             self.recovered = recover_stream(stream_dir)
+            self.damaged = inspect_stream(stream_dir)
         except OSError as err:
             raise SpoolError(f"{stream_dir}: cannot open the spool stream: {err.strerror or err}") from err
         self._next_seq = {rt: max(segment_files(stream_dir, rt), default=0) + 1 for rt in RECORD_TYPES}
@@ -438,10 +527,12 @@ class StreamTail:
     middle of a segment is logged, counted in `corrupt` and skipped.
     """
 
-    def __init__(self, stream_dir: Path, position: Position) -> None:
+    def __init__(self, stream_dir: Path, position: Position, check: bool = True) -> None:
         self.stream_dir = stream_dir
         self.position = position
+        self.check = check  # inspect each closed segment opened (the raw writer; not a peek at the next reading)
         self.corrupt = 0
+        self.damaged: list[SegmentCheck] = []  # closed segments found damaged when opened (taken by the caller)
         self._file: BinaryIO | None = None
         self._file_seq = -1
 
@@ -464,13 +555,18 @@ class StreamTail:
             seq = min(later)
             self.position = Position(seq, 0)
         for suffix in (CLOSED_SUFFIX, OPEN_SUFFIX, CLOSED_SUFFIX):  # it may be closed while we look
+            path = self.stream_dir / segment_name(READINGS, seq, suffix)
             try:
-                self._file = open(self.stream_dir / segment_name(READINGS, seq, suffix), "rb")  # noqa: SIM115
+                self._file = open(path, "rb")  # noqa: SIM115
                 break
             except FileNotFoundError:
                 continue
         else:
             return False
+        if suffix == CLOSED_SUFFIX and self.check:
+            check = inspect_segment(path)
+            if check is not None:
+                self.damaged.append(check)
         self._file_seq = seq
         self._file.seek(self.position.offset)
         return True
@@ -525,7 +621,7 @@ class StreamTail:
 
 def next_reading(stream_dir: Path, position: Position) -> Reading | None:
     """The first reading at or after `position`, or None when there is none (yet)."""
-    tail = StreamTail(stream_dir, position)
+    tail = StreamTail(stream_dir, position, check=False)
     try:
         batch = tail.read(1)
     finally:
@@ -585,13 +681,14 @@ def collect_garbage(
                 break
             try:
                 info = read_meta(path)
-            except (OSError, ValueError, TypeError) as err:
+            except (OSError, BadMetadata) as err:
                 logger.warning("%s: unreadable metadata, kept: %s", path, err)
                 continue
             if now - info.closed_at < retention_s * 1000:
                 break
             path.unlink()
             meta_path(path).unlink(missing_ok=True)
+            path.with_name(path.name + DAMAGE_SUFFIX).unlink(missing_ok=True)
             deleted.append(path)
     if deleted:
         _fsync_dir(stream_dir)

@@ -154,7 +154,9 @@ def _bounded(
             report = run.run_plan(part, settings, registry, beam_args, influx)
             total.seconds += report.seconds
             for name, value in report.counters.items():
-                total.counters[name] = total.counters.get(name, 0) + value
+                # Each slice lists the spool again: a segment with unreadable metadata is skipped by each.
+                merge = max if name == "bad_metadata" else int.__add__
+                total.counters[name] = merge(total.counters.get(name, 0), value)
             progress.advance(task)
     _print(total)
 
@@ -171,6 +173,16 @@ def _influx() -> InfluxSettings:
     return influx
 
 
+# What a run skipped, by counter: reported after every run.
+_SKIPPED = {
+    "corrupt_lines": "spool lines that do not verify skipped",
+    "lost_readings": "readings lost in cut or damaged spool segments",
+    "bad_metadata": "spool segments skipped for unreadable metadata",
+    "unknown_kind": "readings of kinds the registry does not know skipped",
+    "dead_letters": "points InfluxDB refused",
+}
+
+
 def _print(report: RunReport) -> None:
     plan, c = report.plan, report.counters
     rate = report.readings / report.seconds if report.seconds else 0.0
@@ -180,9 +192,9 @@ def _print(report: RunReport) -> None:
         f"({c.get('segments_from_cache', 0):,} from Parquet) -> {report.points_written:,} points "
         f"in {report.seconds:.1f} s ({rate:,.0f} readings/s)"
     )
-    for name in ("corrupt_lines", "unknown_kind", "dead_letters"):
+    for name, what in _SKIPPED.items():
         if c.get(name):
-            console.print(f"[yellow]warning:[/] {c[name]:,} {name.replace('_', ' ')}")
+            console.print(f"[yellow]warning:[/] {c[name]:,} {what} (the log names them)")
 
 
 def _command(name: str) -> click.Command:

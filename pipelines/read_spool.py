@@ -18,7 +18,10 @@ kinds, are not opened. Readings outside `[start_ms, end_ms)` are dropped.
 Lines that do not verify are skipped, never raised: they are counted
 (`corrupt_lines`), logged, and emitted as `"path:line"` strings on the
 transform's `invalid` output (`read.invalid` after applying `read`); readings of
-kinds the registry no longer knows are counted (`unknown_kind`).
+kinds the registry no longer knows are counted (`unknown_kind`). A segment
+holding fewer readings than its metadata lists (cut or damaged after it was
+closed) is logged with the number missing (`lost_readings`); one whose
+metadata is unreadable is left out and named in `skipped`.
 With a `cache_dir`, each segment's columns are kept as Parquet (see
 `pipelines.columns`) and read from there the next time.
 """
@@ -55,13 +58,14 @@ class ReadSpool(beam.PTransform):
         kinds: Collection[str] | None = None,
         cache_dir: Path | None = None,
         segments: Sequence[SegmentInfo] | None = None,
+        skipped: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.metrics = metrics_by_kind(registry)
         self.kinds = frozenset(self.metrics if kinds is None else kinds)
         self.start_ms, self.end_ms = start_ms, end_ms
         self.cache_dir = cache_dir
-        listed = closed_segments(root, READINGS, start_ms, end_ms) if segments is None else list(segments)
+        listed = closed_segments(root, READINGS, start_ms, end_ms, skipped) if segments is None else list(segments)
         # Metadata lists the kinds in a segment: skip those with none we want.
         self.segments = [s for s in listed if not s.kinds or not self.kinds.isdisjoint(s.kinds)]
 
@@ -98,6 +102,7 @@ class DecodeSegment(beam.DoFn):
         self.readings = Metrics.counter(self.__class__, "readings")
         self.corrupt = Metrics.counter(self.__class__, "corrupt_lines")
         self.unknown_kind = Metrics.counter(self.__class__, "unknown_kind")
+        self.lost = Metrics.counter(self.__class__, "lost_readings")
 
     def setup(self) -> None:
         self.decoder = SegmentDecoder(self.metrics)  # built per worker: msgspec types do not pickle
@@ -110,6 +115,13 @@ class DecodeSegment(beam.DoFn):
         self.cached.inc(int(decoded.from_cache))
         self.corrupt.inc(decoded.corrupt)
         self.unknown_kind.inc(decoded.unknown_kind)
+        # A segment cut or damaged after it was closed holds fewer readings than its metadata lists (its
+        # Parquet copy, when there is one, is read instead and is complete).
+        lost = segment.count - sum(len(batch) for batch in decoded.batches) - decoded.unknown_kind
+        if lost > 0:
+            logger.error("%s: %d of its %d readings do not verify (cut or damaged); skipped", segment.path, lost,
+                         segment.count)  # fmt: skip
+            self.lost.inc(lost)
         for batch in decoded.batches:
             if batch.kind not in self.kinds:
                 continue

@@ -121,7 +121,11 @@ class RunReport:
 
 
 def build(
-    pipeline: beam.Pipeline, plan: Plan, settings: PipelineSettings, registry: Registry
+    pipeline: beam.Pipeline,
+    plan: Plan,
+    settings: PipelineSettings,
+    registry: Registry,
+    skipped: list[str] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Apply the plan's transforms; returns each pipeline's PCollection[PointBatch], by name.
 
@@ -131,7 +135,7 @@ def build(
     """
     read_start, read_end = plan.read_range
     readings = pipeline | "ReadSpool" >> ReadSpool(
-        settings.spool_root, registry, read_start, read_end, cache_dir=settings.cache_dir
+        settings.spool_root, registry, read_start, read_end, cache_dir=settings.cache_dir, skipped=skipped
     )
     in_range = readings
     if (read_start, read_end) != (plan.start_ms, plan.end_ms):
@@ -183,13 +187,14 @@ def run_plan(
     if "anomalies" in plan.pipelines:
         clear_anomalies(influx or InfluxSettings.from_env(), plan.start_ms, plan.end_ms)
     pipeline = beam.Pipeline(options=options)
-    for name, points in build(pipeline, plan, settings, registry).items():
+    skipped: list[str] = []  # segments whose metadata is unreadable
+    for name, points in build(pipeline, plan, settings, registry, skipped).items():
         points | f"Write{name.title()}" >> WriteToInflux(influx)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise PipelineRunError(f"the pipeline ended in state {state}")
-    counters: dict[str, int] = {}
+    counters: dict[str, int] = {"bad_metadata": len(skipped)} if skipped else {}
     for counter in result.metrics().query(MetricsFilter()).get("counters", []):
         name = counter.key.metric.name
         counters[name] = counters.get(name, 0) + int(counter.committed or counter.attempted or 0)

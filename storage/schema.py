@@ -15,7 +15,8 @@ with the helpers below, so a name is spelled once.
 - `anomalies` (rollup): sensor tags plus kind, metric, type (`spike`,
   `rapid_rise`); value, score, threshold (float); time = the reading's ts.
 - `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
-  spool_lag, write latency and batch figures.
+  spool_lag, write latency and batch figures, and the loss ingest sees itself
+  (`INGEST_LOSS_FIELDS`: broker drops, lost or restored sessions, damaged spool).
 - `ingest_vendors` (raw): tags instance, vendor; received, accepted, rejected (int),
   per interval. `ingest_rejects` (raw): tags instance, vendor, code; rejected (int), per
   interval, only where non-zero. The vendor is the one of the sensor the topic names,
@@ -48,9 +49,14 @@ __all__ = [
     "DEFAULT_DB",
     "HEALTH_FIELDS",
     "HEALTH_MEASUREMENT",
+    "INGEST_BROKER_DROPPED",
     "INGEST_FIELDS",
+    "INGEST_LOSS_FIELDS",
     "INGEST_MEASUREMENT",
     "INGEST_REJECTS_MEASUREMENT",
+    "INGEST_SESSION_NOT_PRESENT",
+    "INGEST_SESSION_RESTORED",
+    "INGEST_SPOOL_LOST",
     "INGEST_TAGS",
     "INGEST_VENDORS_MEASUREMENT",
     "INGEST_VENDOR_FIELDS",
@@ -126,6 +132,21 @@ INGEST_FIELDS: tuple[str, ...] = (
     "write_latency_ms_max",
     "write_retries",
     "dead_letters",
+)
+# Loss visible without the simulator's manifests (int, per interval; each has an alert rule):
+# messages the broker dropped (its `$SYS/broker/publish/messages/dropped` counter went up by this much),
+# reconnects that found no session though ingest had one (queued messages may be gone), reconnects to a
+# restarted broker that restored the session from its persistence file (messages queued after its last
+# save may be gone), and records of damaged closed spool segments that could not be read.
+INGEST_BROKER_DROPPED = "broker_dropped"
+INGEST_SESSION_NOT_PRESENT = "session_not_present"
+INGEST_SESSION_RESTORED = "session_restored"
+INGEST_SPOOL_LOST = "spool_lost_records"
+INGEST_LOSS_FIELDS: tuple[str, ...] = (
+    INGEST_BROKER_DROPPED,
+    INGEST_SESSION_NOT_PRESENT,
+    INGEST_SESSION_RESTORED,
+    INGEST_SPOOL_LOST,
 )
 
 # Per-vendor counters of each ingest process, per interval like `ingest`'s; rejects by code in their own

@@ -183,6 +183,7 @@ def ingest_points(start: int, end: int) -> Iterator[Point]:
                 "write_latency_ms_max": 12.0,
                 "write_retries": 0,
                 "dead_letters": 0,
+                **dict.fromkeys(schema.INGEST_LOSS_FIELDS, 0),
                 **rejected,
             },
             ts,

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ingest.spool import (
+    DAMAGE_SUFFIX,
     Offsets,
     Position,
     SpoolError,
@@ -21,11 +24,22 @@ from ingest.spool import (
     StreamTail,
     StreamWriter,
     collect_garbage,
+    inspect_segment,
     recover_stream,
     segment_files,
 )
 from sensors.reading import Reading, Rejection, encode_reading
-from sensors.spool import READINGS, REJECTS, closed_segments, read_readings, read_rejections
+from sensors.spool import (
+    READINGS,
+    REJECTS,
+    BadMetadata,
+    check_segment,
+    closed_segments,
+    meta_path,
+    read_meta,
+    read_readings,
+    read_rejections,
+)
 
 
 def reading(i: int, kind: str = "air_quality") -> Reading:
@@ -272,3 +286,71 @@ def test_garbage_collection_keeps_unwritten_recent_and_newest_segments(tmp_path:
     deleted = collect_garbage(stream, 3600, Position(99, 0), None, lambda: later)
     assert [p.name for p in deleted] == ["readings-000000000004.seg"]
     assert sorted(segment_files(stream, READINGS)) == [5] and sorted(segment_files(stream, REJECTS)) == [5]
+
+
+def test_a_damaged_closed_segment_is_found_by_size_or_checksum_and_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = tmp_path / "spool" / "ingest-a"
+    spool = writer(stream)
+    for i in range(10):
+        spool.append_readings([reading(i)], i)
+    spool.close()
+    [segment] = closed_segments(stream.parent)
+    data = segment.path.read_bytes()
+    assert segment.crc32 == zlib.crc32(data) and segment.bytes == len(data)
+    assert not check_segment(segment).damaged and inspect_segment(segment.path) is None
+    # One flipped bit: the size is the same, the checksum is not; one record lost.
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    segment.path.write_bytes(bytes(flipped))
+    assert inspect_segment(segment.path, full=False) is None, "a size check cannot see it"
+    with caplog.at_level(logging.ERROR):
+        check = inspect_segment(segment.path)
+    assert check is not None and (check.lost, check.intact) == (1, 9)
+    assert "damaged closed segment: 1 of its 10 records lost, 9 intact" in caplog.text
+    assert inspect_segment(segment.path) is None, "reported once"
+    # Cut short: a start-up finds it by its size.
+    segment.path.with_name(segment.path.name + DAMAGE_SUFFIX).unlink()
+    segment.path.write_bytes(data[: len(data) * 6 // 10])
+    [cut] = writer(stream).damaged
+    assert cut.lost == 10 - sum(
+        1 for line in data[: len(data) * 6 // 10].splitlines(keepends=True) if line.endswith(b"\n")
+    )
+
+
+def test_unreadable_metadata_and_records_are_skipped_and_named(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    spool = writer(root / "ingest-a", max_bytes=1)  # a segment per commit
+    for i in range(2):
+        spool.append_rejection(rejection(i), i)
+        spool.commit()
+    spool.close()
+    first, second = closed_segments(root, REJECTS)
+    meta_path(first.path).write_text('{"stream": "ingest-a", "rec')
+    with pytest.raises(BadMetadata, match="unreadable segment metadata"):
+        read_meta(first.path)
+    skipped: list[str] = []
+    assert [s.seq for s in closed_segments(root, REJECTS, skipped=skipped)] == [2]
+    second.path.write_bytes(second.path.read_bytes().replace(b"invalid_json", b"invalid_jsoN"))
+    assert list(read_rejections(second.path, skipped)) == []
+    assert len(skipped) == 2 and "skipped a record that does not verify" in skipped[1]
+
+
+def test_unreadable_metadata_is_written_anew_from_the_segment_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = tmp_path / "spool" / "ingest-a"
+    spool = writer(stream)
+    for i in range(10):
+        spool.append_readings([reading(i)], i)
+    spool.close()
+    [before] = closed_segments(stream.parent)
+    meta = meta_path(before.path)
+    meta.write_bytes(meta.read_bytes()[:25])
+    assert closed_segments(stream.parent) == []
+    with caplog.at_level(logging.ERROR):
+        writer(stream).close()
+    assert "unreadable segment metadata" in caplog.text and "written anew from the segment" in caplog.text
+    [after] = closed_segments(stream.parent)
+    assert after == replace(before, closed_at=after.closed_at)
