@@ -22,6 +22,9 @@ SALT_BYTES = 12
 
 ADMIN_USER = "admin"
 INGEST_USER = "ingest"
+# The platform's own accounts may use any client id; a vendor only `<vendor>` and `<vendor>-...`
+# (deploy/mosquitto/smartcity_clientid.c), so it can never take over another account's session.
+TRUSTED_USERS = (ADMIN_USER, INGEST_USER)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:

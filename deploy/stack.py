@@ -114,6 +114,8 @@ class Stack:
         known = {user: pw for user, pw in passwords.items() if user in acl_rules}
         broker_auth.write_private(mdir / "passwd", broker_auth.render_password_file(known))
         broker_auth.write_private(mdir / "acl", broker_auth.render_acl_file(acl_rules))
+        # The broker rereads both on SIGHUP as the user it runs as.
+        self.mosquitto(self.ports() or StackPorts()).hand_over()
         return passwords
 
     def up(
@@ -131,7 +133,11 @@ class Stack:
         """
         find_binary("mosquitto")
         find_binary("influxd")
-        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.home.exists():
+            # Others may pass through (a root-started broker runs as `mosquitto`), not list: every
+            # entry inside is private to its owner (0700 folders, 0600 files).
+            self.home.mkdir(parents=True)
+            os.chmod(self.home, 0o711)
         previous = self.ports()
         if previous and (self.mosquitto(previous).running_pid() or self.influxdb(previous).running_pid()):
             if (mqtt_port, influx_port) != (previous.mqtt, previous.influx):
