@@ -71,7 +71,7 @@ def service_acl_rules() -> dict[str, list[AclRule]]:
 
 def write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only (0600), never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)

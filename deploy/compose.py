@@ -5,7 +5,7 @@ Everything generated here stays out of git (under SMARTCITY_HOME by default):
     compose.env           passwords for Mosquitto, InfluxDB and Grafana (0600), read by
                           `docker compose --env-file`
     mqtt-users.json       plain broker passwords per user, for vendors' onboarding (0600)
-    mosquitto/mosquitto.conf, passwd, acl
+    mosquitto/mosquitto.conf, passwd, acl (0600)
                           the broker settings the delivery promise depends on, and one
                           account per vendor limited to its own sensors' topics
 
@@ -16,7 +16,6 @@ vendors to the registry never locks anyone out.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,19 +67,21 @@ def init_compose(out: Path, registry_paths: Sequence[Path] = ()) -> list[Path]:
             port=1883,
             bind_address="",
             persistence_dir="/mosquitto/data/",
-            password_file="/mosquitto/config/passwd",
-            acl_file="/mosquitto/config/acl",
+            # Private copies the image's start script makes from the mounted files (deploy/mosquitto/).
+            password_file="/mosquitto/secrets/passwd",
+            acl_file="/mosquitto/secrets/acl",
             run_as_user=None,
+            clientid_plugin="/mosquitto/plugins/smartcity_clientid.so",
+            trusted_users=broker_auth.TRUSTED_USERS,
         )
         files = {
             broker / "mosquitto.conf": conf,
-            # Hashes and topic rules only, no plain secret: readable by the container's mosquitto user.
             broker / "passwd": broker_auth.render_password_file({u: passwords[u] for u in rules}),
             broker / "acl": broker_auth.render_acl_file(rules),
         }
         for path, text in files.items():
-            path.write_text(text)
-            os.chmod(path, 0o644)
+            # Read as root in the container (it copies them for its mosquitto user): private here.
+            broker_auth.write_private(path, text)
     except OSError as err:
         raise SmartcityError(f"compose init: cannot write {out}: {err.strerror or err}") from err
     except json.JSONDecodeError as err:

@@ -469,6 +469,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   suppress-logo = true
 """
         )
+        os.chmod(self.config_path, 0o600)
 
     @property
     def base_url(self) -> str:
