@@ -61,6 +61,10 @@ MQTT_MAX_CONNECTIONS = 1_000
 # in messages rather than in seconds; the figure comes from bench/broker_autosave.py (docs/reliability.md).
 MQTT_AUTOSAVE_ON_CHANGES = True
 MQTT_AUTOSAVE_INTERVAL = 10_000
+# What a kill -9 of the broker can lose, in acknowledged messages: those queued since the last save
+# (one save per MQTT_AUTOSAVE_INTERVAL changes; a queued message is one change), plus the in-flight
+# window it had sent to ingest but ingest had not yet received. docs/reliability.md, 'Broker crash'.
+MQTT_CRASH_LOSS_BOUND = MQTT_AUTOSAVE_INTERVAL + MQTT_MAX_INFLIGHT_MESSAGES
 # The client-id plugin (deploy/mosquitto/smartcity_clientid.c): these accounts may use any client id,
 # every other account only `<account>` and `<account>-...`.
 PLUGIN_SOURCE = Path(__file__).parent / "mosquitto" / "smartcity_clientid.c"
@@ -252,6 +256,9 @@ class Mosquitto(ServerProcess):
     password_file: Path | None = None
     acl_file: Path | None = None
     trusted_users: tuple[str, ...] = broker_auth.TRUSTED_USERS
+    autosave_on_changes: bool = MQTT_AUTOSAVE_ON_CHANGES
+    autosave_interval: int = MQTT_AUTOSAVE_INTERVAL
+    extra_settings: tuple[str, ...] = ()  # more mosquitto.conf lines (the benchmarks' `sys_interval`)
 
     @property
     def binary(self) -> str:
@@ -288,7 +295,9 @@ class Mosquitto(ServerProcess):
                 run_as_user=owner.pw_name if owner is not None else getpass.getuser(),
                 clientid_plugin=str(plugin),
                 trusted_users=self.trusted_users,
+                autosave=(self.autosave_on_changes, self.autosave_interval),
             )
+            + "".join(f"{line}\n" for line in self.extra_settings)
         )
         os.chmod(self.config_path, 0o600)
 
@@ -369,6 +378,7 @@ def render_mosquitto_conf(
     run_as_user: str | None,
     clientid_plugin: str,
     trusted_users: Sequence[str],
+    autosave: tuple[bool, int] = (MQTT_AUTOSAVE_ON_CHANGES, MQTT_AUTOSAVE_INTERVAL),
     bind_address: str = "127.0.0.1",
     log_dest: str = "stdout",
 ) -> str:
@@ -389,8 +399,8 @@ def render_mosquitto_conf(
         f"plugin_opt_trusted {' '.join(trusted_users)}",
         "persistence true",
         f"persistence_location {persistence_dir}",
-        f"autosave_on_changes {'true' if MQTT_AUTOSAVE_ON_CHANGES else 'false'}",
-        f"autosave_interval {MQTT_AUTOSAVE_INTERVAL}",
+        f"autosave_on_changes {'true' if autosave[0] else 'false'}",
+        f"autosave_interval {autosave[1]}",
         "persistent_client_expiration 14d",
         f"max_queued_messages {MQTT_MAX_QUEUED_MESSAGES}",
         f"max_queued_bytes {MQTT_MAX_QUEUED_BYTES}",

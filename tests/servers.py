@@ -47,6 +47,7 @@ class StackHandle:
 
     @property
     def mosquitto(self) -> Mosquitto:
+        let_broker_through(self.home)  # again: another pytest run as root tightens /tmp/pytest-of-root
         return self.stack.mosquitto(self.ports)
 
     @property

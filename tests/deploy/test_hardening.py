@@ -43,7 +43,7 @@ def persistent_subscriber(stack: StackHandle, received: list[bytes]) -> mqtt.Cli
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="admin-persistence", protocol=mqtt.MQTTv5)
     client.username_pw_set(broker_auth.ADMIN_USER, stack.mqtt_password(broker_auth.ADMIN_USER))
     subscribed = threading.Event()
-    client.on_message = lambda _c, _u, message: received.append(message.payload)
+    client.on_message = lambda _c, _u, message: received.append(bytes(message.payload))
     client.on_subscribe = lambda *args: subscribed.set()
     client.on_connect = lambda c, *args: c.subscribe("smartcity/test/persistence", qos=1)
     properties = Properties(PacketTypes.CONNECT)
@@ -70,7 +70,7 @@ def test_a_root_started_broker_is_not_root_and_keeps_its_persistence(private_sta
     publisher.close()
     stack.mosquitto.stop()  # SIGTERM: the broker saves its state on the way out
     assert (stack.mosquitto.persistence_dir / "mosquitto.db").exists(), "the broker saved nothing"
-    stack.stack.up(mqtt_port=stack.mqtt_port, influx_port=stack.influx_port)
+    stack.mosquitto.start(detach=True)
 
     subscriber = persistent_subscriber(stack, received)
     deadline = time.monotonic() + 10
