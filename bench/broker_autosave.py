@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                 footprint = (
                     f"At {backlog:,} queued {len(PAYLOAD_BYTES)}-byte messages the broker holds "
                     f"{rss / backlog:.0f} bytes of memory and {db / backlog:.0f} bytes of `mosquitto.db` per message "
-                    f"({rss / len(PAYLOAD_BYTES) / backlog:.1f}x and {db / len(PAYLOAD_BYTES) / backlog:.1f}x the payload)."
+                    f"({rss / len(PAYLOAD_BYTES) / backlog:.1f}x and "
+                    f"{db / len(PAYLOAD_BYTES) / backlog:.1f}x the payload)."
                 )
                 broker.start(False, 3600)
             for label, on_changes, interval in SETTINGS:
@@ -264,12 +265,15 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(f"`python -m bench.broker_autosave {' '.join(argv or [])}`".replace(" `", "`"))
-    print(f"({platform.machine()}, Mosquitto 2.0.11, {args.rate:.0f} msg/s for up to {args.seconds:.0f} s, seed {args.seed})")
+    machine = platform.machine()
+    print(f"({machine}, Mosquitto 2.0.11, {args.rate:.0f} msg/s for up to {args.seconds:.0f} s, seed {args.seed})")
     print()
-    print("| backlog (queued) | autosave | acknowledged in the run | lost by kill -9 | longest PUBACK wait | PUBACKs > 100 ms |")
+    print("| backlog (queued) | autosave | acknowledged in the run | lost by kill -9 | longest PUBACK wait "
+          "| PUBACKs > 100 ms |")  # fmt: skip
     print("|--:|---|--:|--:|--:|--:|")
     for r in results:
-        print(f"| {r.backlog:,} | {r.setting} | {r.acknowledged:,} | {r.lost:,} | {r.max_wait_s:.2f} s | {r.waits_over_100ms:,} |")
+        print(f"| {r.backlog:,} | {r.setting} | {r.acknowledged:,} | {r.lost:,} | {r.max_wait_s:.2f} s "
+              f"| {r.waits_over_100ms:,} |")  # fmt: skip
     if footprint:
         print()
         print(footprint)
