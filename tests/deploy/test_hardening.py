@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import socket
 import stat
 import threading
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,6 +28,8 @@ from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, render_m
 from sensors.contract import MAX_PACKET_BYTES
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle
+
+COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
 
 
 def mode(path: Path) -> int:
@@ -176,3 +180,20 @@ def test_the_broker_config_caps_connections_queue_bytes_and_memory() -> None:
     assert int(settings["max_packet_size"]) == MAX_PACKET_BYTES
     assert 0 < int(settings["max_queued_bytes"]) < int(settings["memory_limit"])
     assert settings["plugin_opt_trusted"] == "admin"
+
+
+def test_compose_builds_the_plugin_the_generated_config_loads_and_locks_influx_debug(tmp_path: Path) -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    broker = compose["services"]["mosquitto"]
+    context = COMPOSE.parent / broker["build"]["context"]
+    dockerfile = (context / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE)[0].split():
+        assert (context / source).exists(), source
+    init_compose(tmp_path)
+    conf = (tmp_path / "mosquitto" / "mosquitto.conf").read_text()
+    plugin = re.search(r"^plugin (\S+)$", conf, re.MULTILINE)
+    assert plugin is not None and f"-o {plugin.group(1)} " in dockerfile
+    assert "plugin_opt_trusted admin ingest\n" in conf
+    influx = compose["services"]["influxdb"]["environment"]
+    assert influx["INFLUXDB_HTTP_AUTH_ENABLED"] == influx["INFLUXDB_HTTP_PPROF_AUTH_ENABLED"] == "true"
+    assert influx["INFLUXDB_HTTP_PPROF_ENABLED"] == "true"  # 1.8 guards the debug endpoints only then
