@@ -44,7 +44,7 @@ MQTT_MAX_INFLIGHT_MESSAGES = 5_000
 # `max_queued_bytes` counts payload bytes; a queued reading costs ~3x its payload in the broker's
 # memory (bench/broker_autosave.py), so 320 MiB of payload is ~1 GiB of memory, and at the fleet's
 # ~250 bytes a reading ~1.3 M messages: 1.5 h of ingest outage at the demo's 250 msg/s. Beyond it
-# the broker drops (and counts, $SYS/broker/messages/dropped... see docs/reliability.md) what it queues.
+# the broker drops what it would queue (after the PUBACK; counted in $SYS, docs/reliability.md).
 MQTT_MAX_QUEUED_BYTES = 320 * 1024 * 1024
 # The message cap is set above what the byte cap allows, so the byte cap is the one that binds.
 MQTT_MAX_QUEUED_MESSAGES = 2_000_000
