@@ -78,6 +78,8 @@ class TlsMosquitto(Mosquitto):
 
     def write_config(self) -> None:
         super().write_config()
+        # Mosquitto 2.0 loads its certificates after it drops to its user (root-started: `mosquitto`).
+        self.hand_over([self.cert_dir / name for name in ("ca.pem", "server.pem", "server.key")])
         with open(self.config_path, "a") as config:
             config.write(
                 f"listener {self.tls_port} 127.0.0.1\n"
