@@ -41,9 +41,10 @@ STOP_TIMEOUT_S = 10.0
 MQTT_MAX_INFLIGHT_MESSAGES = 5_000
 # The broker keeps the queue of an offline or lagging persistent session (ingest's) in memory and
 # rewrites all of it to disk at every autosave. Budget: 1 GiB of memory and disk for the queue.
-# `max_queued_bytes` counts payload bytes; a queued reading costs ~3x its payload in the broker's
-# memory (bench/broker_autosave.py), so 320 MiB of payload is ~1 GiB of memory, and at the fleet's
-# ~250 bytes a reading ~1.3 M messages: 1.5 h of ingest outage at the demo's 250 msg/s. Beyond it
+# `max_queued_bytes` counts payload bytes; a queued reading costs 2.6x its payload in the broker's
+# memory and 1.6x in mosquitto.db (bench/broker_autosave.py), so 320 MiB of payload is ~0.8 GiB of
+# memory and ~0.5 GiB of disk, and at the fleet's ~250 bytes a reading ~1.3 M messages: 1.5 h of
+# ingest outage at the demo's 250 msg/s. Beyond it
 # the broker drops what it would queue (after the PUBACK; counted in $SYS, docs/reliability.md).
 MQTT_MAX_QUEUED_BYTES = 320 * 1024 * 1024
 # The message cap is set above what the byte cap allows, so the byte cap is the one that binds.
