@@ -155,6 +155,7 @@ def test_kill_9_of_mosquitto_with_ingest_behind_loses_at_most_the_documented_bou
         wait_for_points(stack, after, timeout_s=60)
         lost = missing(stack, acknowledged)
         assert ingest.terminate() == 0
+    print(f"kill -9 of Mosquitto at {len(acknowledged):,} PUBACKs: {len(lost):,} readings lost")  # shown with -s
     assert len(acknowledged) >= kill_at
     assert len(lost) <= MQTT_CRASH_LOSS_BOUND, (
         f"kill -9 of Mosquitto lost {len(lost)} of {len(acknowledged)} acknowledged readings; "
