@@ -31,6 +31,9 @@ from sensors.errors import SmartcityError
 from sensors.registry import Registry
 
 PASSWORD_FILE = "passwd"
+# Client ids the platform's own processes use by default (ingest's, the compose ingest services'): a
+# vendor account may use `<vendor>` and `<vendor>-...`, so no vendor id may be their prefix.
+RESERVED_CLIENT_IDS = ("smartcity-ingest", "ingest-a", "ingest-b")
 ACL_FILE = "acl"
 
 
@@ -47,6 +50,14 @@ def vendor_acl_rules(registry: Registry) -> dict[str, list[AclRule]]:
                 f"vendor id {vendor!r} in the registry is also a platform broker user; rename the vendor "
                 f"(reserved: {', '.join(sorted(broker_auth.service_acl_rules()))})"
             )
+        owner = next((v for v in registry.vendors if vendor.startswith(f"{v}-")), None)
+        if owner is not None:
+            raise AclError(
+                f"vendor id {vendor!r} lies in the client-id namespace of vendor {owner!r} ({owner}-...), "
+                f"so {owner!r} could take over its sessions; rename one of them"
+            )
+        if any(reserved.startswith(f"{vendor}-") for reserved in RESERVED_CLIENT_IDS):
+            raise AclError(f"vendor id {vendor!r} would own the platform's client ids {vendor}-...; rename the vendor")
         sensors = sorted(registry.sensors_of(vendor=vendor), key=lambda s: s.id)
         rules[vendor] = [AclRule("write", s.topic) for s in sensors] + [
             AclRule("read", f"{REJECT_PREFIX}{s.city}/{s.kind}/{s.id}") for s in sensors

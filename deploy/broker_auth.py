@@ -22,6 +22,9 @@ SALT_BYTES = 12
 
 ADMIN_USER = "admin"
 INGEST_USER = "ingest"
+# The platform's own accounts may use any client id; a vendor only `<vendor>` and `<vendor>-...`
+# (deploy/mosquitto/smartcity_clientid.c), so it can never take over another account's session.
+TRUSTED_USERS = (ADMIN_USER, INGEST_USER)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -69,7 +72,7 @@ def service_acl_rules() -> dict[str, list[AclRule]]:
 
 def write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only (0600), never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)

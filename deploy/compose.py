@@ -7,7 +7,7 @@ Everything `init` generates stays out of git (under SMARTCITY_HOME by default):
                           (webhook URL, optional e-mail and SMTP server), read by `docker compose --env-file`
     mqtt-users.json       plain broker passwords per user, for vendors' onboarding (0600)
     ca.key                the private key of the broker's CA (0600, never mounted)
-    mosquitto/mosquitto.conf, passwd, acl
+    mosquitto/mosquitto.conf, passwd, acl (0600)
                           the broker settings the delivery promise depends on, and one
                           account per vendor limited to its own sensors' topics
     mosquitto/tls/ca.crt, server.crt, server.key
@@ -59,6 +59,8 @@ TLS_PORT = 8883
 IMAGE_MOSQUITTO_UID = 1883
 CONFIG_DIR = "/mosquitto/config"
 DATA_DIR = "/mosquitto/data"
+# Built into the broker image by deploy/mosquitto/Dockerfile.
+PLUGIN_PATH = "/mosquitto/plugins/smartcity_clientid.so"
 INFLUX_INGEST_USER = "ingest"
 INFLUX_GRAFANA_USER = "grafana"
 
@@ -175,23 +177,24 @@ def init_compose(
             password_file=f"{CONFIG_DIR}/passwd",
             acl_file=f"{CONFIG_DIR}/acl",
             run_as_user=None,
+            clientid_plugin=PLUGIN_PATH,
+            trusted_users=broker_auth.TRUSTED_USERS,
             tls=TlsListener(
                 TLS_PORT, f"{CONFIG_DIR}/tls/ca.crt", f"{CONFIG_DIR}/tls/server.crt", f"{CONFIG_DIR}/tls/server.key"
             ),
         )
         files = {
             broker / "mosquitto.conf": conf,
-            # Hashes and topic rules only, no plain secret: readable by the container's mosquitto user.
             broker / "passwd": broker_auth.render_password_file({u: passwords[u] for u in rules}),
             broker / "acl": broker_auth.render_acl_file(rules),
         }
         for path, text in files.items():
-            path.write_text(text)
-            os.chmod(path, 0o644)
+            # Private to the user the broker runs as (the service's `user:`), who owns them.
+            broker_auth.write_private(path, text)
         data = out / "mosquitto-data"
         data.mkdir(mode=0o700, exist_ok=True)
         if os.getuid() == 0:
-            for path in (tls.server_key, data):
+            for path in (tls.server_key, data, *files):
                 os.chown(path, uid, gid)
     except OSError as err:
         raise SmartcityError(f"compose init: cannot write {out}: {err.strerror or err}") from err

@@ -6,6 +6,10 @@ set -euo pipefail
 needed=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || needed+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || needed+=(mosquitto-clients)
+# The broker plugin that ties client ids to accounts (deploy/mosquitto/) is compiled against these headers.
+command -v cc >/dev/null 2>&1 || needed+=(gcc libc6-dev)
+[ -f /usr/include/mosquitto_broker.h ] || needed+=(mosquitto-dev)
+[ -f /usr/include/mosquitto.h ] || needed+=(libmosquitto-dev)
 command -v influxd >/dev/null 2>&1 || needed+=(influxdb)
 command -v influx >/dev/null 2>&1 || needed+=(influxdb-client)
 # Test only: `smartcity report` pages are checked in a headless browser (tests/deploy/test_report_browser.py).

@@ -9,20 +9,26 @@ the tests exercise the configuration users run.
 from __future__ import annotations
 
 import getpass
+import grp
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy import broker_auth
 from deploy.tls import TlsFiles
+from sensors.contract import MAX_PACKET_BYTES
 from sensors.errors import SmartcityError
 
 logger = logging.getLogger(__name__)
@@ -30,18 +36,43 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
-# Mosquitto keeps at most this many QoS 1 messages for an offline persistent
-# session (its default of 1000 silently drops the rest). One hour of ingest
-# outage at the demo's 250 msg/s is 900,000 messages.
-MQTT_MAX_QUEUED_MESSAGES = 1_000_000
 # Unacknowledged messages in flight per client. Ingest acknowledges only after
-# an fsync (every <= 50 ms), so the default of 20 would cap it near 400 msg/s.
+# an fsync (its group commit, every <= 50 ms) and asks for the same window
+# (`receive_maximum`, 5000): the default of 20 would cap it near 400 msg/s.
 MQTT_MAX_INFLIGHT_MESSAGES = 5_000
-# Larger packets are refused by the broker; smaller ones reach ingest, which
-# rejects payloads over the contract's 16 KiB with a reason.
-MQTT_MAX_PACKET_BYTES = 2 * 1024 * 1024
-# Mosquitto writes its in-memory state to disk at this interval and on a clean shutdown.
-MQTT_AUTOSAVE_INTERVAL_S = 10
+# The broker keeps the queue of an offline or lagging persistent session (ingest's) in memory and
+# rewrites all of it to disk at every autosave. Budget: 1 GiB of memory and disk for the queue.
+# `max_queued_bytes` counts payload bytes; a queued reading costs 2.6x its payload in the broker's
+# memory and 1.6x in mosquitto.db (bench/broker_autosave.py), so 320 MiB of payload is ~0.8 GiB of
+# memory and ~0.5 GiB of disk, and at the fleet's ~250 bytes a reading ~1.3 M messages: 1.5 h of
+# ingest outage at the demo's 250 msg/s. Beyond it
+# the broker drops what it would queue (after the PUBACK; counted in $SYS, docs/reliability.md).
+MQTT_MAX_QUEUED_BYTES = 320 * 1024 * 1024
+# The message cap is set above what the byte cap allows, so the byte cap is the one that binds.
+MQTT_MAX_QUEUED_MESSAGES = 2_000_000
+# Hard heap cap of the whole broker: the queue budget plus room for connections and in-flight windows.
+# Past it Mosquitto refuses (does not acknowledge) incoming messages and disconnects their publisher.
+MQTT_MEMORY_LIMIT_BYTES = 1536 * 1024 * 1024
+# Larger packets are refused by the broker (it closes the connection, no PUBACK): the contract's
+# limit, 16 KiB of payload plus room for the topic and properties (sensors/contract.py).
+MQTT_MAX_PACKET_BYTES = MAX_PACKET_BYTES
+# Concurrent connections: the fleet's vendors, ingest processes, operators' tools; far above need.
+MQTT_MAX_CONNECTIONS = 1_000
+# Mosquitto rewrites its whole in-memory state to disk at each autosave, and a kill -9 loses what
+# arrived since the last one. Saving after this many changes (autosave_on_changes) bounds that loss
+# in messages rather than in seconds; the figure comes from bench/broker_autosave.py (docs/reliability.md).
+MQTT_AUTOSAVE_ON_CHANGES = True
+MQTT_AUTOSAVE_INTERVAL = 10_000
+# What a kill -9 of the broker can lose, in acknowledged messages: those queued since the last save
+# (one save per MQTT_AUTOSAVE_INTERVAL changes; a queued message is one change), plus the in-flight
+# window it had sent to ingest but ingest had not yet received. docs/reliability.md, 'Broker crash'.
+MQTT_CRASH_LOSS_BOUND = MQTT_AUTOSAVE_INTERVAL + MQTT_MAX_INFLIGHT_MESSAGES
+# The client-id plugin (deploy/mosquitto/smartcity_clientid.c): these accounts may use any client id,
+# every other account only `<account>` and `<account>-...`.
+PLUGIN_SOURCE = Path(__file__).parent / "mosquitto" / "smartcity_clientid.c"
+PLUGIN_NAME = "smartcity_clientid.so"
+# A broker started as root drops to this user (the Debian package's); it must own its persistence.
+BROKER_USER_WHEN_ROOT = "mosquitto"
 
 
 class ServerError(SmartcityError):
@@ -139,6 +170,7 @@ class ServerProcess:
         otherwise the caller owns it and must `stop()` it.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
         for port in self.busy_ports():
             if not port_is_free(port):
                 raise ServerError(f"{self.name}: port {port} is already in use")
@@ -150,6 +182,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=detach,
+                umask=0o077,  # its data, persistence and meta files are for its owner only
             )
         self.pid = self.proc.pid
         if detach:
@@ -219,7 +252,7 @@ class ServerProcess:
 
 @dataclass(kw_only=True)
 class Mosquitto(ServerProcess):
-    """Mosquitto with persistence, large queues, raised in-flight limits and no anonymous access."""
+    """Mosquitto with persistence, bounded queues, client ids tied to accounts and no anonymous access."""
 
     name: str = "mosquitto"
     password_file: Path | None = None
@@ -227,6 +260,10 @@ class Mosquitto(ServerProcess):
     # Vendors' listener: MQTT over TLS on all interfaces (the plain `port` is on the loopback only).
     tls_port: int | None = None
     tls_files: TlsFiles | None = None
+    trusted_users: tuple[str, ...] = broker_auth.TRUSTED_USERS
+    autosave_on_changes: bool = MQTT_AUTOSAVE_ON_CHANGES
+    autosave_interval: int = MQTT_AUTOSAVE_INTERVAL
+    extra_settings: tuple[str, ...] = ()  # more mosquitto.conf lines (the benchmarks' `sys_interval`)
 
     @property
     def binary(self) -> str:
@@ -245,25 +282,72 @@ class Mosquitto(ServerProcess):
 
     def write_config(self) -> None:
         self.persistence_dir.mkdir(parents=True, exist_ok=True)
+        plugin = build_clientid_plugin(self.data_dir)
+        tls_copies = self.copy_tls_files()
+        owner = broker_owner()
+        if owner is not None:
+            # Started as root: Mosquitto drops to `owner` before it opens its files, and without
+            # write access to its folder it would run without persistence, silently.
+            require_reachable(self.data_dir, owner)
+            self.hand_over([self.data_dir, self.persistence_dir, *self.persistence_dir.iterdir(), *tls_copies])
+        for folder in (self.data_dir, self.persistence_dir):
+            os.chmod(folder, 0o700)
         self.config_path.write_text(
             render_mosquitto_conf(
                 port=self.port,
                 persistence_dir=f"{self.persistence_dir}/",
                 password_file=str(self.password_file) if self.password_file else None,
                 acl_file=str(self.acl_file) if self.acl_file else None,
-                # Mosquitto started as root drops to user `mosquitto` and then silently runs
-                # without persistence if it cannot write its folder: stay the user who owns it.
-                run_as_user=getpass.getuser(),
+                run_as_user=owner.pw_name if owner is not None else getpass.getuser(),
+                clientid_plugin=str(plugin),
+                trusted_users=self.trusted_users,
+                autosave=(self.autosave_on_changes, self.autosave_interval),
                 tls=self.tls_listener,
             )
+            + "".join(f"{line}\n" for line in self.extra_settings)
         )
+        os.chmod(self.config_path, 0o600)
+
+    def hand_over(self, paths: Sequence[Path] = ()) -> None:
+        """As root, give `paths` and the password and ACL files to the user the broker runs as."""
+        owner = broker_owner()
+        if owner is None:
+            return
+        for path in [*paths, *(p for p in (self.password_file, self.acl_file) if p is not None)]:
+            if path.exists():
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    @property
+    def tls_dir(self) -> Path:
+        """The broker's own copy of its certificate and key (the CA's key never comes here)."""
+        return self.data_dir / "tls"
 
     @property
     def tls_listener(self) -> TlsListener | None:
         if self.tls_port is None or self.tls_files is None:
             return None
+        d = self.tls_dir
+        return TlsListener(self.tls_port, str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"))
+
+    def copy_tls_files(self) -> list[Path]:
+        """Copy the CA certificate and the server's certificate and key beside the broker (0600 in a 0700 folder).
+
+        A root-started Mosquitto drops to its user before it reads the key, so that user must own
+        the copy; the originals, next to the CA's key, stay the stack owner's.
+        """
+        if self.tls_files is None or self.tls_port is None:
+            return []
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.tls_dir, 0o700)
         f = self.tls_files
-        return TlsListener(self.tls_port, str(f.ca_cert), str(f.server_cert), str(f.server_key))
+        copies = []
+        for source, name in ((f.ca_cert, "ca.crt"), (f.server_cert, "server.crt"), (f.server_key, "server.key")):
+            target = self.tls_dir / name
+            target.unlink(missing_ok=True)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            copies.append(target)
+        return [self.tls_dir, *copies]
 
     def busy_ports(self) -> list[int]:
         return [self.port] if self.tls_port is None else [self.port, self.tls_port]
@@ -296,6 +380,57 @@ class TlsListener:
         ]
 
 
+def broker_owner() -> pwd.struct_passwd | None:
+    """The user a root-started broker runs as; None when the stack is not started as root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(BROKER_USER_WHEN_ROOT)
+    except KeyError:
+        raise ServerError(
+            f"started as root, mosquitto must run as user {BROKER_USER_WHEN_ROOT!r}, which does not exist: "
+            "install Debian's mosquitto package, or start the stack as a normal user"
+        ) from None
+
+
+def require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
+    """Fail with the folder to fix if `user` cannot reach `folder` (execute bit on every parent)."""
+    groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem)}
+    for parent in folder.resolve().parents:
+        st = parent.stat()
+        allowed = (
+            st.st_mode & stat.S_IXOTH
+            or (st.st_uid == user.pw_uid and st.st_mode & stat.S_IXUSR)
+            or (st.st_gid in groups and st.st_mode & stat.S_IXGRP)
+        )
+        if not allowed:
+            raise ServerError(
+                f"mosquitto runs as user {user.pw_name!r} when started as root and cannot reach {folder}: "
+                f"{parent} is mode {stat.S_IMODE(st.st_mode):04o}; put SMARTCITY_HOME where that user can "
+                "reach it (e.g. under /var/lib or /srv), or start the stack as a normal user"
+            )
+
+
+def build_clientid_plugin(folder: Path) -> Path:
+    """Compile the client-id plugin into `folder` unless an up-to-date build is there; returns its path."""
+    target = folder / PLUGIN_NAME
+    if target.exists() and target.stat().st_mtime >= PLUGIN_SOURCE.stat().st_mtime:
+        return target
+    compiler = shutil.which("cc")
+    if compiler is None:
+        raise ServerError("cc not found: run 'bash deploy/install-system-deps.sh'")
+    partial = target.with_suffix(".part")
+    done = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(partial), str(PLUGIN_SOURCE)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
+        raise ServerError(f"building the broker plugin failed ({first}); run 'bash deploy/install-system-deps.sh'")
+    os.chmod(partial, 0o644)
+    os.replace(partial, target)
+    return target
+
+
 def render_mosquitto_conf(
     *,
     port: int,
@@ -303,6 +438,9 @@ def render_mosquitto_conf(
     password_file: str | None,
     acl_file: str | None,
     run_as_user: str | None,
+    clientid_plugin: str,
+    trusted_users: Sequence[str],
+    autosave: tuple[bool, int] = (MQTT_AUTOSAVE_ON_CHANGES, MQTT_AUTOSAVE_INTERVAL),
     bind_address: str = "127.0.0.1",
     log_dest: str = "stdout",
     tls: TlsListener | None = None,
@@ -312,17 +450,24 @@ def render_mosquitto_conf(
         "# Generated by smartcity (deploy/servers.py); edits are overwritten.",
         f"listener {port} {bind_address}" if bind_address else f"listener {port}",
         "allow_anonymous false",
+        f"max_connections {MQTT_MAX_CONNECTIONS}",
     ]
     if password_file:
         lines.append(f"password_file {password_file}")
     if acl_file:
         lines.append(f"acl_file {acl_file}")
     lines += [
+        # Checked before the password file: a vendor can use only its own client ids (docs/design.md).
+        f"plugin {clientid_plugin}",
+        f"plugin_opt_trusted {' '.join(trusted_users)}",
         "persistence true",
         f"persistence_location {persistence_dir}",
-        f"autosave_interval {MQTT_AUTOSAVE_INTERVAL_S}",
+        f"autosave_on_changes {'true' if autosave[0] else 'false'}",
+        f"autosave_interval {autosave[1]}",
         "persistent_client_expiration 14d",
         f"max_queued_messages {MQTT_MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MQTT_MAX_QUEUED_BYTES}",
+        f"memory_limit {MQTT_MEMORY_LIMIT_BYTES}",
         f"max_inflight_messages {MQTT_MAX_INFLIGHT_MESSAGES}",
         f"max_packet_size {MQTT_MAX_PACKET_BYTES}",
         f"log_dest {log_dest}",
@@ -386,6 +531,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   bind-address = "127.0.0.1:{self.port}"
   auth-enabled = {"true" if self.auth_enabled else "false"}
   log-enabled = false
+  # /debug/pprof answers without login when on. 1.6 has no switch for /debug/vars and /debug/requests:
+  # they stay open on this loopback-only port (docs/deploy.md, 'InfluxDB debug endpoints').
+  pprof-enabled = false
 
 [continuous_queries]
   log-enabled = false
@@ -398,6 +546,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   suppress-logo = true
 """
         )
+        os.chmod(self.config_path, 0o600)
 
     @property
     def base_url(self) -> str:

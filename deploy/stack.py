@@ -129,6 +129,8 @@ class Stack:
         known = {user: pw for user, pw in passwords.items() if user in acl_rules}
         broker_auth.write_private(mdir / "passwd", broker_auth.render_password_file(known))
         broker_auth.write_private(mdir / "acl", broker_auth.render_acl_file(acl_rules))
+        # The broker rereads both on SIGHUP as the user it runs as.
+        self.mosquitto(self.ports() or StackPorts()).hand_over()
         return passwords
 
     def up(
@@ -150,7 +152,11 @@ class Stack:
         """
         find_binary("mosquitto")
         find_binary("influxd")
-        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.home.exists():
+            # Others may pass through (a root-started broker runs as `mosquitto`), not list: every
+            # entry inside is private to its owner (0700 folders, 0600 files).
+            self.home.mkdir(parents=True)
+            os.chmod(self.home, 0o711)
         previous = self.ports()
         if previous and (self.mosquitto(previous).running_pid() or self.influxdb(previous).running_pid()):
             tls_port = previous.mqtt_tls if mqtt_tls_port is None else mqtt_tls_port

@@ -73,7 +73,7 @@ class IngestService:
                             recovered.truncated_bytes)  # fmt: skip
             self.consumer = Consumer(s, self.contract, spool, self.metrics)
         if s.role in ("all", "write"):
-            s.spool_root.mkdir(parents=True, exist_ok=True)
+            s.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.writer = RawWriter(
                 s.spool_root,
                 [s.client_id] if s.role == "all" else None,

@@ -97,7 +97,7 @@ def lock_stream(stream_dir: Path, name: str, holder: str) -> int:
     """Take an exclusive lock file in a stream folder; returns its descriptor (closing it releases
     the lock), or raises `StreamLocked` naming the process that holds it."""
     path = stream_dir / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -160,7 +160,7 @@ class _OpenSegment:
         self.record_type = record_type
         self.seq = seq
         self.path = stream_dir / segment_name(record_type, seq, OPEN_SUFFIX)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         _fsync_dir(stream_dir)
         self.size = 0  # durable bytes
         self.crc32 = 0  # of the durable bytes
@@ -378,7 +378,7 @@ class StreamWriter(Generic[T]):
         self.segment_max_bytes = segment_max_bytes
         self.segment_max_age_s = segment_max_age_s
         try:
-            stream_dir.mkdir(parents=True, exist_ok=True)
+            stream_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # readings are private
             # One writer per stream: a second process with the same client id must not append here.
             self._lock_fd: int | None = lock_stream(
                 stream_dir, WRITER_LOCK, "another ingest process uses this client id"

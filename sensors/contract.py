@@ -46,6 +46,11 @@ MALFORMED_REJECT_TOPIC = "smartcity/dlq/v1/_malformed"
 SUBSCRIPTION = "smartcity/v1/#"
 
 MAX_PAYLOAD_BYTES = 16 * 1024
+# The broker refuses a larger MQTT packet (topic + payload + properties) outright: it closes the
+# connection without a PUBACK, so the publish is neither stored nor rejected. The 4 KiB above the
+# payload limit are for the topic and properties, and so that ingest still sees, and rejects with
+# `payload_too_large`, payloads a little over the limit.
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4 * 1024
 REJECT_PAYLOAD_BYTES = 4 * 1024
 MAX_FUTURE_MS = 5 * 60 * 1000
 DEFAULT_MAX_AGE_MS = 30 * 24 * 3600 * 1000  # the raw retention policy

@@ -40,6 +40,7 @@ from sensors.contract import (
     EPOCH_SECONDS_HINT_BELOW,
     MALFORMED_REJECT_TOPIC,
     MAX_FUTURE_MS,
+    MAX_PACKET_BYTES,
     MAX_PAYLOAD_BYTES,
     REJECT_PAYLOAD_BYTES,
     REJECT_PREFIX,
@@ -756,6 +757,9 @@ def example_block(example: Example) -> str:
 def _section_limits(registry: Registry) -> str:
     rows = [
         ["Payload size", f"at most {MAX_PAYLOAD_BYTES} bytes (16 KiB) of UTF-8 JSON", "`payload_too_large`"],
+        ["MQTT packet", f"at most {MAX_PACKET_BYTES} bytes (topic, payload and properties); the broker closes the "
+         "connection on a larger one, without a PUBACK: it is neither stored nor rejected, so resend it smaller",
+         "none (disconnect)"],
         ["Clock ahead", f"`ts` at most {MAX_FUTURE_MS // 60_000} min after the broker received it", "`ts_in_future`"],
         ["Clock behind", f"`ts` within the raw retention ({DEFAULT_MAX_AGE_MS // 86_400_000} days by default)",
          "`ts_too_old`"],

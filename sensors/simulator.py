@@ -649,7 +649,7 @@ class Publisher:
         for account, password in passwords.items():
             client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
-                client_id=f"{client_prefix}-{account}-{os.getpid()}",
+                client_id=f"{account}-{client_prefix}-{os.getpid()}",  # a vendor owns only `<account>-...`
                 protocol=mqtt.MQTTv5,
             )
             client.username_pw_set(account, password)

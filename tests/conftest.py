@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import StackHandle, start_stack
+from tests.servers import StackHandle, let_broker_through, start_stack
+
+
+@pytest.fixture(autouse=True)
+def _broker_passes_through_tmp_path(request: pytest.FixtureRequest) -> None:
+    """As root, a stack's broker runs as user `mosquitto`: let it through the test's private temp folder."""
+    if "tmp_path" in request.fixturenames:
+        let_broker_through(request.getfixturevalue("tmp_path"))
 
 # tests.timeout_guard: no test can pass after its own timeout; pytester runs the guard's own test.
 pytest_plugins = ["tests.timeout_guard", "pytester"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -52,6 +55,7 @@ class StackHandle:
 
     @property
     def mosquitto(self) -> Mosquitto:
+        let_broker_through(self.home)  # again: another pytest run as root tightens /tmp/pytest-of-root
         return self.stack.mosquitto(self.ports)
 
     @property
@@ -106,8 +110,19 @@ class StackHandle:
         self.stack.down()
 
 
+def let_broker_through(path: Path) -> None:
+    """As root, let the broker's user pass through pytest's private temp folders (o+x, no listing)."""
+    if os.geteuid() != 0:
+        return
+    temp = Path(tempfile.gettempdir()).resolve()
+    for folder in [path, *path.parents]:
+        if folder.exists() and folder.is_relative_to(temp) and folder != temp:
+            os.chmod(folder, folder.stat().st_mode | stat.S_IXOTH)
+
+
 def start_stack(home: Path) -> StackHandle:
     """Start a stack on free ports in `home`; a failure fails the test loudly (never skips)."""
+    let_broker_through(home)
     stack = Stack(home)
     try:
         ports = stack.up(mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port())

@@ -70,6 +70,22 @@ def test_a_vendor_named_like_a_platform_user_is_refused(tmp_path: Path) -> None:
         vendor_acl_rules(load_registry([BUILTIN_DIR, extra]))
 
 
+@pytest.mark.parametrize(
+    ("vendor", "message"),
+    [
+        ("siam-airsense-labs", "namespace of vendor 'siam-airsense'"),  # siam-airsense could use its ids
+        ("smartcity", "platform's client ids"),  # it would own ingest's smartcity-ingest
+    ],
+)
+def test_a_vendor_inside_another_accounts_client_id_namespace_is_refused(
+    tmp_path: Path, vendor: str, message: str
+) -> None:
+    extra = tmp_path / "overlap.yaml"
+    extra.write_text(f"vendors:\n  - {{id: {vendor}, name: Overlap}}\n")
+    with pytest.raises(AclError, match=message):
+        vendor_acl_rules(load_registry([BUILTIN_DIR, extra]))
+
+
 def test_sensors_acl_writes_hashed_files_and_keeps_passwords(tmp_path: Path) -> None:
     out, home = tmp_path / "broker", tmp_path / "home"
     command = [sys.executable, "-m", "deploy.cli", "sensors", "acl", "--out", str(out), "--home", str(home)]

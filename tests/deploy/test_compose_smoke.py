@@ -43,7 +43,7 @@ import pytest
 import yaml
 
 from deploy.compose import ENV_FILE, AlertDelivery, init_compose, read_env_file
-from deploy.servers import InfluxDB, basic_auth, find_binary, free_port
+from deploy.servers import InfluxDB, basic_auth, build_clientid_plugin, find_binary, free_port
 from storage.query import QueryClient, ident
 from storage.settings import InfluxSettings
 from tests.deploy.composefile import COMPOSE, substitute
@@ -75,6 +75,7 @@ class Deployment:
         """Container paths, compose host names and container ports as they are on this machine."""
         text = text.replace("/mosquitto/config", str(self.out / "mosquitto"))
         text = text.replace("/mosquitto/data", str(self.out / "mosquitto-data"))
+        text = text.replace("/mosquitto/plugins", str(self.root / "plugins"))  # built into the image
         for host, port in (("mosquitto", 1883), ("influxdb", 8086)):
             text = text.replace(f"@{host}:{port}", f"@127.0.0.1:{self.ports[port]}")
             text = text.replace(f"//{host}:{port}", f"//127.0.0.1:{self.ports[port]}")
@@ -169,6 +170,10 @@ def deployment() -> Iterator[Deployment]:
     root = Path(tempfile.mkdtemp(prefix="smartcity-compose-"))
     root.chmod(0o755)
     out = root / "compose"
+    # What deploy/mosquitto/Dockerfile compiles into the image, from the same source.
+    plugins = root / "plugins"
+    plugins.mkdir(mode=0o755)
+    build_clientid_plugin(plugins)
     init_compose(out, alerts=AlertDelivery(webhook_url="https://hooks.example/smartcity"))
     env = read_env_file(out / ENV_FILE)
     compose = yaml.safe_load(substitute(COMPOSE.read_text(), env))
