@@ -393,10 +393,10 @@ def broker_owner() -> pwd.struct_passwd | None:
         ) from None
 
 
-def require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
-    """Fail with the folder to fix if `user` cannot reach `folder` (execute bit on every parent)."""
+def unreachable_parent(folder: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first parent of `folder` that `user` may not pass through (no execute bit for it), if any."""
     groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem)}
-    for parent in folder.resolve().parents:
+    for parent in reversed(folder.resolve().parents):
         st = parent.stat()
         allowed = (
             st.st_mode & stat.S_IXOTH
@@ -404,11 +404,20 @@ def require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
             or (st.st_gid in groups and st.st_mode & stat.S_IXGRP)
         )
         if not allowed:
-            raise ServerError(
-                f"mosquitto runs as user {user.pw_name!r} when started as root and cannot reach {folder}: "
-                f"{parent} is mode {stat.S_IMODE(st.st_mode):04o}; put SMARTCITY_HOME where that user can "
-                "reach it (e.g. under /var/lib or /srv), or start the stack as a normal user"
-            )
+            return parent
+    return None
+
+
+def require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
+    """Fail with the folder to fix if `user` cannot reach `folder` (execute bit on every parent)."""
+    parent = unreachable_parent(folder, user)
+    if parent is not None:
+        st = parent.stat()
+        raise ServerError(
+            f"mosquitto runs as user {user.pw_name!r} when started as root and cannot reach {folder}: "
+            f"{parent} is mode {stat.S_IMODE(st.st_mode):04o}; put SMARTCITY_HOME where that user can "
+            "reach it (e.g. under /var/lib or /srv), or start the stack as a normal user"
+        )
 
 
 def build_clientid_plugin(folder: Path) -> Path:

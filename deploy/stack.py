@@ -9,6 +9,8 @@ Layout of the state folder (default `./.smartcity`):
     tls/                     ca.crt (what vendors verify the broker with), ca.key, server.crt,
                              server.key (keys 0600), see deploy/tls.py
     mosquitto/               mosquitto.conf, password and ACL files, persistence, log, pid
+                             (started as root with a HOME the `mosquitto` user cannot reach, e.g.
+                             under /root: /var/lib/smartcity/brokers/<hash of HOME> instead)
     influxdb/                influxdb.conf, meta, data, wal, log, pid
 
 Mosquitto listens with plain MQTT on 127.0.0.1 only (the project's own processes) and
@@ -21,6 +23,7 @@ binary name) and keeps all data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +35,15 @@ from pathlib import Path
 
 from deploy import broker_auth
 from deploy.acl import registry_acl_rules
-from deploy.servers import InfluxDB, Mosquitto, ServerError, find_binary, free_port
+from deploy.servers import (
+    InfluxDB,
+    Mosquitto,
+    ServerError,
+    broker_owner,
+    find_binary,
+    free_port,
+    unreachable_parent,
+)
 from deploy.tls import TlsFiles, ensure_certificates, machine_names
 from sensors.broker_url import BrokerAddress
 from sensors.errors import SmartcityError
@@ -45,6 +56,8 @@ DEFAULT_MQTT_TLS_PORT = 8883
 DEFAULT_INFLUX_PORT = 8086
 INFLUX_ADMIN = "admin"
 DEFAULT_DB = "smartcity"
+# Where a root-started broker keeps its folder when its user cannot reach HOME (see Stack.broker_dir).
+BROKER_DIRS_WHEN_ROOT = Path("/var/lib/smartcity/brokers")
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,20 @@ class Stack:
         return self.home / "secrets"
 
     @property
+    def broker_dir(self) -> Path:
+        """The broker's folder: HOME/mosquitto, unless a root-started broker's user could not reach it.
+
+        Started as root, Mosquitto runs as `mosquitto` and must reach its folder; a HOME under a
+        private parent (a checkout in /root) gets a folder of its own under /var/lib/smartcity.
+        """
+        folder = self.home / "mosquitto"
+        owner = broker_owner()
+        if owner is None or unreachable_parent(folder, owner) is None:
+            return folder
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        return BROKER_DIRS_WHEN_ROOT / digest
+
+    @property
     def env_path(self) -> Path:
         return self.home / "env"
 
@@ -101,7 +128,7 @@ class Stack:
             return None
 
     def mosquitto(self, ports: StackPorts) -> Mosquitto:
-        mdir = self.home / "mosquitto"
+        mdir = self.broker_dir
         return Mosquitto(
             data_dir=mdir,
             port=ports.mqtt,
@@ -124,8 +151,11 @@ class Stack:
     def write_broker_auth(self, acl_rules: Mapping[str, Iterable[broker_auth.AclRule]]) -> dict[str, str]:
         """Passwords (kept across runs) and the hashed password + ACL files for every user with rules."""
         passwords = broker_auth.load_or_create_passwords(self.mqtt_users_path, acl_rules.keys())
-        mdir = self.home / "mosquitto"
-        mdir.mkdir(parents=True, exist_ok=True)
+        mdir = self.broker_dir
+        for parent in reversed(mdir.parents):  # /var/lib/smartcity/brokers: passable, not listable
+            if not parent.exists():
+                parent.mkdir(mode=0o711)
+        mdir.mkdir(mode=0o700, exist_ok=True)
         known = {user: pw for user, pw in passwords.items() if user in acl_rules}
         broker_auth.write_private(mdir / "passwd", broker_auth.render_password_file(known))
         broker_auth.write_private(mdir / "acl", broker_auth.render_acl_file(acl_rules))

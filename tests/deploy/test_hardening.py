@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -24,14 +25,14 @@ from paho.mqtt.properties import Properties
 
 from deploy import broker_auth
 from deploy.compose import AlertDelivery, init_compose
-
-WEBHOOK = AlertDelivery(webhook_url="https://hooks.example/smartcity")
-from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, render_mosquitto_conf
+from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, free_port, render_mosquitto_conf
+from deploy.stack import BROKER_DIRS_WHEN_ROOT, Stack, StackPorts
 from sensors.contract import MAX_PACKET_BYTES
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle
 
 COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
+WEBHOOK = AlertDelivery(webhook_url="https://hooks.example/smartcity")
 
 
 def mode(path: Path) -> int:
@@ -85,6 +86,25 @@ def test_a_root_started_broker_is_not_root_and_keeps_its_persistence(private_sta
     subscriber.disconnect()
     subscriber.loop_stop()
     assert sorted(int(p) for p in received) == list(range(50))
+
+
+def test_a_root_started_stack_in_a_private_folder_gives_the_broker_a_folder_it_can_reach(tmp_path: Path) -> None:
+    """`make demo` from a checkout under /root (0700): the broker's user cannot reach HOME/mosquitto."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    stack = Stack(private / "home")
+    if os.geteuid() != 0:  # a normal user's broker runs as that user and reaches HOME like any of its files
+        assert stack.broker_dir == stack.home / "mosquitto"
+        return
+    assert stack.broker_dir.parent == BROKER_DIRS_WHEN_ROOT
+    try:
+        stack.up(mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port())
+        pid = stack.mosquitto(stack.ports() or StackPorts()).running_pid()
+        assert pid is not None and process_uid(pid) == pwd.getpwnam(BROKER_USER_WHEN_ROOT).pw_uid
+        assert mode(stack.broker_dir) == 0o700 and mode(BROKER_DIRS_WHEN_ROOT) == 0o711
+    finally:
+        stack.down()
+        shutil.rmtree(stack.broker_dir, ignore_errors=True)
 
 
 def test_secrets_data_and_spool_are_private(private_stack: StackHandle, tmp_path: Path) -> None:
