@@ -39,6 +39,7 @@ from sensors.errors import SmartcityError
 from sensors.reading import CorruptRecord, Rejection, decode_rejection
 from sensors.registry import Registry
 from sensors.spool import OPEN_SUFFIX, REJECTS, closed_segments, read_rejections
+from sensors.timeparse import time_option
 from storage.query import QueryClient, ident
 from storage.settings import InfluxSettings
 
@@ -321,7 +322,6 @@ def as_json(result: AuditResult) -> dict[str, Any]:
 def _whole_hour(moment: datetime | None, up: bool) -> datetime | None:
     if moment is None:
         return None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     floor = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return floor + HOUR if up and floor != moment else floor
 
@@ -334,8 +334,8 @@ def _whole_hour(moment: datetime | None, up: bool) -> datetime | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Simulator manifest (repeatable) [default: the newest in HOME/manifests].",
 )
-@click.option("--from", "start", type=click.DateTime(), help="Only from this UTC time (rounded down to the hour).")
-@click.option("--to", "end", type=click.DateTime(), help="Only up to this UTC time (rounded up to the hour).")
+@time_option("--from", "start", help="Only from this time (rounded down to the hour).")
+@time_option("--to", "end", help="Only up to this time (rounded up to the hour).")
 @home_option("manifests in HOME/manifests, the reject store in HOME/spool")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the result as JSON.")
 @registry_option

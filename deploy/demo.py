@@ -210,9 +210,9 @@ class Demo:
             summary = self.run_cli(
                 "simulate",
                 "--from",
-                f"{replay_from:%Y-%m-%dT%H:%M:%S}",
+                f"{replay_from:%Y-%m-%dT%H:%M:%SZ}",
                 "--to",
-                f"{now:%Y-%m-%dT%H:%M:%S}",
+                f"{now:%Y-%m-%dT%H:%M:%SZ}",
                 "--speed",
                 "max",
                 "--faults",

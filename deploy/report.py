@@ -47,6 +47,7 @@ from sensors.aqi import BANDS, POLLUTANTS, Band, band_for
 from sensors.cli import registry_from, registry_option
 from sensors.errors import SmartcityError
 from sensors.registry import Kind, Metric, Registry, SuperCluster
+from sensors.timeparse import time_option
 from storage.query import QueryClient, Series, ident
 from storage.schema import AQI_MEASUREMENT, HEALTH_MEASUREMENT, rollup_field, rollup_measurement
 from storage.settings import InfluxSettings
@@ -855,31 +856,11 @@ def write_report(
 # -- command line --------------------------------------------------------------------------------
 
 
-class DateTimeParam(click.ParamType):
-    """An ISO 8601 date or date-time; without an offset it is read in the report's time zone."""
-
-    name = "DATETIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-03-01T08:00+07:00)", param, ctx)
-
-
 def _zone(ctx: click.Context, param: click.Parameter, value: str) -> tzinfo:
     try:
         return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise click.BadParameter(f"unknown time zone {value!r} (e.g. Asia/Bangkok, UTC)") from None
-
-
-def _aware(value: datetime | None, tz: tzinfo) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=tz)
 
 
 @click.command("report")
@@ -890,17 +871,20 @@ def _aware(value: datetime | None, tz: tzinfo) -> datetime | None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for index.html, one page per super-cluster and plotly.min.js (created if missing).",
 )
-@click.option("--from", "start", type=DateTimeParam(), help="Start of the range [default: --to minus 24 h].")
-@click.option("--to", "end", type=DateTimeParam(), help="End of the range [default: the end of the latest data].")
+@time_option("--from", "start", help="Start of the range [default: --to minus 24 h].")
+@time_option("--to", "end", help="End of the range [default: the end of the latest data].")
 @click.option(
-    "--tz", default=DEFAULT_TZ, show_default=True, callback=_zone, help="Time zone of the pages and of bare times."
+    "--tz",
+    default=DEFAULT_TZ,
+    show_default=True,
+    callback=_zone,
+    help="Time zone the pages are shown in (a bare --from/--to is Bangkok time whatever this is).",
 )
 @registry_option
 def report_command(
     out_dir: Path, start: datetime | None, end: datetime | None, tz: tzinfo, registry_paths: Sequence[Path]
 ) -> None:
     """Write static HTML pages (charts of AQI, pollutants, flood levels, traffic, sensor health) from InfluxDB."""
-    start, end = _aware(start, tz), _aware(end, tz)
     if start is not None and end is not None and start >= end:
         raise click.BadParameter("must be before --to", param_hint="--from")
     registry = registry_from(registry_paths)

@@ -21,6 +21,7 @@ from pipelines import load_run
 from pipelines.settings import PIPELINES, PipelineSettings
 from sensors.cli import registry_from, registry_option
 from sensors.registry import Registry
+from sensors.timeparse import time_option
 from storage.settings import InfluxSettings
 
 if TYPE_CHECKING:  # Beam takes a second to import: only the commands that run a pipeline load it
@@ -32,31 +33,14 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 _BEAM_HELP = "Options after these go to Beam, e.g. --runner=PortableRunner --job_endpoint=HOST:PORT."
 
 
-class Instant(click.ParamType):
-    """An ISO 8601 date or date-time (UTC unless it has an offset), as epoch milliseconds."""
-
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            parsed = dt.datetime.fromisoformat(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 time like 2025-11-25 or 2025-11-25T10:00+07:00", param, ctx)
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.UTC)
-        return int(parsed.timestamp() * 1000)
-
-
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 _COMMON: list[_Decorator] = [
-    click.option("--from", "start", type=Instant(), help="Start (widened to its hour) [default: spool start]."),
-    click.option("--to", "end", type=Instant(), help="End, exclusive (widened to the hour) [default: spool end]."),
+    time_option("--from", "start", unit="ms", help="Start (widened to its hour) [default: spool start]."),
+    time_option("--to", "end", unit="ms", help="End, exclusive (widened to the hour) [default: spool end]."),
     registry_option,
     click.option(
         "--home",

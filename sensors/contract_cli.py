@@ -15,7 +15,6 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,26 +24,10 @@ import msgspec
 from sensors.cli import registry_from, registry_option
 from sensors.contract import DEFAULT_MAX_AGE_MS, Accepted, Contract, reject_topic
 from sensors.contract_spec import ContractSpecError, reject_message, render_doc, spec_files
+from sensors.timeparse import time_option
 
 _DURATION = re.compile(r"^([1-9][0-9]*)(ms|s|m|h|d|w)$")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-
-
-def _received_ms(value: str | None) -> int:
-    """`--received-at`: epoch milliseconds or RFC 3339 with an offset; default now."""
-    if value is None:
-        return time.time_ns() // 1_000_000
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise click.BadParameter(
-            f"{value!r} is neither epoch milliseconds nor RFC 3339 with an offset", param_hint="--received-at"
-        )
-    return int(moment.timestamp() * 1000)
 
 
 def _retention_ms(value: str) -> int:
@@ -119,12 +102,7 @@ def docs(registry_paths: Sequence[Path], path: Path, check: bool) -> None:
     type=click.File("rb"),
     help="File with the exact payload bytes ('-' for standard input).",
 )
-@click.option(
-    "--received-at",
-    "received_at",
-    metavar="TIME",
-    help="Judge as if the broker received it at TIME (epoch ms or RFC 3339 with offset); default: now.",
-)
+@time_option("--received-at", "received_at", unit="ms", help="Judge as if the broker received it then [default: now].")
 @click.option(
     "--retention",
     default=f"{DEFAULT_MAX_AGE_MS // 86_400_000}d",
@@ -139,12 +117,12 @@ def check(
     registry_paths: Sequence[Path],
     topic: str,
     payload_file: BinaryIO,
-    received_at: str | None,
+    received_at: int | None,
     retention: str,
     as_json: bool,
 ) -> None:
     """Would ingest accept this message? Exit 0 and print the readings, or exit 1 and print 'code: detail'."""
-    received_ms = _received_ms(received_at)
+    received_ms = time.time_ns() // 1_000_000 if received_at is None else received_at
     contract = Contract(registry_from(registry_paths), max_age_ms=_retention_ms(retention))
     payload = payload_file.read()
     result = contract.decode(topic, payload, received_ms)

@@ -11,13 +11,11 @@ EXAMPLES
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +44,7 @@ from sensors.simulator import (
 from sensors.simulator import (
     Progress as RunProgress,
 )
-
-_RELATIVE = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhd]))?$")
-_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class Moment(click.ParamType):
-    """RFC 3339 / ISO 8601 time (UTC when it has no offset), a date, `now` or `now-6h`."""
-
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip()
-        relative = _RELATIVE.match(text)
-        if relative:
-            back_s = float(relative.group(1) or 0) * _UNITS_S[relative.group(2) or "s"]
-            return int((time.time() - back_s) * 1000)
-        try:
-            moment = datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            self.fail(f"{text!r} is not a time like 2026-03-01, 2026-03-01T10:00:00+07:00, now or now-6h", param, ctx)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
+from sensors.timeparse import time_option
 
 
 class Speed(click.ParamType):
@@ -119,8 +93,8 @@ class Speed(click.ParamType):
 @click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), help="Live: seconds to run [default: until Ctrl-C]."
 )
-@click.option("--from", "start", type=Moment(), help="Replay readings from this time (UTC without an offset; now-6h).")
-@click.option("--to", "end", type=Moment(), help="Replay up to this time [default: now].")
+@time_option("--from", "start", unit="ms", help="Replay readings from this time.")
+@time_option("--to", "end", unit="ms", help="Replay up to this time [default: now].")
 @click.option("--speed", type=Speed(), help="Replay pace: 'max' or times real time, e.g. 60x [default: max].")
 @click.option(
     "--sensors", "sensor_count", type=click.IntRange(min=1), help="Only N sensors, spread over cities and kinds."

@@ -54,8 +54,8 @@ def day(stack: StackHandle, registry: Registry, tmp_path_factory: pytest.TempPat
     with IngestProcess(env, home / "ingest.log") as ingest:
         ingest.wait_log("subscribing to")
         simulate = subprocess.run(
-            [sys.executable, "-m", "deploy.cli", "simulate", "--from", f"{start:%Y-%m-%dT%H:%M:%S}",
-             "--to", f"{today:%Y-%m-%dT%H:%M:%S}", "--speed", "max", "--faults", "default",
+            [sys.executable, "-m", "deploy.cli", "simulate", "--from", f"{start:%Y-%m-%dT%H:%M:%SZ}",
+             "--to", f"{today:%Y-%m-%dT%H:%M:%SZ}", "--speed", "max", "--faults", "default",
              "--seed", "7", "--sensors", str(SENSORS), "--manifest", str(manifest), "--home", str(stack.home)],
             env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
