@@ -68,13 +68,13 @@ def test_every_time_option_uses_the_one_parser() -> None:
     """No command reads a --from/--to/--at style option with its own type."""
 
     def walk(command: click.Command, path: str) -> list[str]:
-        found = []
-        for param in command.params:
-            if isinstance(param, click.Option) and any(
-                name in ("--from", "--to", "--received-at") for name in param.opts
-            ):
-                if not isinstance(param.type, TimeParam):
-                    found.append(f"{path} {param.opts[0]}")
+        found = [
+            f"{path} {param.opts[0]}"
+            for param in command.params
+            if isinstance(param, click.Option)
+            and {"--from", "--to", "--received-at"} & set(param.opts)
+            and not isinstance(param.type, TimeParam)
+        ]
         if isinstance(command, click.Group):
             for name, sub in command.commands.items():
                 found += walk(sub, f"{path} {name}")
