@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from sensors.cli import registry_from, registry_option
 from sensors.errors import SmartcityError
+from sensors.settings import sample_keys
+
+# (variable, default, help) of each setting, for `smartcity config show` and smartcity.toml validation.
+CONFIG_KEYS = sample_keys(Path(__file__).with_name("sample.toml"))
 
 console = Console(stderr=True)
 out = Console()
@@ -86,14 +92,29 @@ def check_command(registry_paths: Sequence[Path], expect_data: bool) -> None:
     )
 
 
+def _warn_old_variable(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """GRAFANA_URL/GRAFANA_TOKEN predate the SMARTCITY_* scheme: still read, with a warning that names the new one."""
+    new, old = param.envvar  # type: ignore[misc]
+    if ctx.get_parameter_source(param.name or "") is ParameterSource.ENVIRONMENT and not os.environ.get(new):
+        console.print(f"[yellow]warning:[/] {old} is deprecated; set {new} (or [grafana] in smartcity.toml)")
+    return value
+
+
 @dashboards_group.command("push")
 @registry_option
-@click.option("--url", required=True, envvar="GRAFANA_URL", help="Grafana base URL [env: GRAFANA_URL].")
+@click.option(
+    "--url",
+    required=True,
+    envvar=["SMARTCITY_GRAFANA_URL", "GRAFANA_URL"],
+    callback=_warn_old_variable,
+    help="Grafana base URL [env: SMARTCITY_GRAFANA_URL].",
+)
 @click.option(
     "--token",
     required=True,
-    envvar="GRAFANA_TOKEN",
-    help="Service account token (Editor or Admin) [env: GRAFANA_TOKEN].",
+    envvar=["SMARTCITY_GRAFANA_TOKEN", "GRAFANA_TOKEN"],
+    callback=_warn_old_variable,
+    help="Service account token (Editor or Admin) [env: SMARTCITY_GRAFANA_TOKEN].",
 )
 @click.option(
     "--webhook-url",

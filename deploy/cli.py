@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from dashboards.cli import CONFIG_KEYS as DASHBOARD_CONFIG_KEYS
 from dashboards.cli import dashboards_group
 from deploy import config
 from deploy.acl import acl_command
@@ -31,6 +32,7 @@ from sensors.cli import home_option, registry_from, registry_option, sensors_gro
 from sensors.contract_cli import contract_group
 from sensors.errors import SmartcityError
 from sensors.simulate_cli import simulate_command
+from storage.settings import CONFIG_KEYS as STORAGE_CONFIG_KEYS
 
 # Wider than rich's 80 columns when writing to a file or a pipe, so tables stay readable in logs.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -77,8 +79,8 @@ app.add_command(contract_group)
 app.add_command(ingest_command)
 app.add_command(dashboards_group)
 app.add_command(pipeline_group)
-config.register(config.Key(*key) for key in PIPELINE_CONFIG_KEYS)
-config.register(config.Key(*key) for key in INGEST_CONFIG_KEYS)
+for package_keys in (STORAGE_CONFIG_KEYS, INGEST_CONFIG_KEYS, PIPELINE_CONFIG_KEYS, DASHBOARD_CONFIG_KEYS):
+    config.register(config.Key(*key) for key in package_keys)
 sensors_group.add_command(acl_command)
 app.add_command(simulate_command)
 app.add_command(report_command)

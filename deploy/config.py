@@ -54,7 +54,7 @@ class Key:
 
 
 # Sections of smartcity.toml; every other top-level name is a plain key.
-SECTIONS = ("mqtt", "influx", "ingest", "pipeline", "simulate", "grafana", "registry")
+SECTIONS = ("mqtt", "influx", "ingest", "pipeline", "grafana")
 
 KEYS: dict[str, Key] = {}
 # Variables the loaded config file set (for `config show`).
@@ -67,15 +67,11 @@ def register(keys: Iterable[Key]) -> None:
         KEYS[key.env] = key
 
 
+# The keys every component shares; each package registers its own from its sample.toml (deploy/cli.py).
 register(
     [
         Key("SMARTCITY_HOME", ".smartcity", "State folder: spool, secrets, local stack data, manifests."),
         Key("SMARTCITY_REGISTRY", "", "Registry files or folders (os.pathsep-separated); default: built-in."),
-        Key("SMARTCITY_MQTT_URL", "mqtt://127.0.0.1:1883", "Broker URL with credentials; mqtts:// for TLS."),
-        Key("SMARTCITY_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB URL; user:password in it for 1.x."),
-        Key("SMARTCITY_INFLUX_TOKEN", "", "Token for InfluxDB 2.x/3.x (selects the v2 write path)."),
-        Key("SMARTCITY_INFLUX_ORG", "", "Organisation for InfluxDB 2.x."),
-        Key("SMARTCITY_INFLUX_DB", "smartcity", "Database (bucket prefix {db}/{rp} on 2.x)."),
     ]
 )
 

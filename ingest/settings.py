@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from sensors.broker_url import BrokerAddress, BrokerUrlError
 from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
-from sensors.errors import SmartcityError
+from sensors.settings import SettingError, check_ranges, env_name, read_env, sample_keys, where
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 
@@ -31,13 +30,8 @@ SHARE_GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_FLUSH_INTERVAL_MS = 50
 
 
-class SettingsError(SmartcityError):
-    """A setting that cannot be used; the message names its variable and smartcity.toml key."""
-
-
-def _where(env: str) -> str:
-    section, _, key = env.removeprefix("SMARTCITY_").lower().partition("_")
-    return f"{env} ([{section}] {key})" if key else env
+class SettingsError(SettingError):
+    """An ingest or MQTT setting that cannot be used; the message names its variable and smartcity.toml key."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ class MqttSettings:
     def address(self) -> BrokerAddress:
         try:
             return BrokerAddress.from_url(
-                self.url, self.ca_file, where=_where("SMARTCITY_MQTT_URL"), ca_where=_where("SMARTCITY_MQTT_CA_FILE")
+                self.url, self.ca_file, where=where("SMARTCITY_MQTT_URL"), ca_where=where("SMARTCITY_MQTT_CA_FILE")
             )
         except BrokerUrlError as err:
             raise SettingsError(str(err)) from None
@@ -155,10 +149,7 @@ class IngestSettings:
             raise SettingsError(
                 f"{env_of('share_group')}: {self.share_group!r} is not a usable group name (letters, digits, '_', '-')"
             )
-        for name, (low, high) in _RANGES.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise SettingsError(f"{env_of(name)}: must be between {low:g} and {high:g}, got {value:g}")
+        check_ranges(self, "ingest", _RANGES, SettingsError)
         if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
             raise SettingsError(
                 f"{env_of('reconnect_min_delay_s')}: {self.reconnect_min_delay_s} is above "
@@ -186,17 +177,7 @@ class IngestSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> IngestSettings:
         """Settings from `SMARTCITY_*` variables (defaults for the rest); `overrides` win (command-line options)."""
         environ = os.environ if environ is None else environ
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in ("mqtt", "home"):
-                continue
-            env = env_var(f.name)
-            raw = environ.get(env)
-            if raw is not None and raw != "":
-                values[f.name] = _convert(env, hints[f.name], raw)
-            elif raw == "" and f.name in ("spool_dir", "share_group"):
-                values[f.name] = f.default
+        values = read_env(cls, "ingest", environ, skip=("mqtt", "home"), error=SettingsError)
         if environ.get("SMARTCITY_HOME"):
             values["home"] = Path(environ["SMARTCITY_HOME"])
         ca_file = environ.get("SMARTCITY_MQTT_CA_FILE")
@@ -209,29 +190,12 @@ class IngestSettings:
 
 def env_var(name: str) -> str:
     """The variable of an [ingest] key."""
-    return f"SMARTCITY_INGEST_{name.upper()}"
+    return env_name("ingest", name)
 
 
 def env_of(name: str) -> str:
     """`SMARTCITY_INGEST_NAME ([ingest] name)`: how a message names an [ingest] key."""
-    return _where(env_var(name))
-
-
-def _convert(env: str, hint: Any, raw: str) -> Any:
-    where = _where(env)
-    try:
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-    except ValueError:
-        kind = "an integer" if hint is int else "a number"
-        raise SettingsError(f"{where}: must be {kind}, got {raw!r}") from None
-    if hint == tuple[str, ...]:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if hint == (Path | None):
-        return Path(raw)
-    return raw
+    return where(env_var(name))
 
 
 def _check_filter(topic: str) -> None:
@@ -247,36 +211,4 @@ def _check_filter(topic: str) -> None:
             raise SettingsError(f"{where}: {topic!r} is not a valid MQTT topic filter")
 
 
-# -- the documented keys, parsed from sample.toml ---------------------------------------------
-
-_KEY_LINE = re.compile(r"^# (\w+) = (.*)$")
-_SECTION_LINE = re.compile(r"^\[(\w+)\]$")
-
-
-def sample_keys(text: str | None = None) -> list[tuple[str, str, str]]:
-    """(variable, default, help) of every key in sample.toml: `##` lines explain, `# key = default` shows it.
-
-    A key without its own `##` lines shares the help of the key just above it.
-    """
-    text = SAMPLE_PATH.read_text(encoding="utf-8") if text is None else text
-    keys: list[tuple[str, str, str]] = []
-    section = ""
-    explain: list[str] = []
-    last_help = ""
-    for line in text.splitlines():
-        if match := _SECTION_LINE.match(line):
-            section, explain, last_help = match.group(1), [], ""
-        elif line.startswith("##"):
-            explain.append(line[2:].strip())
-        elif match := _KEY_LINE.match(line):
-            if explain:
-                last_help, explain = " ".join(explain), []
-            name, default = match.groups()
-            env = f"SMARTCITY_{section.upper() + '_' if section else ''}{name.upper()}"
-            keys.append((env, default.strip('"'), last_help))
-        elif not line.strip():
-            explain = []
-    return keys
-
-
-CONFIG_KEYS = sample_keys()
+CONFIG_KEYS = sample_keys(SAMPLE_PATH)

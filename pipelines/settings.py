@@ -1,13 +1,9 @@
-"""Settings of the pipelines, from `SMARTCITY_*` variables (smartcity.toml's `[pipeline]` section feeds them).
+"""Settings of the pipelines: `[pipeline]` in smartcity.toml, or `SMARTCITY_PIPELINE_*` variables.
 
-    SMARTCITY_HOME                         state folder (default .smartcity)
-    SMARTCITY_PIPELINE_SPOOL_DIR           the spool to read; default SMARTCITY_INGEST_SPOOL_DIR, else {home}/spool
-    SMARTCITY_PIPELINE_COLUMN_CACHE        keep a Parquet copy of each closed segment (default true)
-    SMARTCITY_PIPELINE_ALLOWED_LATENESS_S  how late a reading may be and still update its windows (86400)
-    SMARTCITY_PIPELINE_POLL_INTERVAL_S     `run --follow`: how often to look for closed segments (10)
-
-State of the pipelines lives in `{home}/pipelines/`: `columns/` (the Parquet
-copies) and `checkpoint.json` (what `run --follow` has done).
+`sample.toml` next to this module documents every key (read with `sensors.settings`, like every
+package's settings). The spool defaults to the ingest spool (`SMARTCITY_INGEST_SPOOL_DIR`, else
+`{home}/spool`). State lives in `{home}/pipelines/`: `columns/` (the Parquet copies) and
+`checkpoint.json` (what `run --follow` has done).
 """
 
 from __future__ import annotations
@@ -17,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensors.errors import SmartcityError
+from sensors.settings import SettingError, check_ranges, read_env, sample_keys
+
+SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 
 # How long after a window's end a late reading still updates it (Beam's allowed lateness).
 # A day: a gauge that lost its link for hours and then flushes its buffer is still counted.
@@ -27,15 +25,10 @@ ALLOWED_LATENESS_S = 24 * 3600
 PIPELINES: tuple[str, ...] = ("rollup", "aqi", "health", "anomalies")
 
 # (variable, default, help) of each setting, for `smartcity config show` and smartcity.toml validation.
-CONFIG_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("SMARTCITY_PIPELINE_SPOOL_DIR", "", "Spool the pipelines read; empty: the ingest spool ({home}/spool)."),
-    ("SMARTCITY_PIPELINE_COLUMN_CACHE", "true", "Keep a Parquet copy of each closed segment under {home}/pipelines."),
-    ("SMARTCITY_PIPELINE_ALLOWED_LATENESS_S", str(ALLOWED_LATENESS_S), "How late a reading may still update windows."),
-    ("SMARTCITY_PIPELINE_POLL_INTERVAL_S", "10", "run --follow: seconds between looks for closed segments."),
-)
+CONFIG_KEYS = sample_keys(SAMPLE_PATH)
 
 
-class PipelineSettingsError(SmartcityError):
+class PipelineSettingsError(SettingError):
     """A pipeline setting that cannot be used; the message names the variable."""
 
 
@@ -51,14 +44,12 @@ class PipelineSettings:
     poll_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.allowed_lateness_s <= 366 * 86400:
-            self._fail("ALLOWED_LATENESS_S", f"must be 0 to 31622400 seconds, got {self.allowed_lateness_s}")
-        if not 0.1 <= self.poll_interval_s <= 86400:
-            self._fail("POLL_INTERVAL_S", f"must be 0.1 to 86400 seconds, got {self.poll_interval_s}")
-
-    @staticmethod
-    def _fail(name: str, message: str) -> None:
-        raise PipelineSettingsError(f"SMARTCITY_PIPELINE_{name} {message}")
+        check_ranges(
+            self,
+            "pipeline",
+            {"allowed_lateness_s": (0, 366 * 86400), "poll_interval_s": (0.1, 86400)},
+            PipelineSettingsError,
+        )
 
     @property
     def spool_root(self) -> Path:
@@ -79,23 +70,10 @@ class PipelineSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values = read_env(cls, "pipeline", env, skip=("home",), error=PipelineSettingsError)
         if env.get("SMARTCITY_HOME"):
             values["home"] = Path(env["SMARTCITY_HOME"])
-        spool = env.get("SMARTCITY_PIPELINE_SPOOL_DIR") or env.get("SMARTCITY_INGEST_SPOOL_DIR")
-        if spool:
-            values["spool_dir"] = Path(spool)
-        cache = env.get("SMARTCITY_PIPELINE_COLUMN_CACHE", "").strip().lower()
-        if cache:
-            if cache not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                cls._fail("COLUMN_CACHE", f"must be true or false, got {cache!r}")
-            values["column_cache"] = cache in ("1", "true", "yes", "on")
-        for name, convert in (("allowed_lateness_s", int), ("poll_interval_s", float)):
-            raw = env.get(f"SMARTCITY_PIPELINE_{name.upper()}", "").strip()
-            if raw:
-                try:
-                    values[name] = convert(raw)
-                except ValueError:
-                    cls._fail(name.upper(), f"must be a number, got {raw!r}")
+        if values.get("spool_dir") is None and env.get("SMARTCITY_INGEST_SPOOL_DIR"):
+            values["spool_dir"] = Path(env["SMARTCITY_INGEST_SPOOL_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)

@@ -1,31 +1,33 @@
 """Connection, retention, batching and retry settings of the storage layer.
 
-Every field can be set from the environment as `SMARTCITY_INFLUX_<FIELD>`
-(upper case), e.g. `SMARTCITY_INFLUX_BATCH_SIZE=5000`. The connection
-variables of DESIGN.md:
+Every field can be set as `[influx] <field>` in smartcity.toml or from the
+environment as `SMARTCITY_INFLUX_<FIELD>`, e.g. `SMARTCITY_INFLUX_BATCH_SIZE=5000`;
+`sample.toml` next to this module documents each (read with `sensors.settings`,
+like every package's settings). The connection variables of DESIGN.md:
 
     SMARTCITY_INFLUX_URL    http://admin:PASSWORD@127.0.0.1:8086 (1.x: credentials in the URL)
     SMARTCITY_INFLUX_TOKEN  with SMARTCITY_INFLUX_ORG: use the 2.x/3.x write API (bucket "{db}/{rp}")
     SMARTCITY_INFLUX_ORG
     SMARTCITY_INFLUX_DB     default "smartcity"
 
-Validation errors name the variable (and the field), e.g.
-`SMARTCITY_INFLUX_BATCH_SIZE (batch_size) must be >= 1, got 0`.
+Validation errors name the variable (and the key), e.g.
+`SMARTCITY_INFLUX_BATCH_SIZE ([influx] batch_size): must be between 1 and 1e+06, got 0`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from sensors.errors import SmartcityError
+from sensors.settings import SettingError, check_ranges, read_env, sample_keys, where
 
 ENV_PREFIX = "SMARTCITY_INFLUX_"
+SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 DEFAULT_URL = "http://127.0.0.1:8086"
 DEFAULT_DB = "smartcity"
 RAW_RP = "raw"
@@ -49,7 +51,7 @@ _DURATION_NS = {
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
-class InfluxSettingsError(SmartcityError, ValueError):
+class InfluxSettingsError(SettingError):
     """A storage setting is missing or invalid; the message names the variable."""
 
 
@@ -65,6 +67,22 @@ def duration_ns(text: str) -> int:
     for number, unit in re.findall(r"([0-9]+)(ns|u|µ|ms|s|m|h|d|w)", text):
         total += int(number) * _DURATION_NS[unit]
     return total
+
+
+# Allowed ranges of the numeric keys (inclusive).
+_RANGES: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 1_000_000),
+    "max_pending_batches": (1, 10_000),
+    "max_retries": (0, 1_000),
+    "flush_interval_s": (0.001, 3600),
+    "timeout_s": (0.01, 3600),
+    "retry_initial_delay_s": (0.0, 3600),
+    "retry_backoff_base": (1.0, 100),
+    "retry_max_delay_s": (0.0, 3600),
+    "retry_jitter": (0.0, 1.0),
+    "retry_max_total_s": (0.0, 86_400),
+    "close_timeout_s": (0.0, 86_400),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,25 +158,10 @@ class InfluxSettings:
                 self._fail(name, f"must be an InfluxQL duration like 30d, 104w or INF, got {value!r}")
             if value != "INF" and duration_ns(value) < 3600 * 10**9:
                 self._fail(name, f"must be at least 1h (InfluxDB's minimum), got {value!r}")
-        self._check_range("batch_size", 1, 1_000_000)
-        self._check_range("max_pending_batches", 1, 10_000)
-        self._check_range("max_retries", 0, 1_000)
-        self._check_range("flush_interval_s", 0.001, 3600)
-        self._check_range("timeout_s", 0.01, 3600)
-        self._check_range("retry_initial_delay_s", 0.0, 3600)
-        self._check_range("retry_backoff_base", 1.0, 100)
-        self._check_range("retry_max_delay_s", 0.0, 3600)
-        self._check_range("retry_jitter", 0.0, 1.0)
-        self._check_range("retry_max_total_s", 0.0, 86_400)
-        self._check_range("close_timeout_s", 0.0, 86_400)
+        check_ranges(self, "influx", _RANGES, InfluxSettingsError)
 
     def _fail(self, name: str, message: str) -> None:
-        raise InfluxSettingsError(f"{env_name(name)} ({name}) {message}")
-
-    def _check_range(self, name: str, low: float, high: float) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            self._fail(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
+        raise InfluxSettingsError(f"{where(env_name(name))}: {message}")
 
     @property
     def use_gzip(self) -> bool:
@@ -181,14 +184,8 @@ class InfluxSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> InfluxSettings:
         """Settings from `SMARTCITY_INFLUX_*` variables (unset ones keep their defaults)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name in ("username", "password"):
-                continue  # part of SMARTCITY_INFLUX_URL
-            raw = env.get(env_name(f.name))
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, f.type, raw.strip() if f.name not in ("token",) else raw)
+        # username and password are part of SMARTCITY_INFLUX_URL
+        values = read_env(cls, "influx", env, skip=("username", "password"), error=InfluxSettingsError)
         if "url" in values:
             values["url"], values["username"], values["password"] = _split_credentials(values["url"])
         values.update(overrides)
@@ -206,28 +203,9 @@ def _split_credentials(url: str) -> tuple[str, str, str]:
         if parsed.port is not None:
             netloc += f":{parsed.port}"
     except ValueError as err:
-        raise InfluxSettingsError(f"{env_name('url')} (url) is not a valid URL: {err}") from None
+        raise InfluxSettingsError(f"{where(env_name('url'))}: is not a valid URL: {err}") from None
     bare = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, parsed.query, parsed.fragment))
     return bare, username, password
 
 
-def _convert(name: str, type_name: object, raw: str) -> Any:
-    kind = str(type_name)
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind in ("bool", "bool | None"):
-            lowered = raw.lower()
-            if kind == "bool | None" and lowered == "auto":
-                return None
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-    except ValueError:
-        expected = "bool or auto" if kind == "bool | None" else kind
-        raise InfluxSettingsError(f"{env_name(name)} ({name}) must be a {expected}, got {raw!r}") from None
-    return raw
+CONFIG_KEYS = sample_keys(SAMPLE_PATH)

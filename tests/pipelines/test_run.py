@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,11 @@ def test_settings_name_the_variable_they_reject() -> None:
     env = {"SMARTCITY_HOME": "/srv/city", "SMARTCITY_INGEST_SPOOL_DIR": "/data/spool"}
     settings = PipelineSettings.from_env(env)
     assert settings.spool_root == Path("/data/spool") and settings.cache_dir == Path("/srv/city/pipelines/columns")
-    with pytest.raises(PipelineSettingsError, match="SMARTCITY_PIPELINE_ALLOWED_LATENESS_S must be a number"):
+    lateness = re.escape("SMARTCITY_PIPELINE_ALLOWED_LATENESS_S ([pipeline] allowed_lateness_s): must be an integer")
+    with pytest.raises(PipelineSettingsError, match=lateness):
         PipelineSettings.from_env({"SMARTCITY_PIPELINE_ALLOWED_LATENESS_S": "a day"})
-    with pytest.raises(PipelineSettingsError, match="SMARTCITY_PIPELINE_COLUMN_CACHE must be true or false"):
+    cache = re.escape("SMARTCITY_PIPELINE_COLUMN_CACHE ([pipeline] column_cache): must be true or false")
+    with pytest.raises(PipelineSettingsError, match=cache):
         PipelineSettings.from_env({"SMARTCITY_PIPELINE_COLUMN_CACHE": "maybe"})
 
 
