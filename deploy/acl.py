@@ -28,6 +28,7 @@ from deploy.broker_auth import AclRule
 from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import REJECT_PREFIX
 from sensors.errors import SmartcityError
+from sensors.home import Home
 from sensors.registry import Registry
 
 PASSWORD_FILE = "passwd"
@@ -110,7 +111,7 @@ def acl_command(registry_paths: Sequence[Path], out_dir: Path, home: Path) -> No
     (a running Mosquitto rereads both on SIGHUP).
     """
     registry = registry_from(registry_paths)
-    secrets = home / "secrets" / "mqtt-users.json"
+    secrets = Home(home).broker_passwords
     password_file, acl_file, users = write_broker_files(registry, out_dir, secrets)
     vendors = len(users) - len(broker_auth.service_acl_rules())
     click.echo(f"wrote {password_file} and {acl_file}: {len(users)} users ({vendors} vendors); passwords in {secrets}")

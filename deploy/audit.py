@@ -36,6 +36,7 @@ from rich.table import Table
 from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import parse_topic
 from sensors.errors import SmartcityError
+from sensors.home import Home
 from sensors.reading import CorruptRecord, Rejection, decode_rejection
 from sensors.registry import Registry
 from sensors.spool import OPEN_SUFFIX, REJECTS, closed_segments, read_rejections
@@ -119,7 +120,7 @@ def _run_started(path: Path, mtime_ns: int) -> datetime | None:
 
 def latest_manifests(home: Path) -> list[Path]:
     """The manifests of the newest simulator session: the newest file and those written just before it."""
-    files = sorted((home / "manifests").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    files = sorted(Home.from_env(home).manifests.glob("*.json"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise AuditError(f"no manifest in {home / 'manifests'}: run 'smartcity simulate' first or pass --manifest")
     return files[-1:]
@@ -354,7 +355,7 @@ def audit_command(
         manifests,
         settings,
         registry_from(registry_paths),
-        home / "spool",
+        Home.from_env(home).spool,
         _whole_hour(start, False),
         _whole_hour(end, True),
     )

@@ -42,6 +42,7 @@ from pipelines import load_run
 from pipelines.checkpoint import Checkpoint
 from pipelines.settings import PipelineSettings
 from sensors.errors import SmartcityError
+from sensors.home import Home
 from sensors.registry import Registry
 from sensors.spool import READINGS, closed_segments
 from storage.query import QueryClient, ident
@@ -97,6 +98,7 @@ class Demo:
         self.registry = registry
         self.console = console
         self.home = options.home.resolve()
+        self.layout = Home(self.home)  # the demo's ingest processes use the default spool under it
         self.stack = Stack(self.home)
         self.result = DemoResult()
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -204,7 +206,7 @@ class Demo:
         now = datetime.now(UTC).replace(microsecond=0)
         replay_from = now - timedelta(hours=options.hours)
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
-        replay_manifest = self.home / "manifests" / f"demo-{stamp}-replay.json"
+        replay_manifest = self.layout.manifests / f"demo-{stamp}-replay.json"
         sensors = ["--sensors", str(options.sensors)] if options.sensors else []
         with self.stage("replay", f"publishing the last {options.hours} h") as note:
             summary = self.run_cli(
@@ -237,7 +239,7 @@ class Demo:
                 f"({report.readings / max(report.seconds, 1e-9):,.0f} readings/s)"
             )
 
-        live_manifest = self.home / "manifests" / f"demo-{stamp}-live.json"
+        live_manifest = self.layout.manifests / f"demo-{stamp}-live.json"
         with self.stage("live", f"{options.minutes:g} min of live readings, pipeline following") as note:
             stop_follow = threading.Event()
             follow = self.start_follow(influx, stop_follow)
@@ -276,7 +278,7 @@ class Demo:
             loaded = [load_manifest(p) for p in manifests]
             self.result.published = sum(m.messages for m in loaded)
             self.result.duplicates = sum(m.duplicates for m in loaded)
-            result = audit(loaded, influx, self.registry, self.home / "spool")
+            result = audit(loaded, influx, self.registry, self.layout.spool)
             self.result.audit = result
             total = result.total()
             note(
@@ -300,7 +302,7 @@ class Demo:
             for process in self.processes:
                 if process.poll() is not None:
                     raise DemoError(f"an ingest process exited (code {process.returncode}); see {self.home / 'demo'}")
-            result = audit(loaded, influx, self.registry, self.home / "spool")
+            result = audit(loaded, influx, self.registry, self.layout.spool)
             total = result.total()
             note(
                 f"{total.stored:,} of {total.expected:,} readings stored, "

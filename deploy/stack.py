@@ -47,6 +47,7 @@ from deploy.servers import (
 from deploy.tls import TlsFiles, ensure_certificates, machine_names
 from sensors.broker_url import BrokerAddress
 from sensors.errors import SmartcityError
+from sensors.home import Home
 from sensors.registry import Registry, default_registry
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Stack:
 
     @property
     def secrets_dir(self) -> Path:
-        return self.home / "secrets"
+        return Home(self.home).secrets
 
     @property
     def broker_dir(self) -> Path:
@@ -111,7 +112,7 @@ class Stack:
 
     @property
     def mqtt_users_path(self) -> Path:
-        return self.secrets_dir / "mqtt-users.json"
+        return Home(self.home).broker_passwords
 
     @property
     def influx_admin_path(self) -> Path:

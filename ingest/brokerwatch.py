@@ -28,11 +28,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from ingest.metrics import Metrics
+from sensors.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,5 @@ class BrokerWatch:
             return {}
 
     def _save(self) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         with contextlib.suppress(OSError):  # the state only avoids double counts after a restart of ingest
-            tmp.write_text(json.dumps({"started_at": self.started_at, "dropped": self.dropped}), encoding="utf-8")
-            os.replace(tmp, self.state_path)
+            write_json_atomic(self.state_path, {"started_at": self.started_at, "dropped": self.dropped})

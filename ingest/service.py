@@ -23,6 +23,7 @@ from ingest.rawwriter import RawWriter
 from ingest.settings import IngestSettings
 from ingest.spool import StreamWriter, usage_bytes
 from sensors.contract import Contract
+from sensors.home import Home
 from storage.line_protocol import FieldValue
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ logger = logging.getLogger(__name__)
 CONSUMER_STOP_SHARE = 0.4
 # Kept back from the raw writer at shutdown: aborting a retrying write, then the last metrics report.
 SHUTDOWN_MARGIN_S = 1.5
-# Where `pipeline run --follow` records the spool segments it has processed (a file contract, no import).
-PIPELINE_CHECKPOINT = "pipelines/checkpoint.json"
 
 
 class IngestService:
@@ -83,7 +82,7 @@ class IngestService:
                 poll_interval_s=s.write_poll_interval_ms / 1000,
                 retry_max_delay_s=s.write_retry_max_delay_s,
                 retention_s=s.spool_retention_h * 3600,
-                pipeline_checkpoint=s.home / PIPELINE_CHECKPOINT,
+                pipeline_checkpoint=Home(s.home).checkpoint,
             )
         self.reporter = Reporter(
             self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from sensors.broker_url import BrokerAddress, BrokerUrlError
 from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
+from sensors.home import Home
 from sensors.settings import SettingError, check_ranges, env_name, read_env, sample_keys, where
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
@@ -160,7 +161,7 @@ class IngestSettings:
 
     @property
     def spool_root(self) -> Path:
-        return self.spool_dir if self.spool_dir is not None else self.home / "spool"
+        return Home(self.home, self.spool_dir).spool
 
     @property
     def stream_dir(self) -> Path:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
 from sensors.errors import SmartcityError
+from sensors.files import fsync_dir, write_json_atomic
 from sensors.reading import (
     CorruptRecord,
     Reading,
@@ -82,15 +83,6 @@ class SpoolError(SmartcityError):
 
 class StreamLocked(SpoolError):
     """Another process holds the stream (appending to it, or writing it to InfluxDB)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a create, rename or delete in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def lock_stream(stream_dir: Path, name: str, holder: str) -> int:
@@ -161,7 +153,7 @@ class _OpenSegment:
         self.seq = seq
         self.path = stream_dir / segment_name(record_type, seq, OPEN_SUFFIX)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        _fsync_dir(stream_dir)
+        fsync_dir(stream_dir)
         self.size = 0  # durable bytes
         self.crc32 = 0  # of the durable bytes
         self.meta = _Batch()
@@ -190,7 +182,7 @@ class _OpenSegment:
         os.close(self.fd)
         if self.meta.count == 0:
             self.path.unlink()
-            _fsync_dir(self.stream_dir)
+            fsync_dir(self.stream_dir)
             return None
         return _close_file(
             self.path, self.stream_dir.name, self.record_type, self.seq, self.meta, self.size, self.crc32
@@ -216,7 +208,7 @@ def _close_file(
     )
     write_meta(info, closed)
     os.replace(path, closed)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return info
 
 
@@ -286,7 +278,7 @@ def _recover_segment(path: Path, stream: str, record_type: str, seq: int) -> Rec
             os.fsync(handle.fileno())
     if meta.count == 0:
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     else:
         _close_file(path, stream, record_type, seq, meta, good, zlib.crc32(data[:good]))
         logger.info("%s: closed the segment a previous run left open (%d records)", path, meta.count)
@@ -511,12 +503,9 @@ class Offsets:
             raise SpoolError(f"{self.path}: unreadable writer offset ({err}); delete it to rewrite the stream") from err
 
     def save(self, position: Position) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"seq": position.seq, "offset": position.offset, "saved_at": int(time.time() * 1000)}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(
+            self.path, {"seq": position.seq, "offset": position.offset, "saved_at": int(time.time() * 1000)}
+        )
 
 
 class StreamTail:
@@ -691,6 +680,6 @@ def collect_garbage(
             path.with_name(path.name + DAMAGE_SUFFIX).unlink(missing_ok=True)
             deleted.append(path)
     if deleted:
-        _fsync_dir(stream_dir)
+        fsync_dir(stream_dir)
         logger.info("%s: deleted %d segments past the %.0f h retention", stream_dir, len(deleted), retention_s / 3600)
     return deleted

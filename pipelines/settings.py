@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sensors.home import Home
 from sensors.settings import SettingError, check_ranges, read_env, sample_keys
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
@@ -52,20 +53,24 @@ class PipelineSettings:
         )
 
     @property
+    def layout(self) -> Home:
+        return Home(self.home, self.spool_dir)
+
+    @property
     def spool_root(self) -> Path:
-        return self.spool_dir if self.spool_dir is not None else self.home / "spool"
+        return self.layout.spool
 
     @property
     def state_dir(self) -> Path:
-        return self.home / "pipelines"
+        return self.layout.pipelines
 
     @property
     def cache_dir(self) -> Path | None:
-        return self.state_dir / "columns" if self.column_cache else None
+        return self.layout.columns if self.column_cache else None
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.state_dir / "checkpoint.json"
+        return self.layout.checkpoint
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sensors.home import DEFAULT_HOME
 from sensors.registry import Registry, default_registry, load_registry
 
 registry_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
@@ -23,7 +24,6 @@ registry_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.opti
 )
 
 
-DEFAULT_HOME = Path(".smartcity")
 
 
 def home_option(what: str = "spool, secrets, local stack data") -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS
 from sensors.faults import FaultSpecError, format_faults, parse_faults
+from sensors.home import Home
 from sensors.simulator import (
     MIN_PERIOD_MS,
     BrokerAddress,
@@ -197,7 +198,7 @@ def simulate_command(
         plan = Plan(now_ms, stop_ms, seed, faults, time_scale=scale)
 
     simulation = Simulation(registry, sensors, plan)
-    passwords = load_passwords(home / "secrets" / "mqtt-users.json", simulation.accounts)
+    passwords = load_passwords(Home(home).broker_passwords, simulation.accounts)
     stop = threading.Event()
     tally = Tally(simulation.info)
     started = time.monotonic()
@@ -231,7 +232,7 @@ def simulate_command(
         },
         simulation.silent,
     )
-    path = manifest_path or home / "manifests" / f"simulate-{iso(now_ms).replace(':', '')}.json"
+    path = manifest_path or Home(home).manifests / f"simulate-{iso(now_ms).replace(':', '')}.json"
     write_manifest(path, manifest)
     if failure is not None:
         raise SimulatorError(f"{failure}; what the broker acknowledged is in {path}")

@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import select
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -61,6 +60,7 @@ from sensors.broker_url import BrokerAddress
 from sensors.contract import RejectCode
 from sensors.errors import SmartcityError
 from sensors.faults import EXPECTED_CODE, SLOT_FAULTS, Fault
+from sensors.files import write_json_atomic
 from sensors.registry import Kind, Metric, Registry, Sensor
 
 logger = logging.getLogger(__name__)
@@ -563,18 +563,7 @@ def iso(ms: float) -> str:
 
 def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
     """Write atomically: a reader (audit) sees the old file or the complete new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=1, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, manifest, indent=1)
 
 
 # -- the broker --------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sensors.errors import SmartcityError
+from sensors.files import write_json_atomic
 from sensors.reading import CorruptRecord, Reading, Rejection, decode_reading, decode_rejection, verify_line
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,7 @@ def meta_path(segment: Path) -> Path:
 
 def write_meta(info: SegmentInfo, segment: Path) -> None:
     """Write the metadata of `segment` atomically (temp file, fsync, rename)."""
-    data = {k: v for k, v in asdict(info).items() if k != "path"}
-    target = meta_path(segment)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    write_json_atomic(meta_path(segment), {k: v for k, v in asdict(info).items() if k != "path"})
 
 
 class BadMetadata(SmartcityError):

@@ -1,0 +1,41 @@
+"""The shared state folder layout and the one atomic-file helper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.settings import IngestSettings
+from pipelines.settings import PipelineSettings
+from sensors.files import write_json_atomic
+from sensors.home import Home
+
+
+def test_every_component_finds_the_same_configured_spool(tmp_path: Path) -> None:
+    """A configured [ingest] spool_dir is where ingest writes, the pipelines read and the audit looks."""
+    env = {"SMARTCITY_HOME": str(tmp_path / "home"), "SMARTCITY_INGEST_SPOOL_DIR": str(tmp_path / "disk2")}
+    assert Home.from_env(environ=env).spool == tmp_path / "disk2"
+    assert IngestSettings.from_env(env).spool_root == tmp_path / "disk2"
+    assert PipelineSettings.from_env(env).spool_root == tmp_path / "disk2"
+    assert Home.from_env(environ={"SMARTCITY_HOME": str(tmp_path)}).spool == tmp_path / "spool"
+    assert PipelineSettings.from_env(env).checkpoint_path == Home(tmp_path / "home").checkpoint
+
+
+def test_atomic_json_replaces_whole_private_files(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "x.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2, "b": [1]})
+    assert json.loads(path.read_text()) == {"a": 2, "b": [1]}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
