@@ -122,6 +122,7 @@ def parse_topic(topic: str) -> TopicParts | None:
 
 
 def reading_topic(city: str, kind: str, sensor_id: str) -> str:
+    """The topic a sensor publishes on (the one place that spells it)."""
     return f"{TOPIC_PREFIX}{city}/{kind}/{sensor_id}"
 
 

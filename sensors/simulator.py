@@ -57,7 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from sensors import signals
 from sensors.broker_url import BrokerAddress
-from sensors.contract import RejectCode
+from sensors.contract import RejectCode, reading_topic
 from sensors.errors import SmartcityError
 from sensors.faults import EXPECTED_CODE, SLOT_FAULTS, Fault
 from sensors.files import write_json_atomic
@@ -302,7 +302,7 @@ class Simulation:
         sensor_id = f"{city.code}-{group.kind.code}-{number}"
         while sensor_id in self.registry.sensors:
             sensor_id += "-x"
-        topic = f"smartcity/v1/{sensor.city}/{sensor.kind}/{sensor_id}"
+        topic = reading_topic(sensor.city, sensor.kind, sensor_id)
         self.info.setdefault(sensor_id, SensorInfo(GATEWAY_VENDOR, sensor.city, sensor.kind, topic))
         payload = group.encode_json(ts, seq, row)
         return self._message(emit, GATEWAY_ACCOUNT, topic, payload, sensor_id, ts, RejectCode.UNKNOWN_SENSOR.value)

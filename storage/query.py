@@ -38,7 +38,7 @@ import math
 import string
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -341,8 +341,3 @@ def query(
     """One-off `QueryClient(settings).query(...)`."""
     with QueryClient(settings) as client:
         return client.query(template, params, **kwargs)
-
-
-def first_values(series: Sequence[Series]) -> list[tuple[Any, ...]]:
-    """All rows of all series, in order (handy when a query has no GROUP BY)."""
-    return [row for item in series for row in item.values]

@@ -334,9 +334,6 @@ class Registry:
     def threshold(self, site_id: str, metric: str) -> Threshold | None:
         return self.sites[site_id].thresholds.get(metric)
 
-    def cities_of(self, super_cluster: str) -> list[City]:
-        return list(self.super_clusters[super_cluster].cities)
-
 
 def load_registry(paths: Sequence[Path] | None = None) -> Registry:
     """Load, validate and cross-check the registry from files and folders (default: the built-in one)."""
