@@ -1,7 +1,7 @@
 """Readings as columns: the element that flows through the pipelines.
 
 Beam's local runners spend tens of microseconds on every element that crosses a
-window and a grouping (research/beam.md section 5: 40-130 us), so an element here
+window and a grouping (docs/research/beam.md section 5: 40-130 us), so an element here
 is never one reading. It is a `ReadingBatch`: the readings of one kind from one
 spool segment, or from one window of it, as numpy columns. Windowing, grouping
 and triggers then work per batch and per window, and the arithmetic is numpy.
