@@ -26,89 +26,20 @@ caller clips every value into the metric's registry range.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from sensors.noise import F64, I64, U64, bump, fbm, tag_key, uniform
 from sensors.registry import Kind, Metric
-
-F64 = npt.NDArray[np.float64]
-U64 = npt.NDArray[np.uint64]
-I64 = npt.NDArray[np.int64]
 
 LOCAL_UTC_OFFSET_S = 7 * 3600  # Indochina Time, no daylight saving
 DAY_S = 86_400.0
 YEAR_DAYS = 365.2425
 DAYS_1970_TO_2000 = 10_957  # day of year is counted from 2000-01-01 in mean-year steps
 HOUR_S = 3600.0
-
-
-# -- hashing and noise ------------------------------------------------------------------------
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def stable_key(*parts: object) -> int:
-    """A 64-bit key from any parts, identical across processes (unlike `hash()`)."""
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
-
-
-@functools.cache
-def _tag(name: str) -> np.uint64:
-    return np.uint64(stable_key("tag", name))
-
-
-def unit_random(*parts: object) -> float:
-    """A uniform number in [0, 1) from any parts (per-sensor choices such as silence)."""
-    return stable_key(*parts) / 2**64
-
-
-def _mix(x: U64) -> U64:
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def uniform(key: U64, index: I64) -> F64:
-    """Uniform [0, 1) for each (key, index) pair."""
-    bits = _mix(key ^ (index.astype(np.uint64) * _GOLDEN))
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
-
-
-def value_noise(key: U64, t: F64, period_s: float | F64) -> F64:
-    """Smooth noise in [-1, 1]: random values every `period_s`, smoothly interpolated."""
-    x = t / period_s
-    cell = np.floor(x)
-    frac = x - cell
-    smooth = frac * frac * (3.0 - 2.0 * frac)
-    index = cell.astype(np.int64)
-    a, b = uniform(key, index), uniform(key, index + 1)
-    return (a + (b - a) * smooth) * 2.0 - 1.0
-
-
-def fbm(key: U64, t: F64, period_s: float, octaves: int = 3) -> F64:
-    """Fractal noise (value noise at halving periods), roughly in [-1, 1]: a bounded random walk."""
-    total = np.zeros_like(t)
-    weight, norm = 1.0, 0.0
-    for octave in range(octaves):
-        total += weight * value_noise(key ^ _tag(f"octave{octave}"), t, period_s / 2**octave)
-        norm += weight
-        weight *= 0.5
-    return total / norm
-
-
-def bump(x: F64, centre: float | F64, width: float | F64, period: float) -> F64:
-    """A Gaussian bump on a circle (hour of day, day of year): 1 at `centre`."""
-    distance = np.abs((x - centre + period / 2) % period - period / 2)
-    return np.exp(-0.5 * (distance / width) ** 2)
 
 
 # -- climate of each city ------------------------------------------------------------------------
@@ -280,25 +211,25 @@ class Batch:
 
     def const(self, tag: str) -> F64:
         """A per-sensor constant in [0, 1) (size of the car park, free-flow speed, ...)."""
-        return uniform(self.sensor_keys ^ _tag(tag), np.zeros(len(self.t), dtype=np.int64))
+        return uniform(self.sensor_keys ^ tag_key(tag), np.zeros(len(self.t), dtype=np.int64))
 
     def white(self, tag: str) -> F64:
         """Per-reading noise in [-1, 1]."""
-        return uniform(self.sensor_keys ^ _tag(tag), self.ts_ms) * 2.0 - 1.0
+        return uniform(self.sensor_keys ^ tag_key(tag), self.ts_ms) * 2.0 - 1.0
 
     def gauss(self, tag: str) -> F64:
         """Per-reading noise, roughly standard normal (Irwin-Hall of 4 uniforms)."""
-        key = self.sensor_keys ^ _tag(tag)
+        key = self.sensor_keys ^ tag_key(tag)
         total = np.zeros_like(self.t)
         for i in range(4):
-            total += uniform(key ^ _tag(str(i)), self.ts_ms)
+            total += uniform(key ^ tag_key(str(i)), self.ts_ms)
         return (total - 2.0) * math.sqrt(3.0)
 
     def noise(self, tag: str, period_s: float, octaves: int = 3) -> F64:
-        return fbm(self.sensor_keys ^ _tag(tag), self.t, period_s, octaves)
+        return fbm(self.sensor_keys ^ tag_key(tag), self.t, period_s, octaves)
 
     def city_noise(self, tag: str, period_s: float, octaves: int = 3, t: F64 | None = None) -> F64:
-        return fbm(self.city_keys ^ _tag(tag), self.t if t is None else t, period_s, octaves)
+        return fbm(self.city_keys ^ tag_key(tag), self.t if t is None else t, period_s, octaves)
 
 
 # -- shared city fields ---------------------------------------------------------------------------
@@ -331,12 +262,12 @@ def rain_rate(b: Batch, t: F64 | None = None) -> F64:
     for lattice, offset in (("storm-a", 0.0), ("storm-b", STORM_SLOT_S / 2)):
         x = (t + offset) / STORM_SLOT_S
         slot = np.floor(x)
-        key = b.city_keys ^ _tag(lattice)
+        key = b.city_keys ^ tag_key(lattice)
         index = slot.astype(np.int64)
         centre_hour = (((slot + 0.5) * STORM_SLOT_S - offset + LOCAL_UTC_OFFSET_S) % DAY_S) / HOUR_S
         afternoon = 0.5 + 1.0 * bump(centre_hour, 16.0, 3.0, 24.0)
         raining = uniform(key, index) < share / 2 * afternoon
-        intensity = -np.log1p(-uniform(key ^ _tag("intensity"), index)) * b.climate("rain_intensity_mm_h")
+        intensity = -np.log1p(-uniform(key ^ tag_key("intensity"), index)) * b.climate("rain_intensity_mm_h")
         envelope = np.sin(np.pi * (x - slot)) ** 2
         total += np.where(raining, np.minimum(intensity, 120.0) * envelope, 0.0)
     return total

@@ -61,6 +61,7 @@ from sensors.contract import RejectCode, reading_topic
 from sensors.errors import SmartcityError
 from sensors.faults import EXPECTED_CODE, SLOT_FAULTS, Fault
 from sensors.files import write_json_atomic
+from sensors.noise import F64, I64, stable_key, uniform, unit_random
 from sensors.registry import Kind, Metric, Registry, Sensor
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class Simulation:
         self.plan = plan
         self.faults = dict(plan.faults)
         silent_rate = self.faults.get(Fault.SILENT, 0.0)
-        self.silent = [s.id for s in sensors if signals.unit_random(plan.seed, s.id, "silent") < silent_rate]
+        self.silent = [s.id for s in sensors if unit_random(plan.seed, s.id, "silent") < silent_rate]
         self.sensors = [s for s in sensors if s.id not in set(self.silent)]
         self.info: dict[str, SensorInfo] = {s.id: SensorInfo(s.vendor, s.city, s.kind, s.topic) for s in sensors}
         self.accounts = sorted({s.vendor for s in self.sensors})
@@ -265,13 +266,13 @@ class Simulation:
         columns = [_column(values[m.name], m) for m in group.kind.metrics]
         rows = list(zip(*columns, strict=True))
         keys = group.keys[member]
-        fault_draw = signals.uniform(keys ^ np.uint64(signals.stable_key("slot-fault")), ts)
+        fault_draw = uniform(keys ^ np.uint64(stable_key("slot-fault")), ts)
         if self._slot_edges is not None:
             slot_fault = np.searchsorted(self._slot_edges, fault_draw, side="right")
         else:
             slot_fault = np.zeros(len(ts), dtype=np.int64)
-        extra_draw = signals.uniform(keys ^ np.uint64(signals.stable_key("extra-fault")), ts)
-        pick_draw = signals.uniform(keys ^ np.uint64(signals.stable_key("fault-pick")), ts)
+        extra_draw = uniform(keys ^ np.uint64(stable_key("extra-fault")), ts)
+        pick_draw = uniform(keys ^ np.uint64(stable_key("fault-pick")), ts)
         duplicate_rate = self.faults.get(Fault.DUPLICATE, 0.0)
         unknown_rate = self.faults.get(Fault.UNKNOWN_SENSOR, 0.0)
         n_slot_faults = len(self._slot_faults)
@@ -298,7 +299,7 @@ class Simulation:
     ) -> Message:
         """A reading for a sensor the registry does not know, forwarded by a misconfigured gateway."""
         city = self.registry.cities[sensor.city]
-        number = 900 + int(signals.unit_random(self.plan.seed, sensor.id, ts, "unknown") * 100)
+        number = 900 + int(unit_random(self.plan.seed, sensor.id, ts, "unknown") * 100)
         sensor_id = f"{city.code}-{group.kind.code}-{number}"
         while sensor_id in self.registry.sensors:
             sensor_id += "-x"
@@ -317,7 +318,7 @@ class Simulation:
         return self._order
 
 
-def _column(values: signals.F64, metric: Metric) -> list[Any]:
+def _column(values: F64, metric: Metric) -> list[Any]:
     """Values as JSON-ready Python numbers: whole numbers for counts, else 2 decimals."""
     if metric.unit == "count":
         return np.round(values).astype(np.int64).tolist()
@@ -334,14 +335,14 @@ class _KindGroup:
         interval_ms = kind.interval_s * 1000.0
         self.period_ms = np.full(len(sensors), interval_ms / plan.time_scale)
         # Each sensor reports at its own phase of the interval (whole seconds at the natural rate).
-        phase = np.array([signals.unit_random(plan.seed, s.id, "phase") for s in sensors]) * self.period_ms
+        phase = np.array([unit_random(plan.seed, s.id, "phase") for s in sensors]) * self.period_ms
         self.phase_ms = np.floor(phase / 1000) * 1000 if plan.time_scale == 1.0 else np.floor(phase)
-        self.keys = np.array([signals.stable_key(plan.seed, s.id) for s in sensors], dtype=np.uint64)
+        self.keys = np.array([stable_key(plan.seed, s.id) for s in sensors], dtype=np.uint64)
         cities = sorted({s.city for s in sensors})
-        self.city_keys = np.array([signals.stable_key(plan.seed, "city", s.city) for s in sensors], dtype=np.uint64)
+        self.city_keys = np.array([stable_key(plan.seed, "city", s.city) for s in sensors], dtype=np.uint64)
         self.climates = [signals.climate_of(c) for c in cities]
         self.climate_index = np.array([cities.index(s.city) for s in sensors], dtype=np.int64)
-        self.thresholds: dict[str, tuple[signals.F64, signals.F64]] = {}
+        self.thresholds: dict[str, tuple[F64, F64]] = {}
         for name in kind.site_thresholds:
             levels = [registry.threshold(s.site, name) for s in sensors]
             self.thresholds[name] = (
@@ -360,7 +361,7 @@ class _KindGroup:
         ]
         return "[" + ",".join(records) + "]"
 
-    def slots(self, start_ms: float, end_ms: float) -> tuple[signals.I64, signals.I64, signals.I64]:
+    def slots(self, start_ms: float, end_ms: float) -> tuple[I64, I64, I64]:
         """(sensor index, grid number n, ts) of every reading with start_ms <= ts < end_ms."""
         first = np.ceil((start_ms - self.phase_ms) / self.period_ms).astype(np.int64)
         last = np.ceil((end_ms - self.phase_ms) / self.period_ms).astype(np.int64)
@@ -372,7 +373,7 @@ class _KindGroup:
         inside = (ts >= start_ms) & (ts < end_ms)  # rounding at the edges
         return member[inside], n[inside], ts[inside]
 
-    def batch(self, member: signals.I64, ts: signals.I64) -> signals.Batch:
+    def batch(self, member: I64, ts: I64) -> signals.Batch:
         return signals.Batch(
             self.kind,
             ts,
