@@ -15,9 +15,11 @@ payloads (`--faults`). Each consumer writes into a database of its own.
   the connection is shown apart). Consumers: `mosquitto_sub` to /dev/null
   (the broker's ceiling: no parsing, no database), `smartcity ingest` (1
   process; 2 that split the topic tree by city with --topics; `--role
-  consume` + `--role write`), and the Node-RED flow. `--rounds` rounds, each
+  consume` + `--role write`; 1 process over TLS on the vendors' listener, for
+  TLS's cost), and the Node-RED flow. `--rounds` rounds, each
   in a shuffled order; the table shows the round with the median rate.
-- Live (latency): `--rate` msg/s for `--live-s` s into a running consumer;
+- Live (latency): `--rate` msg/s for `--live-s` s into a running consumer
+  (smartcity ingest plain and over TLS, the Node-RED flow);
   the time from publishing a reading to an InfluxDB query returning it, p50
   and p99, over the readings of the kind with the most readings (polled every
   0.1 s, so an upper bound by that much).
@@ -397,6 +399,10 @@ def wait_idle(bench: Bench, timeout_s: float = 60.0) -> None:
 # -- main ------------------------------------------------------------------------------------------
 
 
+# The default process again, connected as vendors are (MQTT over TLS on the vendors' listener): TLS's cost.
+TLS_LABEL = "smartcity ingest, over TLS"
+
+
 def drain_setups(bench: Bench, registry: Registry, node: str, round_no: int) -> list[Consumer]:
     """The consumers of one drain round: client ids and databases carry the round, so each run starts empty."""
     r = f"r{round_no}"
@@ -407,6 +413,7 @@ def drain_setups(bench: Bench, registry: Registry, node: str, round_no: int) -> 
         NodeRed(bench, node, "Node-RED flow", f"drain_nodered_{r}", f"bench-nodered-{r}"),
         Ingest(bench, "smartcity ingest, 1 process per city", f"drain_cities_{r}", by_city),
         Ingest(bench, "smartcity ingest, --role consume + --role write", f"drain_split_{r}", split),
+        Ingest(bench, TLS_LABEL, f"drain_tls_{r}", [{"client_id": f"bench-tls-{r}", **bench.tls_settings()}]),
     ]
 
 
@@ -477,6 +484,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         for consumer in (
             Ingest(bench, "smartcity ingest", "live_ingest", [{"client_id": "bench-live-ingest"}]),
             NodeRed(bench, node, "Node-RED flow", "live_nodered", "bench-live-nodered"),
+            Ingest(bench, TLS_LABEL, "live_tls", [{"client_id": "bench-live-tls", **bench.tls_settings()}]),
         ):
             with console.status(f"live: {consumer.label}, {args.rate:,.0f} msg/s for {args.live_s:.0f} s"):
                 wait_idle(bench)

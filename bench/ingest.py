@@ -45,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from deploy.broker_auth import INGEST_USER
 from deploy.servers import basic_auth, find_binary, free_port
 from deploy.stack import INFLUX_ADMIN, Stack
 from sensors.registry import Sensor, default_registry
@@ -135,8 +136,9 @@ class Bench:
         env = dict(self.env_base)
         env["SMARTCITY_HOME"] = str(home)
         env["SMARTCITY_INGEST_METRICS_INTERVAL_S"] = "10"
-        for key, value in settings.items():
-            env[f"SMARTCITY_INGEST_{key.upper()}"] = str(value)
+        for key, value in settings.items():  # mqtt_url, mqtt_ca_file: the connection; the rest [ingest] keys
+            section = "" if key.startswith("mqtt_") else "INGEST_"
+            env[f"SMARTCITY_{section}{key.upper()}"] = str(value)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "deploy.cli", "-v", "ingest", "--quiet"],
@@ -147,6 +149,14 @@ class Bench:
             )
         self.procs.append(proc)
         return proc
+
+    def tls_settings(self) -> dict[str, str]:
+        """Settings that make an ingest process connect as vendors do, over TLS (the stack's CA), not loopback 1883."""
+        password = urllib.parse.quote(self.stack.mqtt_passwords()[INGEST_USER], safe="")
+        return {
+            "mqtt_url": f"mqtts://{INGEST_USER}:{password}@localhost:{self.ports.mqtt_tls}",
+            "mqtt_ca_file": str(self.stack.tls_files.ca_cert),
+        }
 
     def make_session(self, home: Path, **settings: Any) -> None:
         """Run ingest until it has subscribed, so the broker keeps a session for it."""

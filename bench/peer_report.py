@@ -143,7 +143,10 @@ def report(
     ]
     ours = next(r for r in drains if r.consumer == "smartcity ingest")
     best = max((r for r in drains if r.consumer.startswith("smartcity")), key=lambda r: r.rate)
-    live_ours, live_peer = lives[0], lives[-1]
+    live_ours = next(r for r in lives if r.consumer == "smartcity ingest")
+    live_peer = next(r for r in lives if r.consumer == peer.consumer)
+    tls = next((r for r in drains if r.consumer.endswith("over TLS")), None)
+    live_tls = next((r for r in lives if r.consumer.endswith("over TLS")), None)
     out += [
         "",
         "Against the goals (smartcity ingest, 1 process, vs. the Node-RED flow):",
@@ -157,6 +160,14 @@ def report(
         f"({'within' if ours.rss_mib <= 1.5 * peer.rss_mib else 'OVER'} the 1.5x budget).",
         f"- latency at {args.rate:,.0f} msg/s: p50 {live_ours.p50_ms:,.0f} vs {live_peer.p50_ms:,.0f} ms, "
         f"p99 {live_ours.p99_ms:,.0f} vs {live_peer.p99_ms:,.0f} ms.",
+    ]
+    if tls is not None and live_tls is not None:
+        out.append(
+            f"- over TLS (the vendors' listener): drain {tls.rate:,.0f} msg/s ({tls.rate / ours.rate:.2f}x plain), "
+            f"{tls.cpu_s:.1f} CPU s for the stream (plain {ours.cpu_s:.1f}); at {args.rate:,.0f} msg/s p50 "
+            f"{live_tls.p50_ms:,.0f} ms, p99 {live_tls.p99_ms:,.0f} ms."
+        )
+    out += [
         "",
         "![throughput and latency](benchmarks-peer.png)",
     ]
