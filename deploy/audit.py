@@ -16,6 +16,9 @@ Readings are compared over the manifest's time range (`from` .. `to`, or the
 end of a live run), so points that earlier runs stored around it do not count.
 Rejections are compared per sensor and code over the run (a rejected message
 may carry no usable time). Exit 1 on any unexplained difference.
+
+`--production` runs the audit that needs no manifests instead
+(`deploy.production_audit`): the spool against InfluxDB, seq gaps and silences.
 """
 
 from __future__ import annotations
