@@ -106,7 +106,7 @@ class SensorGaps:
     kind: str
     seq_gaps: int = 0
     seq_rejected: int = 0
-    seq_missing: list[tuple[int, int]] = field(default_factory=list)  # [first, end) ranges left unexplained
+    seq_missing: list[tuple[int, int]] = field(default_factory=list)  # [first, end) ranges with a loss in them
     silences: list[tuple[str, str, int]] = field(default_factory=list)  # (from, to, readings due), ISO UTC
 
 
@@ -214,8 +214,8 @@ def _add(seen: dict[str, _Seen], reading: Reading, written: bool) -> None:
 
 
 def _distinct(sensor: _Seen) -> list[tuple[int, int | None, bool]]:
-    """(ts, seq, written) per distinct ts in ts order: of duplicates the last received wins (as in InfluxDB),
-    and the reading counts as written if any copy is."""
+    """(ts, seq, written) per distinct ts in ts order: of duplicates the copy read last (the later segment)
+    gives the seq, as the later write wins in InfluxDB; the reading counts as written if any copy is."""
     by_ts: dict[int, tuple[int | None, bool]] = {}
     for ts, seq, written in zip(sensor.ts, sensor.seq, sensor.written, strict=True):
         before = by_ts.get(ts)
