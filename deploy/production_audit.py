@@ -25,11 +25,13 @@ And two signs of loss before ingest, per sensor in `ts` order over the window:
   counted by a rejection of that sensor in the window whose payload names no
   seq) is a rejection, not a loss. What is left is a loss: in a gateway, or
   in the broker (a dropped queue, a crash before its save);
-- silences: stretches of at least 1.5 of the kind's `interval_s` without a
-  reading, counted as the readings that were due (also at the window's
-  edges; the end is capped at now). Registry sensors with no reading at all
-  in the window are counted as silent sensors. A sensor that is switched off
-  is a health matter, so silences are reported but do not fail the audit.
+- silences: at least SILENCE_MIN_DUE readings in a row that were due by the
+  kind's `interval_s` (half an interval of jitter allowed) and are not in the
+  spool, also at the window's edges (the end capped at now). One missing
+  reading alone is most often a rejection, which the reject store counts, or,
+  where the sensor sends seq, a seq gap. Registry sensors without any reading
+  in a window long enough for that many are counted as silent sensors. A
+  sensor switched off is a health matter: silences are reported, not failed.
 
 Exit 1 when a reading is missing, a closed segment lost records, or a seq gap
 is left unexplained.
@@ -70,8 +72,8 @@ from storage.query import QueryClient
 from storage.settings import InfluxSettings
 
 HOUR_MS = 3_600_000
-# A stretch without readings this many intervals long is a silence (room for a sensor's jitter).
-SILENCE_INTERVALS = 1.5
+# Readings due in a row and not there that make a silence (one alone is most often a rejection).
+SILENCE_MIN_DUE = 2
 # `"seq": 1042,` in a rejected payload that may be cut short (JSON or not): the number must be whole.
 _SEQ_IN_PAYLOAD = re.compile(rb'"seq"\s*:\s*(\d{1,19})\s*[,}]')
 DETAIL_LINES = 20
@@ -89,7 +91,7 @@ class VendorFigures:
     extra: int = 0
     seq_gaps: int = 0  # skipped seq numbers not explained by a rejection: lost before ingest
     seq_rejected: int = 0  # skipped seq numbers that are in the reject store
-    sensors_with_gaps: int = 0  # sensors with a silence of at least SILENCE_INTERVALS
+    sensors_with_gaps: int = 0  # sensors with a silence (SILENCE_MIN_DUE readings or more due)
     readings_due: int = 0  # readings due in those silences
     silent_sensors: int = 0  # registry sensors without any accepted reading in the window
 
@@ -301,7 +303,8 @@ def production_audit(
             vendor = registry.sensors[sensor_id].vendor if sensor_id in registry.sensors else "?"
             audit.vendors.setdefault(vendor, VendorFigures()).extra += sum(hours.values())
     for listed in registry.sensors.values():
-        if listed.id not in seen and start_ms < window_end_ms:
+        interval_ms = registry.kinds[listed.kind].interval_s * 1000
+        if listed.id not in seen and _due(window_end_ms - start_ms, interval_ms, True) >= SILENCE_MIN_DUE:
             audit.vendors.setdefault(listed.vendor, VendorFigures()).silent_sensors += 1
     return audit
 
@@ -356,18 +359,22 @@ def _seq_gaps(
 
 
 def _silences(gaps: SensorGaps, times: Sequence[int], interval_ms: int, start_ms: int, end_ms: int) -> None:
-    """Stretches of at least SILENCE_INTERVALS without a reading, and how many readings were due in them."""
+    """Silences (SILENCE_MIN_DUE readings or more due in a row, none there) and the readings due in them."""
     edges = [(start_ms, times[0], True)] if times else []
     edges += [(a, b, False) for a, b in itertools.pairwise(times)]
     if times:
         edges.append((times[-1], max(end_ms, times[-1]), True))
     for a, b, at_edge in edges:
-        span = (b - a) / interval_ms
-        if span < SILENCE_INTERVALS:
-            continue
-        due = int(span - 0.5) if at_edge else round(span) - 1  # the edges are not readings themselves
-        if due > 0:
+        due = _due(b - a, interval_ms, at_edge)
+        if due >= SILENCE_MIN_DUE:
             gaps.silences.append((_iso(a), _iso(b), due))
+
+
+def _due(span_ms: int, interval_ms: int, at_edge: bool) -> int:
+    """Readings due strictly between two readings `span_ms` apart, or between a reading and a window edge
+    (the edge is not a reading itself); a reading may come half an interval early or late."""
+    intervals = span_ms / interval_ms
+    return int(intervals - 0.5) if at_edge else max(round(intervals) - 1, 0)
 
 
 def _iso(ms: int) -> str:
