@@ -364,7 +364,9 @@ def audit_command(
       smartcity audit                 the simulator's manifests: published = stored + rejected
       smartcity audit --production    no manifests: accepted (the spool) = stored (InfluxDB), per
                                       vendor, sensor and hour; seq gaps (readings lost before
-                                      ingest) and silences (from each kind's interval_s) per sensor
+                                      ingest) and silences (from each kind's interval_s) per sensor;
+                                      exit 1 when an accepted reading is not in InfluxDB, a spool
+                                      segment lost records, or a seq gap is not a rejection
 
     \b
     Examples:
