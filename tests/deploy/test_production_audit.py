@@ -200,3 +200,15 @@ def test_a_closed_segment_cut_short_counts_its_lost_records(
     assert code == 1 and result["spool_lost"] == 10 - intact > 0
     assert f"damaged closed segment: {10 - intact} of its 10 records lost, {intact} intact" in result["problems"][0]
     assert result["total"]["accepted"] == result["total"]["pending"] == intact  # never written: no raw writer
+
+
+def test_production_mode_refuses_manifests_and_an_empty_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "run.json"
+    manifest.write_text("{}")
+    assert main(["audit", "--production", "--manifest", str(manifest)]) == 2
+    assert "--manifest and --production exclude each other" in capsys.readouterr().err
+    args = ["audit", "--production", "--from", "2026-12-02T05:00:00", "--to", "2026-12-02T05:00:00"]
+    assert main(args) == 2
+    assert "--from 2026-12-02T05:00Z is not before --to 2026-12-02T05:00Z" in capsys.readouterr().err
