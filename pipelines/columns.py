@@ -10,7 +10,8 @@ numpy speed. The Parquet file is an ordinary table (one row per reading; tag
 columns dictionary-encoded, `ts`/`received` as UTC timestamps, `seq` a
 nullable integer, one nullable float column per metric), so DuckDB, pandas or
 Spark can read it too. A copy whose recorded source (segment size and count,
-the metrics, the copy's format) no longer matches is ignored and rewritten; copies of segments that are gone are pruned.
+the metrics, the copy's format) no longer matches is ignored and rewritten;
+copies of segments that are gone are pruned.
 
 Lines that do not verify are skipped and counted, never raised: a closed
 segment was verified when ingest closed it, so this only happens on disk
