@@ -40,6 +40,7 @@ from storage import schema
 TAG = "smartcity"
 OPERATIONS_FOLDER = "Smartcity operations · ปฏิบัติการ"
 LOSS_PANEL = "Loss seen by ingest"
+SEQ_GAPS_PANEL = "Sequence gaps by vendor"  # sensor health: readings the sensors numbered that never arrived
 
 
 @dataclass(frozen=True)
@@ -423,7 +424,7 @@ class ClusterDashboards:
             slug,
             "Sensor health",
             "สถานะเซนเซอร์",
-            "Completeness, silent sensors, flatlines and outliers by vendor, district and sensor.",
+            "Completeness, silent sensors, flatlines, outliers and sequence gaps by vendor, district and sensor.",
         )
         kinds_regex = "|".join(kind.id for kind in self.kinds)
         health = rollup_from(schema.HEALTH_MEASUREMENT)
@@ -491,7 +492,7 @@ class ClusterDashboards:
                 unit="percentunit",
                 thresholds=p.ratio_thresholds(0.5, 0.9),
             ),
-            8,
+            6,
             8,
         )
         layout.add(
@@ -502,7 +503,7 @@ class ClusterDashboards:
                 description="Readings flagged as outliers per hour.",
                 min_interval_s=3600,
             ),
-            8,
+            6,
             8,
         )
         layout.add(
@@ -513,7 +514,21 @@ class ClusterDashboards:
                 description="Sensor-hours whose readings did not change at all.",
                 min_interval_s=3600,
             ),
+            6,
             8,
+        )
+        layout.add(
+            p.timeseries_panel(
+                SEQ_GAPS_PANEL,
+                [health_chart('sum("seq_gaps") AS "seq_gaps"', "vendor")],
+                unit="short",
+                description=(
+                    "Sequence numbers (`seq`) the sensors skipped per hour: readings lost before ingest (a gateway, "
+                    "the broker) or rejected. Only sensors that send `seq`; a drop to 0 is a restart, not a gap."
+                ),
+                min_interval_s=3600,
+            ),
+            6,
             8,
         )
         layout.add(
@@ -523,7 +538,8 @@ class ClusterDashboards:
                     InfluxQLQuery(
                         "A",
                         'SELECT mean("completeness") AS "Completeness", sum("received") AS "Received", '
-                        'sum("expected") AS "Expected", sum("outliers") AS "Outliers", sum("flatline") AS "Flatline" '
+                        'sum("expected") AS "Expected", sum("outliers") AS "Outliers", sum("flatline") AS "Flatline", '
+                        'sum("seq_gaps") AS "Seq gaps" '
                         f'FROM {health} WHERE {where} GROUP BY "sensor_id", "vendor", "district"',
                         result_format="table",
                     )

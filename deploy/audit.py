@@ -16,6 +16,9 @@ Readings are compared over the manifest's time range (`from` .. `to`, or the
 end of a live run), so points that earlier runs stored around it do not count.
 Rejections are compared per sensor and code over the run (a rejected message
 may carry no usable time). Exit 1 on any unexplained difference.
+
+`--production` runs the audit that needs no manifests instead
+(`deploy.production_audit`): the spool against InfluxDB, seq gaps and silences.
 """
 
 from __future__ import annotations
@@ -329,6 +332,12 @@ def _whole_hour(moment: datetime | None, up: bool) -> datetime | None:
 
 @click.command("audit")
 @click.option(
+    "--production",
+    is_flag=True,
+    help="Without manifests: the spool (what ingest acknowledged) against InfluxDB per vendor, sensor and hour, "
+    "plus seq gaps and silences per sensor [default window: the last 24 h].",
+)
+@click.option(
     "--manifest",
     "manifest_paths",
     multiple=True,
@@ -337,10 +346,11 @@ def _whole_hour(moment: datetime | None, up: bool) -> datetime | None:
 )
 @time_option("--from", "start", help="Only from this time (rounded down to the hour).")
 @time_option("--to", "end", help="Only up to this time (rounded up to the hour).")
-@home_option("manifests in HOME/manifests, the reject store in HOME/spool")
+@home_option("manifests in HOME/manifests, the spool and reject store in HOME/spool")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the result as JSON.")
 @registry_option
 def audit_command(
+    production: bool,
     manifest_paths: Sequence[Path],
     start: datetime | None,
     end: datetime | None,
@@ -348,7 +358,27 @@ def audit_command(
     as_json_output: bool,
     registry_paths: Sequence[Path],
 ) -> None:
-    """Check published = stored + rejected per vendor, sensor and hour; exit 1 on any unexplained difference."""
+    """Check published = stored + rejected per vendor, sensor and hour; exit 1 on any unexplained difference.
+
+    \b
+    Two modes:
+      smartcity audit                 the simulator's manifests: published = stored + rejected
+      smartcity audit --production    no manifests: accepted (the spool) = stored (InfluxDB), per
+                                      vendor, sensor and hour; seq gaps (readings lost before
+                                      ingest) and silences (from each kind's interval_s) per sensor;
+                                      exit 1 when an accepted reading is not in InfluxDB, a spool
+                                      segment lost records, or a seq gap is not a rejection
+
+    \b
+    Examples:
+      smartcity audit --production --from 2026-12-01T00:00:00 --to 2026-12-02T00:00:00
+      smartcity audit --production --json | jq .total
+    """
+    if production:
+        if manifest_paths:
+            raise click.UsageError("--manifest and --production exclude each other: production has no manifests")
+        _production(home, start, end, as_json_output, registry_from(registry_paths))
+        return
     manifests = [load_manifest(p) for p in (manifest_paths or latest_manifests(home))]
     settings = InfluxSettings.from_env()
     result = audit(
@@ -363,6 +393,24 @@ def audit_command(
         click.echo(json.dumps(as_json(result), indent=1))
     else:
         print_result(result, describe(manifests))
+    if not result.balanced:
+        raise SystemExit(1)
+
+
+def _production(
+    home: Path, start: datetime | None, end: datetime | None, as_json_output: bool, registry: Registry
+) -> None:
+    from deploy import production_audit as prod  # it imports this module
+
+    default_start, default_end = prod.default_window()
+    lo, hi = _whole_hour(start, False) or default_start, _whole_hour(end, True) or default_end
+    if lo >= hi:
+        raise click.BadParameter(f"--from {lo:%Y-%m-%dT%H:%M}Z is not before --to {hi:%Y-%m-%dT%H:%M}Z")
+    result = prod.production_audit(InfluxSettings.from_env(), registry, Home.from_env(home).spool, lo, hi)
+    if as_json_output:
+        click.echo(json.dumps(prod.as_json(result), indent=1))
+    else:
+        prod.print_production(result)
     if not result.balanced:
         raise SystemExit(1)
 

@@ -11,7 +11,10 @@ Stages, each timed:
 7. settle     ingest stops (closing its segments), the follow pipeline catches up
 8. dashboards Grafana provisioning built from the registry; every panel query run against InfluxDB
 9. audit      published = stored + rejected, per vendor, sensor and hour
-10. report    static HTML pages per super-cluster
+10. production the audit operators run without manifests (`audit --production`): the spool
+              against InfluxDB, and the readings the simulator's `drop` fault lost before the
+              broker found again as gaps in the sensors' `seq`
+11. report    static HTML pages per super-cluster
 
 Re-running is safe: the stack is reused, readings are idempotent by (sensor_id, ts)
 and each run audits its own manifests. Ctrl-C stops the processes the demo
@@ -37,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.audit import AuditResult, audit, load_manifest
+from deploy.production_audit import ProductionAudit, print_production, production_audit
 from deploy.stack import Stack
 from pipelines import load_run
 from pipelines.checkpoint import Checkpoint
@@ -54,6 +58,8 @@ if TYPE_CHECKING:  # pipelines.run imports Beam, which takes seconds: imported w
 # Ingest closes segments this often in the demo, so the pipelines see readings within seconds.
 DEMO_SEGMENT_AGE_S = 5
 DRAIN_TIMEOUT_S = 300
+# The everyday faults, and readings lost before the broker, which only the sensors' `seq` reveals.
+DEMO_FAULTS = "default,drop=0.002"
 STOP_TIMEOUT_S = 15
 
 
@@ -85,6 +91,9 @@ class StageResult:
 class DemoResult:
     stages: list[StageResult] = field(default_factory=list)
     audit: AuditResult | None = None
+    production: list[ProductionAudit] = field(default_factory=list)  # one per simulator run's time range
+    dropped: int = 0  # readings the simulator's `drop` fault never sent
+    dropped_numbered: int = 0  # of those, at sensors that send `seq` (JSON vendors)
     published: int = 0
     duplicates: int = 0
     rollup_points: int = 0
@@ -218,7 +227,7 @@ class Demo:
                 "--speed",
                 "max",
                 "--faults",
-                "default",
+                DEMO_FAULTS,
                 "--seed",
                 str(options.seed),
                 *sensors,
@@ -248,7 +257,7 @@ class Demo:
                 "--duration",
                 f"{options.minutes * 60:g}",
                 "--faults",
-                "default",
+                DEMO_FAULTS,
                 "--seed",
                 str(options.seed),
                 *sensors,
@@ -285,6 +294,18 @@ class Demo:
                 f"{'balanced' if result.balanced else 'NOT balanced'}: {total.stored:,} stored, "
                 f"{total.missing:,} lost, {total.rejects_stored - total.reject_duplicates:,} rejections kept"
             )
+
+        with self.stage("production", "the spool against InfluxDB, without manifests") as note:
+            for manifest in loaded:
+                found = production_audit(influx, self.registry, self.layout.spool, manifest.start, manifest.end)
+                self.result.production.append(found)
+            for path in manifests:
+                for sensor_id, count in _dropped(path).items():
+                    self.result.dropped += count
+                    sensor = self.registry.sensors.get(sensor_id)
+                    if sensor is not None and self.registry.vendors[sensor.vendor].payload == "json":
+                        self.result.dropped_numbered += count
+            note(production_note(self.result))
 
         with self.stage("report", "writing the HTML report") as note:
             from deploy.report import write_report
@@ -377,6 +398,26 @@ class Demo:
         return latest
 
 
+def _dropped(manifest: Path) -> dict[str, int]:
+    """Sensor id -> readings the simulator's `drop` fault never sent, from a manifest."""
+    import json
+
+    sensors = json.loads(manifest.read_text(encoding="utf-8"))["sensors"]
+    return {sensor_id: int(info.get("dropped", 0)) for sensor_id, info in sensors.items()}
+
+
+def production_note(result: DemoResult) -> str:
+    """One line: loss after ingest (must be none) and before it (the drop fault, seen through seq)."""
+    totals = [p.total() for p in result.production]
+    after = sum(t.missing for t in totals) + sum(p.spool_lost for p in result.production)
+    return (
+        f"{sum(t.accepted for t in totals):,} accepted, {sum(t.stored for t in totals):,} stored, "
+        f"{after:,} lost after ingest; {sum(t.seq_gaps for t in totals):,} lost before ingest "
+        f"(seq gaps; the simulator dropped {result.dropped:,}, {result.dropped_numbered:,} of them at sensors "
+        "that send seq: the others send SenML)"
+    )
+
+
 def _read_env(path: Path) -> dict[str, str]:
     import shlex
 
@@ -406,6 +447,8 @@ def print_summary(result: DemoResult, registry: Registry, console: Console) -> N
             figures.add_row(f"rejected: {code}", f"{count:,}")
         figures.add_row("rollup, AQI, health and anomaly points written", f"{result.rollup_points:,}")
         console.print(figures)
+    for found in result.production:
+        print_production(found, console)
     if result.aqi_now:
         from sensors.aqi import band_for
 

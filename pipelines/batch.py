@@ -26,6 +26,8 @@ import numpy as np
 
 from storage.schema import SENSOR_TAGS
 
+NO_SEQ = -1  # in `ReadingBatch.seq`: the reading came without a sequence number
+
 
 class Series(NamedTuple):
     """A sensor with the places and vendor recorded with its readings (the raw measurement's tags)."""
@@ -139,6 +141,7 @@ class ReadingBatch:
     ts: np.ndarray  # int64, event time
     received: np.ndarray  # int64, when ingest received it (breaks ties between duplicates)
     values: np.ndarray  # float64, shape (len, len(metrics))
+    seq: np.ndarray  # int64, the sensor's message counter (`sensors.seq`), NO_SEQ where it sent none
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -153,6 +156,7 @@ class ReadingBatch:
             self.ts[index],
             self.received[index],
             self.values[index],
+            self.seq[index],
         )
 
     def between(self, start_ms: int | None, end_ms: int | None) -> ReadingBatch:
@@ -190,7 +194,7 @@ class ReadingBatch:
         for j, name in enumerate(metrics):
             if name in self.metrics:
                 values[:, j] = self.values[:, self.metrics.index(name)]
-        return ReadingBatch(self.kind, metrics, self.series, self.sensor, self.ts, self.received, values)
+        return ReadingBatch(self.kind, metrics, self.series, self.sensor, self.ts, self.received, values, self.seq)
 
     @classmethod
     def concat(cls, batches: Iterable[ReadingBatch]) -> ReadingBatch:
@@ -225,6 +229,7 @@ class ReadingBatch:
             np.concatenate([p.ts for p in parts]),
             np.concatenate([p.received for p in parts]),
             np.concatenate([p.values for p in parts]),
+            np.concatenate([p.seq for p in parts]),
         )
 
     def deduplicated(self) -> ReadingBatch:
@@ -265,4 +270,5 @@ def empty_batch(kind: str, metrics: Sequence[str]) -> ReadingBatch:
         np.zeros(0, dtype=np.int64),
         np.zeros(0, dtype=np.int64),
         np.zeros((0, len(metrics))),
+        np.zeros(0, dtype=np.int64),
     )

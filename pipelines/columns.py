@@ -7,10 +7,11 @@ Closed segments never change, so the first pipeline that reads one also writes
 its columns as a Parquet file under the cache folder; every later run (a
 backfill, the next follow cycle, the AQI's 24 h look-back) reads those at
 numpy speed. The Parquet file is an ordinary table (one row per reading; tag
-columns dictionary-encoded, `ts`/`received` as UTC timestamps, one nullable
-float column per metric), so DuckDB, pandas or Spark can read it too. A copy
-whose recorded source (segment size and count) no longer matches is ignored
-and rewritten; copies of segments that are gone are pruned.
+columns dictionary-encoded, `ts`/`received` as UTC timestamps, `seq` a
+nullable integer, one nullable float column per metric), so DuckDB, pandas or
+Spark can read it too. A copy whose recorded source (segment size and count,
+the metrics, the copy's format) no longer matches is ignored and rewritten;
+copies of segments that are gone are pruned.
 
 Lines that do not verify are skipped and counted, never raised: a closed
 segment was verified when ingest closed it, so this only happens on disk
@@ -33,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.batch import ReadingBatch, Series, SeriesTable
+from pipelines.batch import NO_SEQ, ReadingBatch, Series, SeriesTable
 from sensors.reading import verify_line
 from sensors.registry import Registry
 from sensors.spool import SegmentInfo
@@ -42,9 +43,11 @@ from storage.schema import SENSOR_TAGS
 logger = logging.getLogger(__name__)
 
 PARQUET_SUFFIX = ".parquet"
+_FORMAT = "format=2"  # copies of an older format (before `seq`) are ignored and rewritten
 _SOURCE_KEY = b"smartcity.segment"
 _TAG_GETTER = attrgetter(*SENSOR_TAGS)
 _KIND = attrgetter("kind")
+_SEQ = attrgetter("seq")
 _MS = pa.timestamp("ms", tz="UTC")
 
 
@@ -88,6 +91,7 @@ class SegmentDecoder:
                 ("values", values),
                 *[(tag, str) for tag in SENSOR_TAGS if tag != "sensor_id"],
                 ("received", int, 0),
+                ("seq", int | None, None),
             ],
             gc=False,
         )
@@ -165,6 +169,7 @@ class SegmentDecoder:
             np.fromiter(map(attrgetter("ts"), rows), np.int64, n),
             np.fromiter(map(attrgetter("received"), rows), np.int64, n),
             values,
+            np.fromiter((NO_SEQ if s is None else s for s in map(_SEQ, rows)), np.int64, n),
         )
 
 
@@ -176,12 +181,12 @@ def _source(segment: SegmentInfo, metrics: Mapping[str, Sequence[str]]) -> bytes
     """What a copy was made from: the segment, and the registry metrics it was decoded with."""
     columns = zlib.crc32(repr(sorted((k, tuple(v)) for k, v in metrics.items())).encode())
     name = f"{segment.stream}/{segment.path.name}"
-    return f"{name} count={segment.count} bytes={segment.bytes} metrics={columns:08x}".encode()
+    return f"{name} count={segment.count} bytes={segment.bytes} metrics={columns:08x} {_FORMAT}".encode()
 
 
 def _to_table(batches: Sequence[ReadingBatch], source: bytes) -> pa.Table:
     every = sorted({name for b in batches for name in b.metrics})
-    columns: dict[str, list[pa.Array]] = {name: [] for name in ("kind", *SENSOR_TAGS, "ts", "received", *every)}
+    columns: dict[str, list[pa.Array]] = {name: [] for name in ("kind", *SENSOR_TAGS, "ts", "received", "seq", *every)}
     for batch in batches:
         n = len(batch)
         columns["kind"].append(pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([batch.kind])))
@@ -192,6 +197,7 @@ def _to_table(batches: Sequence[ReadingBatch], source: bytes) -> pa.Table:
             columns[tag].append(pa.DictionaryArray.from_arrays(per_series[batch.sensor], pa.array(names, pa.string())))
         columns["ts"].append(pa.array(batch.ts, _MS))
         columns["received"].append(pa.array(batch.received, _MS))
+        columns["seq"].append(pa.array(batch.seq, pa.int64(), mask=batch.seq == NO_SEQ))
         for name in every:
             if name in batch.metrics:
                 column = batch.values[:, batch.metrics.index(name)]
@@ -273,6 +279,7 @@ def _from_table(kind: str, table: pa.Table, metrics: tuple[str, ...]) -> Reading
         table.column("ts").cast(pa.int64()).to_numpy(),
         table.column("received").cast(pa.int64()).to_numpy(),
         values,
+        table.column("seq").fill_null(NO_SEQ).to_numpy(),
     )
 
 

@@ -16,7 +16,12 @@ Fields per sensor-hour (tags: the raw measurement's sensor tags):
   shows flatline close to received;
 - `outliers`: readings with a metric whose modified z-score within the
   sensor-hour exceeds 3.5 (`pipelines.robust`), the same readings `Anomalies`
-  writes as spikes.
+  writes as spikes;
+- `seq_gaps`: sequence numbers skipped between the sensor's readings of the
+  hour, in `ts` order (`sensors.seq`: a drop to 0 is a restart); readings lost
+  before ingest (a gateway, the broker) or rejected. A gap that spans the
+  start of the hour is not seen here (the audit, `smartcity audit
+  --production`, sees it); sensors that send no `seq` report 0.
 Sensors of the registry without readings get received 0; sensors with readings
 that the registry no longer lists are reported under the tags they came with.
 """
@@ -30,7 +35,7 @@ import numpy as np
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.batch import ReadingBatch, Series, empty_batch
+from pipelines.batch import NO_SEQ, ReadingBatch, Series, empty_batch
 from pipelines.columns import metrics_by_kind
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
@@ -98,28 +103,30 @@ class AssessHour(beam.DoFn):
     ) -> Iterator[PointBatch]:
         kind, parts = element
         batch = ReadingBatch.concat(parts).deduplicated()
-        counts: dict[Series, tuple[int, int, int]] = dict.fromkeys(self.sensors.get(kind, ()), (0, 0, 0))
+        counts: dict[Series, tuple[int, int, int, int]] = dict.fromkeys(self.sensors.get(kind, ()), (0, 0, 0, 0))
         if len(batch):
             groups = len(batch.series)
             received = np.bincount(batch.sensor, minlength=groups)
             flatline = np.bincount(batch.sensor, weights=repeats_previous(batch), minlength=groups)
             outlier = (np.abs(modified_z(batch)) > Z_THRESHOLD).any(axis=1)
             outliers = np.bincount(batch.sensor, weights=outlier, minlength=groups)
+            gaps = seq_gaps(batch)
             for i in np.flatnonzero(received).tolist():
-                counts[batch.series[i]] = (int(received[i]), int(flatline[i]), int(outliers[i]))
+                counts[batch.series[i]] = (int(received[i]), int(flatline[i]), int(outliers[i]), int(gaps[i]))
         if counts:
             yield self._points(kind, counts, window_start_ms(win))
 
-    def _points(self, kind: str, counts: Mapping[Series, tuple[int, int, int]], hour: int) -> PointBatch:
+    def _points(self, kind: str, counts: Mapping[Series, tuple[int, int, int, int]], hour: int) -> PointBatch:
         rows = sorted(counts)
         expected = self.expected.get(kind, 0)
-        table = np.array([counts[row] for row in rows], dtype=np.float64).reshape(len(rows), 3)
+        table = np.array([counts[row] for row in rows], dtype=np.float64).reshape(len(rows), 4)
         fields = {
             "received": table[:, 0],
             "expected": np.full(len(rows), float(expected)),
             "completeness": np.minimum(table[:, 0] / expected, 1.0) if expected else np.zeros(len(rows)),
             "flatline": table[:, 1],
             "outliers": table[:, 2],
+            "seq_gaps": table[:, 3],
         }
         return PointBatch.of(
             HEALTH_MEASUREMENT,
@@ -127,5 +134,17 @@ class AssessHour(beam.DoFn):
             rows,
             np.full(len(rows), hour, dtype=np.int64),
             fields,
-            integers=frozenset({"received", "expected", "flatline", "outliers"}),
+            integers=frozenset({"received", "expected", "flatline", "outliers", "seq_gaps"}),
         )
+
+
+def seq_gaps(batch: ReadingBatch) -> np.ndarray:
+    """Sequence numbers skipped per series of a `deduplicated()` batch (sorted by sensor, then ts), by
+    `sensors.seq`'s rule: readings without a seq are left out, a step down is a restart."""
+    numbered = batch.seq != NO_SEQ
+    sensor, seq = batch.sensor[numbered], batch.seq[numbered]
+    step = seq[1:] - seq[:-1]
+    skipped = np.where((sensor[1:] == sensor[:-1]) & (step > 1), step - 1, 0)
+    out = np.zeros(len(batch.series), dtype=np.int64)
+    np.add.at(out, sensor[1:], skipped)
+    return out

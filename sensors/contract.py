@@ -55,6 +55,9 @@ REJECT_PAYLOAD_BYTES = 4 * 1024
 MAX_FUTURE_MS = 5 * 60 * 1000
 DEFAULT_MAX_AGE_MS = 30 * 24 * 3600 * 1000  # the raw retention policy
 SENML_RELATIVE_LIMIT_S = 2**28
+# A sensor's optional message counter: a signed 64-bit integer that is never negative, so every
+# language's int64 holds it; a larger one could not be written to the spool or compared.
+SEQ_MAX = 2**63 - 1
 # Epoch milliseconds before 2001-09-09 look like a vendor sending seconds by mistake.
 EPOCH_SECONDS_HINT_BELOW = 10**12
 
@@ -210,8 +213,8 @@ class Contract:
             found = ", ".join(sorted(map(str, document))[:10])
             raise _Reject(RejectCode.MISSING_VALUES, f"'values' must be a non-empty object of metrics (keys: {found})")
         seq = document.get("seq")
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
-            raise _Reject(RejectCode.INVALID_VALUE, f"seq: {_show(seq)} is not a non-negative integer")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= SEQ_MAX):
+            raise _Reject(RejectCode.INVALID_VALUE, f"seq: {_show(seq)} is not an integer from 0 to 2^63-1")
         checked = {name: self._check_value(sensor, name, value, None) for name, value in values.items()}
         self._check_required(sensor, checked)
         return [(ts, checked, seq)]

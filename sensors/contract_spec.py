@@ -45,6 +45,7 @@ from sensors.contract import (
     REJECT_PAYLOAD_BYTES,
     REJECT_PREFIX,
     SENML_RELATIVE_LIMIT_S,
+    SEQ_MAX,
     TOPIC_PREFIX,
     Accepted,
     Contract,
@@ -163,9 +164,11 @@ def object_schema(kind: Kind) -> dict[str, Any]:
                 "properties": {m.name: _metric_schema(m) for m in kind.metrics},
             },
             "seq": {
-                "description": "Optional message counter of the sensor (non-negative integer), for gap analysis.",
+                "description": "Optional message counter of the sensor (0 to 2^63-1), one more for each reading; "
+                "a gap shows readings lost on the way, a drop to 0 a restart.",
                 "type": ["integer", "null"],
                 "minimum": 0,
+                "maximum": SEQ_MAX,
             },
             "sensor_id": {
                 "description": "Optional; when given it must be the sensor id of the topic.",
@@ -723,8 +726,8 @@ REJECT_HELP: dict[RejectCode, tuple[str, str]] = {
     ),
     RejectCode.UNKNOWN_METRIC: ("A metric name is not one of the kind's.", "Use the metric names of the kind's table."),
     RejectCode.INVALID_VALUE: (
-        "A value is not a finite number (string, null, boolean, NaN), `seq` is not a non-negative "
-        "integer, a SenML record has no `v`, or a metric appears twice for one time.",
+        "A value is not a finite number (string, null, boolean, NaN), `seq` is not an integer "
+        "from 0 to 2^63-1, a SenML record has no `v`, or a metric appears twice for one time.",
         "Send plain JSON numbers; one value per metric and time.",
     ),
     RejectCode.OUT_OF_RANGE: (

@@ -2,7 +2,9 @@
 
 A fault is chosen per reading slot (sensor, ts) by hashing, so it is part of
 the deterministic output like the values. Per-message rates are probabilities
-per reading; `silent` is the share of sensors that publish nothing at all.
+per reading; `silent` is the share of sensors that publish nothing at all. `drop`
+is not in the default mix: `smartcity audit --production` finds such losses only
+through `seq`, and the demo asks for it to show that.
 
 | fault            | what is sent                                            | ingest answers   |
 |------------------|---------------------------------------------------------|------------------|
@@ -16,6 +18,7 @@ per reading; `silent` is the share of sensors that publish nothing at all.
 | `late`           | the reading held back 10-60 reporting periods           | accepted         |
 | `out_of_order`   | the reading sent just after the sensor's next one       | accepted         |
 | `silent`         | the sensor publishes nothing during the run             | (missing data)   |
+| `drop`           | lost before the broker (a gateway's full buffer): not sent | (a `seq` gap)    |
 
 A vendor's broker account may publish only to its own sensors' topics, so an
 unknown sensor's reading is published by the admin account acting as a
@@ -41,6 +44,7 @@ class Fault(StrEnum):
     UNKNOWN_SENSOR = "unknown_sensor"
     DUPLICATE = "duplicate"
     SILENT = "silent"
+    DROP = "drop"
 
 
 EXPECTED_CODE: dict[Fault, RejectCode] = {

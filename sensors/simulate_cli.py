@@ -108,7 +108,7 @@ class Speed(click.ParamType):
     show_default=True,
     help="Fault rates, e.g. 'default' or 'malformed_json=0.01,out_of_range=0.01,duplicate=0.02,silent=0.05' "
     "(malformed_json, out_of_range, unit_mismatch, ts_in_future, ts_too_old, unknown_sensor, duplicate, late, "
-    "out_of_order, silent).",
+    "out_of_order, silent, drop).",
 )
 @click.option(
     "--manifest",
@@ -231,6 +231,7 @@ def simulate_command(
             "broker": str(address),
         },
         simulation.silent,
+        simulation.dropped,
     )
     path = manifest_path or Home(home).manifests / f"simulate-{iso(now_ms).replace(':', '')}.json"
     write_manifest(path, manifest)
@@ -242,7 +243,8 @@ def simulate_command(
         f"{elapsed:.1f} s ({totals['messages'] / max(elapsed, 1e-9):,.0f}/s): {totals['good']:,} good, "
         f"{totals['duplicates']:,} duplicates, {sum(totals['rejected'].values()):,} to be rejected, "
         f"{sum(totals['refused'].values()):,} refused, {totals['unconfirmed']:,} unconfirmed; "
-        f"{len(simulation.silent)} silent; manifest {path}" + ("" if finished else " (interrupted)")
+        f"{len(simulation.silent)} silent, {totals['dropped']:,} dropped; manifest {path}"
+        + ("" if finished else " (interrupted)")
     )
     if not finished:
         ctx.exit(130)

@@ -6,8 +6,11 @@ Three parts, each usable alone:
   often sensors report) and `sensors.signals` into `Message`s in publishing
   order. Values and faults are pure functions of (seed, sensor, ts), so a
   replay of any range is reproducible and a live run equals a replay of the
-  same hours. Sensors report on a fixed grid (`ts = phase + n * period`,
-  `seq = n`), at their kind's `interval_s` unless a live `--rate` asks for more.
+  same hours. Sensors report on a fixed grid (`ts = phase + n * period`), at
+  their kind's `interval_s` unless a live `--rate` asks for more. JSON payloads
+  carry `seq`: the sensor's reading count since the run started (a run is a
+  device restart: its counter starts at 0), first in the object, so that a torn
+  payload still names it. Readings the `drop` fault loses skip their number.
 - `Publisher` sends them with MQTT 5 at QoS 1, one connection per vendor with
   its own credentials, in a single thread: it drives paho's socket loop itself
   (no network thread, no locks), keeps at most `max_inflight` publishes
@@ -30,7 +33,8 @@ sensor, vendor and UTC hour what was sent:
 - `refused`: PUBACKs with an error (e.g. "Not authorized"): those never
   reached ingest; `unconfirmed`: publishes without any PUBACK when the run
   stopped (they may or may not have arrived).
-- `silent_sensors`: sensors that published nothing during the run.
+- `silent_sensors`: sensors that published nothing during the run; `dropped`
+  (per sensor and in the totals): readings the `drop` fault never sent.
 """
 
 from __future__ import annotations
@@ -217,6 +221,7 @@ class Simulation:
         self._slot_faults = [f for f in SLOT_FAULTS if self.faults.get(f)]
         self._slot_edges = np.cumsum([self.faults[f] for f in self._slot_faults]) if self._slot_faults else None
         self._order = 0
+        self.dropped: Counter[str] = Counter()  # sensor_id -> readings the `drop` fault never sent
 
     @property
     def rate(self) -> float:
@@ -275,9 +280,14 @@ class Simulation:
         pick_draw = uniform(keys ^ np.uint64(stable_key("fault-pick")), ts)
         duplicate_rate = self.faults.get(Fault.DUPLICATE, 0.0)
         unknown_rate = self.faults.get(Fault.UNKNOWN_SENSOR, 0.0)
+        drop_rate = self.faults.get(Fault.DROP, 0.0)
+        drop_draw = uniform(keys ^ np.uint64(stable_key("drop")), ts) if drop_rate else None
         n_slot_faults = len(self._slot_faults)
         for i, (s, seq, t) in enumerate(zip(member.tolist(), n.tolist(), ts.tolist(), strict=True)):
             sensor = group.sensors[s]
+            if drop_draw is not None and drop_draw[i] < drop_rate:
+                self.dropped[sensor.id] += 1
+                continue
             period = group.period_ms[s]
             fault = self._slot_faults[slot_fault[i]] if slot_fault[i] < n_slot_faults else None
             payload, category, emit = group.encode(sensor, t, seq, rows[i], fault, pick_draw[i], self.plan), GOOD, t
@@ -350,7 +360,9 @@ class _KindGroup:
                 np.array([t.danger if t else np.nan for t in levels]),
             )
         self.rate = len(sensors) * 1000.0 / float(self.period_ms[0]) if sensors else 0.0
-        self._json = '{"ts":%d,"values":{' + ",".join(f"{_lit(m.name)}:%s" for m in kind.metrics) + '},"seq":%d}'
+        self._json = '{"seq":%d,"ts":%d,"values":{' + ",".join(f"{_lit(m.name)}:%s" for m in kind.metrics) + "}}"
+        # The grid number of each sensor's first reading of the run: `seq` counts from there.
+        self.first_n = np.ceil((plan.start_ms - self.phase_ms) / self.period_ms).astype(np.int64)
         self._senml = self._senml_template([m.unit for m in kind.metrics])
 
     def _senml_template(self, units: Sequence[str]) -> str:
@@ -362,7 +374,7 @@ class _KindGroup:
         return "[" + ",".join(records) + "]"
 
     def slots(self, start_ms: float, end_ms: float) -> tuple[I64, I64, I64]:
-        """(sensor index, grid number n, ts) of every reading with start_ms <= ts < end_ms."""
+        """(sensor index, seq, ts) of every reading with start_ms <= ts < end_ms; seq counts from the run's start."""
         first = np.ceil((start_ms - self.phase_ms) / self.period_ms).astype(np.int64)
         last = np.ceil((end_ms - self.phase_ms) / self.period_ms).astype(np.int64)
         counts = np.maximum(last - first, 0)
@@ -371,7 +383,7 @@ class _KindGroup:
         n = first[member] + offsets
         ts = np.round(self.phase_ms[member] + n * self.period_ms[member]).astype(np.int64)
         inside = (ts >= start_ms) & (ts < end_ms)  # rounding at the edges
-        return member[inside], n[inside], ts[inside]
+        return member[inside], (n - self.first_n[member])[inside], ts[inside]
 
     def batch(self, member: I64, ts: I64) -> signals.Batch:
         return signals.Batch(
@@ -388,7 +400,7 @@ class _KindGroup:
     # -- payloads ---------------------------------------------------------------------------------
 
     def encode_json(self, ts: int, seq: int, row: Sequence[Any]) -> bytes:
-        return (self._json % (ts, *row, seq)).encode()
+        return (self._json % (seq, ts, *row)).encode()
 
     def encode_senml(self, sensor_id: str, ts: int, row: Sequence[Any]) -> bytes:
         return (self._senml % (sensor_id, _senml_time(ts), *row)).encode()
@@ -465,7 +477,10 @@ class Tally:
     def totals(self) -> dict[str, Any]:
         return _totals(self.counts.items(), self.refused.items(), self.unconfirmed.items())
 
-    def manifest(self, run: Mapping[str, Any], silent: Sequence[str]) -> dict[str, Any]:
+    def manifest(
+        self, run: Mapping[str, Any], silent: Sequence[str], dropped: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
+        dropped = dropped or {}
         readings: dict[tuple[int, str], Counter[str]] = {}
         rejects: list[dict[str, Any]] = []
         for (sensor_id, hour, category), count in sorted(self.counts.items()):
@@ -493,7 +508,7 @@ class Tally:
                 table.setdefault(key[0], []).append((key, n))  # type: ignore[arg-type]
         silent_set = set(silent)
         by_sensor: dict[str, Any] = {}
-        for sensor_id in sorted(set(counts) | set(refused) | set(unconfirmed) | silent_set):
+        for sensor_id in sorted(set(counts) | set(refused) | set(unconfirmed) | silent_set | set(dropped)):
             info = self.info[sensor_id]
             by_sensor[sensor_id] = {
                 "vendor": info.vendor,
@@ -501,6 +516,7 @@ class Tally:
                 "kind": info.kind,
                 "topic": info.topic,
                 "silent": sensor_id in silent_set,
+                "dropped": dropped.get(sensor_id, 0),
             } | _totals(counts.get(sensor_id, []), refused.get(sensor_id, []), unconfirmed.get(sensor_id, []))
         by_vendor: dict[str, Any] = {}
         for vendor in sorted({i["vendor"] for i in by_sensor.values()}):
@@ -517,7 +533,8 @@ class Tally:
                 "UTC hour. readings: hour of the reading's ts (as stored in InfluxDB); rejects: hour the "
                 "broker acknowledged the message (close to ingest's received_at)."
             ),
-            "totals": self.totals() | {"sensors": len(by_sensor), "silent_sensors": len(silent)},
+            "totals": self.totals()
+            | {"sensors": len(by_sensor), "silent_sensors": len(silent), "dropped": sum(dropped.values())},
             "vendors": by_vendor,
             "sensors": by_sensor,
             "readings": reading_rows,

@@ -11,7 +11,7 @@ with the helpers below, so a name is spelled once.
   registry `aggregate` is `sum` (rain, vehicles since the previous reading).
 - `aqi_1h` (rollup): tags as rollups; aqi, band, `{pollutant}_aqi` (int), dominant (str).
 - `sensor_health_1h` (rollup): sensor tags; received, expected, flatline,
-  outliers (int), completeness (float).
+  outliers, seq_gaps (int), completeness (float).
 - `anomalies` (rollup): sensor tags plus kind, metric, type (`spike`,
   `rapid_rise`); value, score, threshold (float); time = the reading's ts.
 - `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
@@ -104,7 +104,7 @@ AQI_MEASUREMENT = "aqi_1h"
 AQI_FIELDS: tuple[str, ...] = ("aqi", "band", "dominant")  # plus one `{pollutant}_aqi` per pollutant
 
 HEALTH_MEASUREMENT = "sensor_health_1h"
-HEALTH_FIELDS: tuple[str, ...] = ("received", "expected", "completeness", "flatline", "outliers")
+HEALTH_FIELDS: tuple[str, ...] = ("received", "expected", "completeness", "flatline", "outliers", "seq_gaps")
 
 # Readings an alert should look at (pipelines.anomalies): one point per reading, metric and type.
 ANOMALY_MEASUREMENT = "anomalies"
@@ -270,6 +270,7 @@ def health_point(
     flatline: int,
     outliers: int,
     hour_start_ms: int,
+    seq_gaps: int = 0,
 ) -> Point:
     """A `sensor_health_1h` point; completeness = received / expected (0 when nothing was expected)."""
     missing = [name for name in SENSOR_TAGS if name not in sensor_tags]
@@ -282,6 +283,7 @@ def health_point(
         "completeness": float(completeness),
         "flatline": int(flatline),
         "outliers": int(outliers),
+        "seq_gaps": int(seq_gaps),
     }
     return Point(HEALTH_MEASUREMENT, dict(sensor_tags), fields, hour_start_ms, "ms")
 

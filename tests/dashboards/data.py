@@ -98,6 +98,7 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
                     flatline=0,
                     outliers=hash(sensor.id) % 2,
                     hour_start_ms=hour,
+                    seq_gaps=expected - received,
                 )
             )
     hours: dict[tuple[str, str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

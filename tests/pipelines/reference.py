@@ -6,6 +6,7 @@ following the rules stated in docs/pipelines.md. Only the AQI table itself (`sen
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -126,4 +127,17 @@ def aqi(readings: Iterable[Reading], registry: Registry, hours: Iterable[int]) -
                     "dominant": found.dominant,
                     **{f"{p}_aqi": v for p, v in found.sub_indices.items()},
                 }
+    return result
+
+
+def seq_gaps(readings: Iterable[Reading]) -> dict[tuple[str, int], int]:
+    """`seq_gaps` of `sensor_health_1h` per (sensor_id, hour start): in ts order within the hour, the
+    numbers skipped between consecutive readings that carry a seq; a number that does not go up is a restart."""
+    by_hour: dict[tuple[str, int], list[Reading]] = defaultdict(list)
+    for r in unique(readings):
+        by_hour[(r.sensor_id, r.ts - r.ts % HOUR)].append(r)
+    result = {}
+    for key, seen in by_hour.items():
+        numbers = [r.seq for r in sorted(seen, key=lambda r: r.ts) if r.seq is not None]
+        result[key] = sum(b - a - 1 for a, b in itertools.pairwise(numbers) if b > a + 1)
     return result

@@ -59,6 +59,13 @@ def spool_readings(registry: Registry) -> list[Reading]:
     rng = random.Random(20251125)
     sensors = [registry.sensors[s] for s in SENSORS]
     readings = fleet_readings(registry, sensors, T0, T0 + HOURS * HOUR, rng)
+    # Each sensor numbers its readings (`seq`); three of pkt-aq-001's in hour 2 never arrive (3 seq gaps).
+    numbered: dict[str, int] = {}
+    for i, r in enumerate(readings):
+        readings[i] = msgspec.structs.replace(r, seq=numbered.setdefault(r.sensor_id, 0))
+        numbered[r.sensor_id] += 1
+    lost = [r for r in readings if r.sensor_id == "pkt-aq-001" and r.ts >= T0 + 2 * HOUR + 10 * MINUTE][:3]
+    readings = [r for r in readings if r not in lost]
     quiet = registry.sensors["pkt-aq-002"]
     # Silent for hours 5-8, and only 30 readings in hour 9 (under the 45 an hour needs).
     readings = [
@@ -172,12 +179,24 @@ def test_health_reports_silence_and_duplicates_count_once(run: dict[str, Any], r
         }
         return health[("sensor_health_1h", reference.frozen(key), T0 + hour * HOUR)]
 
-    assert of(tags.id, 6) == {"received": 0, "expected": 60, "completeness": 0.0, "flatline": 0, "outliers": 0}
+    assert of(tags.id, 6) == {
+        "received": 0,
+        "expected": 60,
+        "completeness": 0.0,
+        "flatline": 0,
+        "outliers": 0,
+        "seq_gaps": 0,
+    }
     assert of(tags.id, 9)["received"] == 30
     unique = reference.unique(run["readings"])
     for sensor_id in SENSORS:
         got = sum(of(sensor_id, h)["received"] for h in range(HOURS))
         assert got == sum(1 for r in unique if r.sensor_id == sensor_id)
+    gaps = reference.seq_gaps(run["readings"])
+    assert gaps[("pkt-aq-001", T0 + 2 * HOUR)] == 3
+    for sensor_id in SENSORS:
+        for h in range(HOURS):
+            assert of(sensor_id, h)["seq_gaps"] == gaps.get((sensor_id, T0 + h * HOUR), 0), (sensor_id, h)
 
 
 def test_a_second_run_rewrites_exactly_the_same_points(

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import apache_beam as beam
+import msgspec
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -105,6 +106,8 @@ def test_parquet_copy_is_used_and_refreshed_when_its_segment_changed(
 ) -> None:
     rng = random.Random(3)
     readings = fleet_readings(registry, registry.sensors_of(city="phuket")[::10], T0, T0 + 5 * MINUTE, rng)
+    # Half of them numbered (`seq`, up to the contract's 2^63-1), half without: both survive the copy.
+    readings = [msgspec.structs.replace(r, seq=2**63 - 1 - i) if i % 2 else r for i, r in enumerate(readings)]
     spool, cache = tmp_path / "spool", tmp_path / "cache"
     write_segment(spool, 1, readings)
     [info] = closed_segments(spool)
@@ -122,3 +125,6 @@ def test_parquet_copy_is_used_and_refreshed_when_its_segment_changed(
         assert [a.series[i] for i in a.sensor] == [b.series[i] for i in b.sensor]
         assert np.array_equal(a.ts, b.ts) and np.array_equal(a.received, b.received)
         assert np.array_equal(a.values, b.values, equal_nan=True)
+        assert np.array_equal(a.seq, b.seq)
+    kept = sorted(int(n) for batch in again.batches for n in batch.seq)
+    assert kept == sorted(-1 if r.seq is None else r.seq for r in readings[: sum(map(len, again.batches))])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import apache_beam as beam
+import msgspec
 from apache_beam.testing.util import assert_that, equal_to
 
 from sensors.reading import Reading
 from sensors.registry import Registry
+from tests.pipelines import reference
 from tests.pipelines.conftest import batch_pipeline, to_rows
 from tests.pipelines.spooldata import HOUR, MINUTE, T0, batches_of, reading
 
@@ -31,6 +35,7 @@ def health(received: int, flatline: int, outliers: int) -> dict[str, float]:
         "completeness": received / 60,
         "flatline": flatline,
         "outliers": outliers,
+        "seq_gaps": 0,
     }
 
 
@@ -61,3 +66,37 @@ def test_every_registry_sensor_gets_every_hour(registry: Registry) -> None:
             equal_to([(T0, len(registry.sensors)), (T0 + HOUR, len(registry.sensors))]),
             label="CheckEverySensor",
         )
+
+
+def numbered(registry: Registry) -> list[Reading]:
+    """Readings with `seq`: lost numbers, a restart, a reading without seq, redelivery and disorder."""
+    steady, chatty = registry.sensors["pkt-wl-001"], registry.sensors["pkt-wl-003"]
+    readings = []
+    # One a minute: 10-12 lost (3 gaps); at minute 40 the counter restarts at 0; minute 50 comes without
+    # a seq, so its number (10 after the restart) counts as skipped (1 gap).
+    for i in range(60):
+        if i not in (10, 11, 12):
+            r = reading(steady, T0 + i * MINUTE, {"level": 1.0 + 0.01 * i})
+            readings.append(msgspec.structs.replace(r, seq=None if i == 50 else (i if i < 40 else i - 40)))
+    readings.append(msgspec.structs.replace(readings[20], received=T0 + HOUR))  # redelivered: no gap, no count
+    for i in range(90):  # every 2 min over 3 hours from seq 1000, 5 numbers lost in the second hour
+        if i not in range(40, 45):
+            r = reading(chatty, T0 + i * 2 * MINUTE, {"level": 2.0})
+            readings.append(msgspec.structs.replace(r, seq=1000 + i))
+    readings.append(msgspec.structs.replace(readings[-1], ts=T0 + 3 * HOUR - 1, seq=1000 + 95))  # 5 lost
+    random.Random(7).shuffle(readings)  # arrival order does not matter: gaps are counted in ts order
+    return readings
+
+
+def test_seq_gaps_per_sensor_hour_equal_the_plain_python_reference(registry: Registry) -> None:
+    from pipelines.sensor_health import SensorHealth
+
+    readings = numbered(registry)
+    want = reference.seq_gaps(readings)
+    assert want[("pkt-wl-001", T0)] == 4 and want[("pkt-wl-003", T0 + HOUR)] == 5  # the sample is what it says
+    assert want[("pkt-wl-003", T0 + 2 * HOUR)] == 5
+    with batch_pipeline() as p:
+        rows = to_rows(p | beam.Create(batches_of(readings, registry)) | SensorHealth(registry, (T0, T0 + 3 * HOUR)))
+        found = rows | beam.Map(lambda r: ((dict(r[1])["sensor_id"], r[2]), dict(r[3])["seq_gaps"]))
+        expected = {(s.id, T0 + h * HOUR): 0 for s in registry.sensors.values() for h in range(3)} | want
+        assert_that(found, equal_to(sorted(expected.items())))

@@ -21,7 +21,7 @@ from sensors.contract import (
     reject_topic,
     rejection_record,
 )
-from sensors.reading import Reading
+from sensors.reading import Reading, decode_reading, encode_reading
 from sensors.registry import default_registry
 
 NOW = 1_795_600_000_000  # 2026-11-25T09:46:40Z
@@ -98,7 +98,11 @@ REJECT_CASES = [
     ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": NaN}}' % NOW, "finite"),
     ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": Infinity}}' % NOW, "finite"),
     ("invalid_value", AQ, b'{"ts": %d, "values": {"pm25": 1e999}}' % NOW, "finite"),
-    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=-1), "seq"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=-1), "seq: -1 is not an integer from 0 to 2^63-1"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=2**63), "seq: 9223372036854775808 is not an integer"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=1.5), "seq: 1.5 is not an integer"),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq="7"), 'seq: "7" is not an integer'),
+    ("invalid_value", AQ, obj(ts=NOW, values={"pm25": 1}, seq=True), "seq: true is not an integer"),
     ("invalid_value", AQ, json.dumps([{"bt": NOW_S, "n": "pm25", "vs": "12"}]).encode(), "'vs'"),
     ("out_of_range", AQ, obj(ts=NOW, values={"pm25": -0.1}), "outside 0..1000"),
     ("out_of_range", AQ, obj(ts=NOW, values={"pm25": 10**30}), "outside"),
@@ -145,6 +149,15 @@ def test_object_payload_decodes_to_one_reading_with_registry_context() -> None:
             received=NOW,
         )
     ]
+
+
+@pytest.mark.parametrize("seq", [None, 0, 1, 2**63 - 1])
+def test_seq_is_optional_and_kept_up_to_2_63_minus_1(seq: int | None) -> None:
+    document = {"ts": NOW, "values": {"pm25": 1}} | ({} if seq is None else {"seq": seq})
+    result = decode(AQ, json.dumps(document).encode())
+    assert isinstance(result, Accepted), result
+    assert [r.seq for r in result.readings] == [seq]
+    assert decode_reading(encode_reading(result.readings[0])).seq == seq  # the spool keeps it as it came
 
 
 @pytest.mark.parametrize(

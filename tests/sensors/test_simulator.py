@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import statistics
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -156,11 +157,39 @@ def test_same_seed_same_payloads_in_any_chunking_and_order() -> None:
     assert [(m.topic, m.payload, m.category) for m in first] == [(m.topic, m.payload, m.category) for m in again]
     _, other_seed = replay("2026-03-19T10:00:00", 30, sensors=sensors, faults=faults, seed=2)
     assert {m.payload for m in first}.isdisjoint({m.payload for m in other_seed})
-    # Two halves replayed in reverse order hold the same readings as the whole range.
+    # Two halves replayed in reverse order hold the same readings as the whole range; only `seq`
+    # differs: each run is a restart of every sensor's counter.
     _, late_half = replay("2026-03-19T10:15:00", 15, sensors=sensors)
     _, early_half = replay("2026-03-19T10:00:00", 15, sensors=sensors)
     _, whole = replay("2026-03-19T10:00:00", 30, sensors=sensors)
-    assert sorted(m.payload for m in late_half + early_half) == sorted(m.payload for m in whole)
+    assert sorted(without_seq(m) for m in late_half + early_half) == sorted(without_seq(m) for m in whole)
+
+
+def without_seq(message: Message) -> str:
+    document = json.loads(message.payload)
+    if isinstance(document, dict):
+        document.pop("seq")
+    return json.dumps(document, sort_keys=True)
+
+
+def test_seq_counts_each_sensors_readings_from_0_and_the_drop_fault_skips_numbers() -> None:
+    sensors = [s for s in select_sensors(REGISTRY, 60) if REGISTRY.vendors[s.vendor].payload == "json"]
+    simulation, messages = replay("2026-03-19T10:00:00", 60, sensors=sensors, faults={Fault.DROP: 0.05})
+    seqs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for m in messages:
+        seqs[m.sensor_id].append((m.ts, json.loads(m.payload)["seq"]))
+    skipped = 0
+    for sensor_id, numbered in seqs.items():
+        numbered.sort()
+        assert numbered[0][1] == 0 or simulation.dropped[sensor_id]  # a counter starts at 0 with the run
+        last = numbered[-1][1] + 1  # numbers used, counting those dropped before the last one sent
+        assert last - len(numbered) <= simulation.dropped[sensor_id]
+        skipped += last - len(numbered)
+    assert 0 < skipped <= sum(simulation.dropped.values())
+    assert sum(simulation.dropped.values()) == pytest.approx(0.05 * (len(messages) + skipped), rel=0.3)
+    # A torn payload (`malformed_json`) still names its seq: it comes first.
+    _, torn = replay("2026-03-19T10:00:00", 5, sensors=sensors, faults={Fault.MALFORMED_JSON: 1.0})
+    assert torn and all(re.match(rb'\{"seq":\d+,', m.payload) for m in torn)
 
 
 def test_a_live_run_equals_a_replay_of_the_same_minutes() -> None:

@@ -66,6 +66,7 @@ def test_aqi_and_health_points() -> None:
     health = health_point(raw_point(READING).tags, received=55, expected=60, flatline=0, outliers=2, hour_start_ms=0)
     assert health.measurement == "sensor_health_1h"
     assert health.fields["completeness"] == pytest.approx(55 / 60)
+    assert health.fields["seq_gaps"] == 0
 
 
 def test_anomaly_point_carries_the_sensor_tags_and_what_was_judged() -> None:
