@@ -47,13 +47,13 @@ def _received_ms(value: str | None) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _retention_ms(value: str) -> int:
-    """`--retention`: an InfluxQL duration (30d, 720h, 4w) or INF, as the raw retention policy is set."""
+def _duration_ms(value: str) -> int:
+    """`--max-age`: a duration (72h, 3d, 4w) or INF."""
     if value == "INF":
         return 10**18
     match = _DURATION.match(value)
     if not match:
-        raise click.BadParameter(f"{value!r} is not a duration like 30d, 720h or INF", param_hint="--retention")
+        raise click.BadParameter(f"{value!r} is not a duration like 72h, 3d or INF", param_hint="--max-age")
     return int(match[1]) * _DURATION_MS[match[2]]
 
 
@@ -126,11 +126,10 @@ def docs(registry_paths: Sequence[Path], path: Path, check: bool) -> None:
     help="Judge as if the broker received it at TIME (epoch ms or RFC 3339 with offset); default: now.",
 )
 @click.option(
-    "--retention",
-    default=f"{DEFAULT_MAX_AGE_MS // 86_400_000}d",
+    "--max-age",
+    default=f"{DEFAULT_MAX_AGE_MS // 3_600_000}h",
     show_default=True,
-    envvar="SMARTCITY_INFLUX_RAW_RETENTION",
-    help="Raw retention: older readings are refused (ts_too_old) [env: SMARTCITY_INFLUX_RAW_RETENTION].",
+    help="Acceptance window: readings older than this are refused (ts_too_old); ingest's accept_max_age_h.",
 )
 @click.option("--json", "as_json", is_flag=True, help="On rejection, print the message ingest would publish.")
 @click.pass_context
@@ -140,12 +139,12 @@ def check(
     topic: str,
     payload_file: BinaryIO,
     received_at: str | None,
-    retention: str,
+    max_age: str,
     as_json: bool,
 ) -> None:
     """Would ingest accept this message? Exit 0 and print the readings, or exit 1 and print 'code: detail'."""
     received_ms = _received_ms(received_at)
-    contract = Contract(registry_from(registry_paths), max_age_ms=_retention_ms(retention))
+    contract = Contract(registry_from(registry_paths), max_age_ms=_duration_ms(max_age))
     payload = payload_file.read()
     result = contract.decode(topic, payload, received_ms)
     if isinstance(result, Accepted):
