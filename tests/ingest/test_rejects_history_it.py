@@ -1,7 +1,7 @@
 """Rejections cost bounded disk, and stored history is not rewritten, against real Mosquitto and InfluxDB.
 
 - one vendor flooding bad messages: each is answered on its reject topic, the reject store stays within the
-  vendor's byte cap, and what is not kept is counted (`rejects_not_stored`, in InfluxDB) and logged;
+  vendor's byte cap, and what is not kept is counted (`rejects_not_stored`, in InfluxDB), logged and alerted;
 - reject segments past `reject_retention_h` are deleted when ingest starts;
 - a reading older than the acceptance window (72 h) is refused as `ts_too_old`, saying so;
 - a reading for a stored (sensor, ts) with other values is refused as `conflict` and InfluxDB keeps the
@@ -25,7 +25,9 @@ import pytest
 from ingest.spool import StreamWriter
 from sensors.reading import Rejection
 from sensors.spool import CLOSED_SUFFIX, REJECTS, closed_segments, meta_path, read_meta, read_rejections, write_meta
+from storage import schema
 from tests.ingest.helpers import IngestProcess, Publisher, influx_query, ingest_env, wait_until
+from tests.ingest.test_visibility_it import assert_alert_fires
 from tests.servers import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -115,6 +117,7 @@ def test_a_reject_flood_is_answered_but_its_storage_is_capped_and_counted(stack:
     assert vendor_sum(stack, "rejects_not_stored", "it-flood", VENDOR) == not_stored
     result = influx_query(stack, 'SELECT sum("rejects_not_stored") FROM "raw"."ingest" WHERE instance = \'it-flood\'')
     assert result["results"][0]["series"][0]["values"][0][1] == not_stored
+    assert_alert_fires(stack, schema.INGEST_REJECTS_NOT_STORED, "it-flood", not_stored)  # the provisioned rule
     log = (tmp_path / "ingest.log").read_text()
     warnings = log.count(f"vendor {VENDOR} is over its reject store budget")
     assert 1 <= warnings <= 3, f"{warnings} warnings: they are rate-limited to one a minute"
