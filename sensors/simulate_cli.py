@@ -132,8 +132,8 @@ class Speed(click.ParamType):
     default="none",
     show_default=True,
     help="Fault rates, e.g. 'default' or 'malformed_json=0.01,out_of_range=0.01,duplicate=0.02,silent=0.05' "
-    "(malformed_json, out_of_range, unit_mismatch, ts_in_future, ts_too_old, unknown_sensor, duplicate, late, "
-    "out_of_order, silent).",
+    "(malformed_json, out_of_range, unit_mismatch, ts_in_future, ts_too_old, unknown_sensor, duplicate, conflict, "
+    "late, out_of_order, silent).",
 )
 @click.option(
     "--manifest",

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from deploy.audit import audit, load_manifest
 from sensors.contract import Accepted, Contract
 from sensors.faults import Fault
 from sensors.simulator import GOOD
+from storage.settings import InfluxSettings
 from tests.ingest.helpers import IngestProcess, influx_query, ingest_env
 from tests.servers import StackHandle
 from tests.system.harness import Load, balanced_audit, wait_stored
@@ -50,6 +52,11 @@ def test_rejections_over_budget_and_conflicts_keep_the_audit_balanced(
     assert total.rejects_not_stored > 0, "the budget kept only part of the rejections"
     assert total.rejects_stored - total.reject_duplicates + total.rejects_not_stored == total.rejects_expected
     assert result.stored_by_code["out_of_range"] > 0
+    # The counter is the evidence: without ingest's figures the same store does not balance.
+    influx_query(private_stack, 'DROP MEASUREMENT "ingest_vendors"')
+    without = audit([load_manifest(load.manifest_path)], InfluxSettings.from_env(private_stack.env(home=home)),
+                    load.registry, home / "spool")  # fmt: skip
+    assert not without.balanced and without.total().rejects_missing == total.rejects_not_stored
 
     # Every rewritten reading kept its first values in InfluxDB.
     contract = Contract(load.registry)
