@@ -22,9 +22,9 @@ InfluxDB). Used from one thread (the MQTT loop) after the rebuild.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -57,14 +57,14 @@ class _Identity(msgspec.Struct):
 
 
 _decode_identity = msgspec.json.Decoder(_Identity).decode
+_sorted_json = msgspec.json.Encoder(order="sorted").encode
 
 
 def values_hash(values: Mapping[str, float]) -> int:
-    """64 bits over the metric names and values (never 0); the same in every process, because Python
-    hashes ints and floats without a per-process seed (names go in as their CRC-32, not as str)."""
-    names = sorted(values)
-    digest = hash((zlib.crc32("\0".join(names).encode()), *[values[name] for name in names])) & _M64
-    return digest or 1
+    """64 bits of BLAKE2b over the values as sorted JSON (never 0): the same in every process and for any
+    order of the metrics; the contract gives every value as a float."""
+    digest = hashlib.blake2b(_sorted_json(values), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
 
 
 class History:
