@@ -121,7 +121,8 @@ class RejectBudget:
             )
             logger.warning(
                 "vendor %s is over its reject store budget (%s): %d rejections answered on the reject topic but "
-                "not stored (counted in rejects_not_stored; next report in %.0f s at the earliest)",
+                "not stored since the last warning (counted in rejects_not_stored; next warning in %.0f s at the "
+                "earliest)",
                 name,
                 why,
                 state.not_stored,
