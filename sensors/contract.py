@@ -58,8 +58,8 @@ REJECT_PAYLOAD_BYTES = 4 * 1024  # of the payload, in the notice published on th
 STORED_PAYLOAD_BYTES = 512
 MAX_FUTURE_MS = 5 * 60 * 1000
 # How old a reading may be when it arrives: a gateway's buffer through a long outage (a weekend
-# without backhaul), not the raw retention; a longer window lets a vendor rewrite older history
-# and makes ingest's conflict index larger (docs/reliability.md, "Old readings and conflicts").
+# without backhaul), not the raw retention; a longer window lets a vendor rewrite older history and
+# makes ingest's conflict index larger (docs/reliability.md, "... history is not rewritten").
 DEFAULT_MAX_AGE_MS = 72 * 3600 * 1000
 SENML_RELATIVE_LIMIT_S = 2**28
 # Epoch milliseconds before 2001-09-09 look like a vendor sending seconds by mistake.
