@@ -214,7 +214,9 @@ class Consumer:
         self.spool = spool
         self.metrics = metrics
         # (sensor_id, ts) -> values of the acceptance window, to refuse a rewrite (`conflict`)
-        self.history = history if history is not None else History(contract.max_age_ms)
+        self.history = history if history is not None else History(
+            contract.max_age_ms, max_bytes=int(settings.history_max_mib * 2**20)
+        )
         self.reject_budget = reject_budget or RejectBudget(
             settings.reject_store_per_s,
             int(settings.reject_store_max_mib * 2**20),

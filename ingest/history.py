@@ -44,6 +44,7 @@ MAX_SENSORS = 1 << (64 - TS_BITS)
 MAX_LOAD = 0.7  # a fuller table probes longer
 RESIZE_LOAD = 0.5  # after a resize at most this full, so the next one is far off (a doubling from MAX_LOAD)
 MIN_SLOTS = 1 << 12
+SLOT_BYTES = 16  # a uint64 key and a uint64 value
 _M64 = (1 << 64) - 1
 _MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads the regular ts of one sensor over the table
 
@@ -70,11 +71,14 @@ def values_hash(values: Mapping[str, float]) -> int:
 class History:
     """(sensor_id, ts) -> hash of the values, for readings of the last `window_ms` (plus the future slack)."""
 
-    def __init__(self, window_ms: int, slots: int = MIN_SLOTS) -> None:
+    def __init__(self, window_ms: int, slots: int = MIN_SLOTS, max_bytes: int = 0) -> None:
         self.window_ms = window_ms
+        # The memory cap (0: none): the table never grows past it; the oldest entries make room instead.
+        self.max_slots = max(MIN_SLOTS, 1 << ((max_bytes // SLOT_BYTES).bit_length() - 1)) if max_bytes else 2**40
+        self.checked_from_ms: int | None = None  # set when the cap dropped entries still in the window
         self._sensors: dict[str, int] = {}
         self._count = 0
-        self._alloc(max(MIN_SLOTS, 1 << (max(slots, 1) - 1).bit_length()))
+        self._alloc(min(self.max_slots, max(MIN_SLOTS, 1 << (max(slots, 1) - 1).bit_length())))
 
     def _alloc(self, slots: int) -> None:
         self._keys = np.zeros(slots, np.uint64)
@@ -145,20 +149,38 @@ class History:
     # -- bulk operations (vectorised) ------------------------------------------------------------
 
     def _resize(self, now_ms: int) -> None:
-        """Drop what is older than the window; double the table until the rest fills at most `RESIZE_LOAD`
-        of it. It never shrinks: the window fills it again."""
-        keys, vals = self._keys, self._vals
-        used = keys != 0
-        live = used & ((keys & np.uint64(TS_MASK)) >= np.uint64(max(self._cutoff(now_ms), 0)))
-        keep_keys, keep_vals = keys[live], vals[live]
+        used = self._keys != 0
+        self._fit(self._keys[used], self._vals[used], now_ms)
+
+    def _fit(self, keys: np.ndarray, vals: np.ndarray, now_ms: int) -> None:
+        """Make the table hold these distinct entries: drop what is older than the window, double the table
+        until the rest fills at most `RESIZE_LOAD` of it (it never shrinks: the window fills it again),
+        and at the memory cap keep only the newest entries, with a warning."""
+        before = len(keys)
+        live = (keys & np.uint64(TS_MASK)) >= np.uint64(max(self._cutoff(now_ms), 0))
+        keys, vals = keys[live], vals[live]
         slots = self.slots
-        while len(keep_keys) + 1 > RESIZE_LOAD * slots:
+        while len(keys) + 1 > RESIZE_LOAD * slots and slots < self.max_slots:
             slots *= 2
+        room = int(RESIZE_LOAD * slots)
+        if len(keys) > room:
+            newest = np.argpartition(keys & np.uint64(TS_MASK), len(keys) - room)[len(keys) - room :]
+            keys, vals = keys[newest], vals[newest]
+            self.checked_from_ms = int((keys & np.uint64(TS_MASK)).min())
+            logger.warning(
+                "conflict index at its memory cap (%.0f MiB, history_max_mib): readings older than %s (%.1f h, "
+                "of the %.0f h acceptance window) are no longer checked for conflicts; raise the cap or split the "
+                "fleet over more ingest processes",
+                slots * SLOT_BYTES / 2**20,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.checked_from_ms / 1000)),
+                (now_ms - self.checked_from_ms) / 3_600_000,
+                self.window_ms / 3_600_000,
+            )
         self._alloc(slots)
         self._count = 0
-        self._insert_unique(keep_keys, keep_vals)
-        logger.debug("conflict index: %d entries in %d slots (%d older than the window dropped)",
-                     self._count, self.slots, int(used.sum()) - self._count)  # fmt: skip
+        self._insert_unique(keys, vals)
+        logger.debug("conflict index: %d entries in %d slots (%d dropped)", self._count, self.slots,
+                     before - self._count)  # fmt: skip
 
     def _cutoff(self, now_ms: int) -> int:
         return now_ms - self.window_ms - MAX_FUTURE_MS
@@ -195,24 +217,14 @@ class History:
                 vals.append(values_hash(values))
         if not keys:
             return 0
-        key_array = np.array(keys, np.uint64)
-        val_array = np.array(vals, np.uint64)
-        _, first = np.unique(key_array, return_index=True)  # the first occurrence of each identity
-        key_array, val_array = key_array[first], val_array[first]
-        present = np.array([self._kview[self._slot(int(k))] != 0 for k in key_array], bool) if self._count else None
-        if present is not None:
-            key_array, val_array = key_array[~present], val_array[~present]
-        while self._count + len(key_array) > MAX_LOAD * self.slots:
-            self._grow_to(self.slots * 2)
-        self._insert_unique(key_array, val_array)
-        return len(key_array)
-
-    def _grow_to(self, slots: int) -> None:
         used = self._keys != 0
-        keys, vals = self._keys[used], self._vals[used]
-        self._alloc(slots)
-        self._count = 0
-        self._insert_unique(keys, vals)
+        # The table's entries first: the first value of an identity wins.
+        key_array = np.concatenate([self._keys[used], np.array(keys, np.uint64)])
+        val_array = np.concatenate([self._vals[used], np.array(vals, np.uint64)])
+        _, first = np.unique(key_array, return_index=True)
+        before = self._count
+        self._fit(key_array[first], val_array[first], now_ms)
+        return self._count - before
 
     def rebuild(self, stream_dir: Path, now_ms: int | None = None) -> int:
         """Load the readings of the window from the stream's closed reading segments (the writer closed

@@ -80,7 +80,7 @@ class IngestService:
                 s.reject_store_per_s, int(s.reject_store_max_mib * 2**20), int(s.reject_retention_h * 3_600_000)
             )
             budget.rebuild(s.stream_dir)
-            history = History(self.contract.max_age_ms)
+            history = History(self.contract.max_age_ms, max_bytes=int(s.history_max_mib * 2**20))
             history.rebuild(s.stream_dir)
             self.consumer = Consumer(s, self.contract, spool, self.metrics, history, budget)
         if s.role in ("all", "write"):

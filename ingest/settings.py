@@ -103,6 +103,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "min_free_disk_mib": (0, 2**40),
     "spool_retention_h": (0, 100 * 365 * 24),
     "accept_max_age_h": (1, 100 * 365 * 24),
+    "history_max_mib": (0, 2**40),
     "reject_store_per_s": (0, 1_000_000),
     "reject_store_max_mib": (0, 2**40),
     "reject_retention_h": (0, 100 * 365 * 24),
@@ -136,6 +137,7 @@ class IngestSettings:
     min_free_disk_mib: float = 1024
     spool_retention_h: float = 0
     accept_max_age_h: float = 72
+    history_max_mib: float = 1024
     reject_store_per_s: float = 100
     reject_store_max_mib: float = 64
     reject_retention_h: float = 168

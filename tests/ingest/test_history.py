@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from ingest.history import MAX_LOAD, History, values_hash
+import pytest
+
+from ingest.history import MAX_LOAD, SLOT_BYTES, History, values_hash
 from ingest.spool import StreamWriter
 from sensors.reading import Reading
 
@@ -80,3 +83,17 @@ def test_rebuild_from_the_spool_keeps_the_first_value_and_skips_old_segments(tmp
     assert history.stored("a", NOW - 100 * HOUR) is None
     assert history.stored("b", NOW - 19_000) == values_hash({"pm25": 19.0})
     assert history.admit([reading("a", NOW - HOUR, pm25=6.0)], NOW) is not None
+
+
+def test_at_its_memory_cap_it_keeps_the_newest_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    history = History(WINDOW, max_bytes=SLOT_BYTES * 8192)  # 8,192 slots: 128 KiB
+    with caplog.at_level(logging.WARNING):
+        for n in range(20_000):  # a vendor flooding valid readings 1 s apart, all within the window
+            ts = NOW - 20_000_000 + n * 1000
+            assert history.admit([reading("a", ts, pm25=float(n))], NOW) is None
+    assert history.slots == 8192 and len(history) <= MAX_LOAD * 8192
+    assert history.checked_from_ms is not None and history.checked_from_ms > NOW - 20_000_000
+    last = NOW - 20_000_000 + 19_999 * 1000
+    assert history.admit([reading("a", last, pm25=1.0)], NOW) is not None, "the newest are still checked"
+    assert history.stored("a", NOW - 20_000_000) is None, "the oldest made room"
+    assert any("conflict index at its memory cap" in r.message for r in caplog.records)
