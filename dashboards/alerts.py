@@ -8,7 +8,7 @@ Rules (each with a stable uid and a link to the panel that shows its data):
 - the share of rejected messages above 5% over 15 min, per vendor (with at least 100 messages);
 - ingest lagging (spool older than 60 s) or not reporting at all;
 - loss ingest sees itself (`LOSS_ALERTS`): messages the broker dropped, a lost or restored broker
-  session, records of a damaged spool segment.
+  session, records of a damaged spool segment, rejections not kept (a vendor over its reject budget).
 
 Every rule is InfluxQL query A, then Grafana's server-side expressions B = reduce(A, last) and
 C = threshold(B); C is the condition. `AlertRule` holds one rule; `file_rule()` and `api_rule()`
@@ -74,6 +74,13 @@ LOSS_ALERTS: dict[str, tuple[str, str, str]] = {
         "Ingest {{ $labels.instance }} found a closed spool segment that does not match its metadata: "
         "{{ $values.B }} records could not be read (see its log for the file).",
         "critical",
+    ),
+    schema.INGEST_REJECTS_NOT_STORED: (
+        "Rejections answered but not stored",
+        "Ingest {{ $labels.instance }} answered {{ $values.B }} rejected messages in 15 min on the reject topic "
+        "without keeping them: a vendor is over its reject store budget, a flood of bad messages (which vendor: "
+        "ingest_vendors.rejects_not_stored, and ingest's log).",
+        "warning",
     ),
 }
 

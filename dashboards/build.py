@@ -875,8 +875,9 @@ def operations_dashboard() -> GeneratedDashboard:
             ],
             unit="short",
             description="Loss ingest sees without the simulator: messages the broker dropped ($SYS), reconnects "
-            "that found the broker session lost or restored from an old copy, records of damaged spool segments. "
-            "Anything above 0 is lost data (each has an alert rule); the ingest log names the cause.",
+            "that found the broker session lost or restored from an old copy, records of damaged spool segments, "
+            "rejections answered but not kept (a vendor over its reject store budget). Anything above 0 is lost "
+            "data or evidence (each has an alert rule); the ingest log names the cause.",
             min_interval_s=10,
         ),
         12,

@@ -187,6 +187,9 @@ class Demo:
             self.env = dict(os.environ)
             self.env.update(_read_env(self.stack.env_path))
             self.env["SMARTCITY_INGEST_SEGMENT_MAX_AGE_S"] = str(DEMO_SEGMENT_AGE_S)
+            # The replay publishes up to `hours` old readings at once: widen ingest's acceptance window
+            # (72 h by default, a gateway's buffer) to cover them.
+            self.env.setdefault("SMARTCITY_INGEST_ACCEPT_MAX_AGE_H", str(max(72, options.hours + 2)))
             if options.registry_paths:
                 self.env["SMARTCITY_REGISTRY"] = os.pathsep.join(str(p) for p in options.registry_paths)
             note(
@@ -329,7 +332,8 @@ class Demo:
                 f"{total.stored:,} of {total.expected:,} readings stored, "
                 f"{total.rejects_stored:,} of {total.rejects_expected:,} rejections kept"
             )
-            if total.stored >= total.expected and total.rejects_stored >= total.rejects_expected:
+            rejections = total.rejects_stored + total.rejects_not_stored  # not kept: over a vendor's budget
+            if total.stored >= total.expected and rejections >= total.rejects_expected:
                 return
             if time.monotonic() > deadline:
                 raise DemoError(f"ingest did not store everything within {DRAIN_TIMEOUT_S} s; see {self.home / 'demo'}")

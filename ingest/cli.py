@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ingest.settings import ROLES, IngestSettings
 from sensors.cli import registry_from, registry_option
-from sensors.contract import DEFAULT_MAX_AGE_MS, Contract
+from sensors.contract import Contract
 
 # The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
 METRICS_WRITE_RETRIES = 1
@@ -66,8 +66,10 @@ def ingest_command(
 
     settings = IngestSettings.from_env(**overrides)
     influx = InfluxSettings.from_env()
-    retention_ms = duration_ns(influx.raw_retention) // 1_000_000 or DEFAULT_MAX_AGE_MS * 1000
-    contract = Contract(registry_from(registry_paths), max_age_ms=retention_ms)
+    # Readings are accepted for accept_max_age_h, and never beyond the raw retention (INF: 0 ns).
+    retention_ms = duration_ns(influx.raw_retention) // 1_000_000 or 10**18
+    max_age_ms = min(int(settings.accept_max_age_h * 3_600_000), retention_ms)
+    contract = Contract(registry_from(registry_paths), max_age_ms=max_age_ms)
     metrics_influx = InfluxSettings.from_env(
         max_retries=METRICS_WRITE_RETRIES, retry_max_total_s=METRICS_WRITE_MAX_TOTAL_S
     )

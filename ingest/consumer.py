@@ -26,6 +26,7 @@ import shutil
 import struct
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -37,12 +38,24 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
+from ingest.history import History
 from ingest.metrics import Metrics
+from ingest.rejectbudget import RejectBudget
 from ingest.settings import IngestSettings
-from ingest.spool import SpoolError, StreamWriter, usage_bytes
-from sensors.contract import Accepted, Contract, RejectCode, Rejected, reject_topic, rejection_record
+from ingest.spool import SpoolError, StreamWriter, expire_rejects, usage_bytes
+from sensors.contract import (
+    Accepted,
+    Contract,
+    Decoded,
+    RejectCode,
+    Rejected,
+    reject_notice,
+    reject_topic,
+    rejection_record,
+)
 from sensors.errors import SmartcityError
-from sensors.reading import Rejection
+from sensors.reading import encode_rejection
+from storage.schema import UNKNOWN_VENDOR
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +68,8 @@ REJECT_TRACKED = 10 * REJECT_INFLIGHT
 BUDGET_CHECK_INTERVAL_S = 1.0
 USAGE_SCAN_INTERVAL_S = 30.0
 BUDGET_WARNING_INTERVAL_S = 300.0
+# How often reject segments past `reject_retention_h` are looked for (besides at start-up).
+REJECT_EXPIRY_INTERVAL_S = 300.0
 # Reason codes of a CONNACK that retrying will not fix.
 FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid", "Banned"}
 WARN_FRACTION = 0.9
@@ -84,7 +99,7 @@ class Pending(NamedTuple):
     mid: int
     qos: int
     received_ns: int
-    rejection: Rejection | None
+    notice: tuple[str, bytes] | None  # (reject topic, body) to publish once the message is durable
 
 
 def mosquitto_version(text: str) -> tuple[int, ...] | None:
@@ -185,11 +200,28 @@ _PUBACK = struct.Struct("!BBH")
 class Consumer:
     """Consumes the configured topics into a spool stream. `start()`, then `stop()` (drains and acks)."""
 
-    def __init__(self, settings: IngestSettings, contract: Contract, spool: StreamWriter[Pending], metrics: Metrics):
+    def __init__(
+        self,
+        settings: IngestSettings,
+        contract: Contract,
+        spool: StreamWriter[Pending],
+        metrics: Metrics,
+        history: History | None = None,
+        reject_budget: RejectBudget | None = None,
+    ):
         self.settings = settings
         self.contract = contract
         self.spool = spool
         self.metrics = metrics
+        # (sensor_id, ts) -> values of the acceptance window, to refuse a rewrite (`conflict`)
+        self.history = history if history is not None else History(
+            contract.max_age_ms, max_bytes=int(settings.history_max_mib * 2**20)
+        )
+        self.reject_budget = reject_budget or RejectBudget(
+            settings.reject_store_per_s,
+            int(settings.reject_store_max_mib * 2**20),
+            int(settings.reject_retention_h * 3_600_000),
+        )
         self.fatal: SmartcityError | None = None
         self.failed = threading.Event()  # set with `fatal`
         self.session_present: bool | None = None
@@ -408,6 +440,8 @@ class Consumer:
             # block the others (a poison message redelivered forever): reject it and go on.
             logger.exception("the contract raised on a message on %r (a bug in sensors.contract)", topic[:200])
             result = Rejected(RejectCode.INVALID_JSON, f"payload could not be decoded: {err}"[:300])
+        if type(result) is Accepted:
+            result = self._against_history(result, received_ms)
         metrics.count_outcome(result)
         if type(result) is Accepted:
             metrics.accepted += 1
@@ -418,19 +452,38 @@ class Consumer:
         else:
             assert isinstance(result, Rejected)
             metrics.rejected[result.code.value] += 1
-            rejection = rejection_record(topic, payload, result, received_ms)
-            self.spool.append_rejection(
-                rejection, Pending(self._generation, message.mid, message.qos, received_ns, rejection)
-            )
+            notice = (reject_topic(topic), _encode_json(reject_notice(topic, payload, result, received_ms)))
+            pending = Pending(self._generation, message.mid, message.qos, received_ns, notice)
+            record = rejection_record(topic, payload, result, received_ms)
+            line = encode_rejection(record)
+            if self.reject_budget.admit(record.vendor, len(line), received_ms):
+                self.spool.append_rejection(line, pending)
+            else:  # answered and acknowledged, not kept: counted, so the audit can account for it
+                vendor = record.vendor or UNKNOWN_VENDOR
+                metrics.rejects_not_stored[vendor] = metrics.rejects_not_stored.get(vendor, 0) + 1
+                self.spool.append_token(pending)
             logger.debug("rejected a message on %s: %s: %s", topic[:200], result.code.value, result.detail)
         if self.spool.pending_bytes >= self._flush_bytes:
             self._wake.set()
+
+    def _against_history(self, result: Accepted, received_ms: int) -> Decoded:
+        """`conflict` if a reading's (sensor_id, ts) is stored with other values; the first value is kept."""
+        clash = self.history.admit(result.readings, received_ms)
+        if clash is None:
+            return result
+        return Rejected(
+            RejectCode.CONFLICT,
+            f"a reading of {clash.sensor_id} at {_iso(clash.ts)} is already stored with other values; the first "
+            "is kept (send a new ts for a new value; the same values again are accepted as a duplicate)",
+            result.sensor,
+        )
 
     # -- committer thread ----------------------------------------------------------------------
 
     def _run_committer(self) -> None:
         interval = self.settings.flush_interval_ms / 1000
         next_budget_check = 0.0
+        next_reject_expiry = time.monotonic() + REJECT_EXPIRY_INTERVAL_S  # the service expired them at start
         try:
             while True:
                 self._wake.wait(interval)
@@ -441,6 +494,9 @@ class Consumer:
                 if now >= next_budget_check and not stopping:
                     next_budget_check = now + BUDGET_CHECK_INTERVAL_S
                     self._check_budget()
+                if now >= next_reject_expiry and not stopping:
+                    next_reject_expiry = now + REJECT_EXPIRY_INTERVAL_S
+                    self._expire_rejects()
                 if stopping:
                     return
         except Exception as err:  # a bug here would silently stop all acknowledgements
@@ -467,8 +523,8 @@ class Consumer:
         )
         client = self._client
         for pending in done:
-            if pending.rejection is not None:
-                self._publish_rejection(pending.rejection)
+            if pending.notice is not None:
+                self._publish_rejection(*pending.notice)
         with self._ack_lock:
             generation = self._generation
             mids = [p.mid for p in done if p.generation == generation and p.qos == 1]
@@ -478,21 +534,18 @@ class Consumer:
             self.metrics.stale_acks += stale
             logger.debug("%d messages of a previous connection not acknowledged (the broker redelivers them)", stale)
 
-    def _publish_rejection(self, rejection: Rejection) -> None:
-        body = _encode_json(
-            {
-                "code": rejection.code,
-                "detail": rejection.detail,
-                "topic": rejection.topic,
-                "received_at": rejection.received_at,
-                "payload_b64": rejection.payload_b64,
-            }
-        )
-        info = self._client.publish(reject_topic(rejection.topic), body, qos=1)
+    def _publish_rejection(self, topic: str, body: bytes) -> None:
+        info = self._client.publish(topic, body, qos=1)
         infos = self._reject_infos
         while infos and _published(infos[0]):
             infos.popleft()
         infos.append(info)
+
+    def _expire_rejects(self) -> None:
+        try:
+            expire_rejects(self.spool.stream_dir, self.settings.reject_retention_h * 3600)
+        except OSError as err:  # a failed deletion is retried at the next round; it must not stop the commits
+            logger.warning("could not delete expired reject segments: %s", err)
 
     # -- disk budget ---------------------------------------------------------------------------
 
@@ -556,3 +609,7 @@ class Consumer:
             self.fatal = error
             logger.error("%s", error)
         self.failed.set()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -54,6 +54,8 @@ class Metrics:
     # (vendor, ACCEPTED or reject code) -> messages. The reporter reads a copy: dict.copy() is atomic
     # under the GIL, so a key the MQTT loop adds meanwhile cannot break it.
     by_vendor: dict[tuple[str, str], int] = field(default_factory=dict)
+    # vendor -> rejections answered but not kept (over the vendor's reject store budget)
+    rejects_not_stored: dict[str, int] = field(default_factory=dict)
     # connection and committer
     session_not_present: int = 0
     session_restored: int = 0  # reconnects to a restarted broker that restored the session (maybe an old copy)
@@ -143,6 +145,7 @@ class Metrics:
             )
         }
         flat["write_retries"] += self.storage_retries
+        flat["rejects_not_stored"] = sum(self.rejects_not_stored.copy().values())  # the MQTT loop may add a key
         flat["rejected"] = sum(self.rejected.values())
         flat.update({f"rejected_{code}": n for code, n in self.rejected.items()})
         return flat
@@ -176,6 +179,7 @@ class Reporter:
         self.refresh = refresh  # updates the gauges just before a report
         self._previous = metrics.counters()
         self._previous_vendors = metrics.by_vendor.copy()
+        self._previous_not_stored = metrics.rejects_not_stored.copy()
         self._backlog: collections.deque[list[Point]] = collections.deque(maxlen=BACKLOG_REPORTS)
         self._failures = 0
         self._skip = 0
@@ -222,11 +226,17 @@ class Reporter:
             elif n:
                 points.append(ingest_reject_point(self.instance, vendor, outcome, n, ts_ms))
         self._previous_vendors = counts
+        not_stored = self.metrics.rejects_not_stored.copy()
         for vendor, n in received.items():
             ok = accepted.get(vendor, 0)
+            dropped = not_stored.get(vendor, 0) - self._previous_not_stored.get(vendor, 0)
             points.append(
-                ingest_vendor_point(self.instance, vendor, received=n, accepted=ok, rejected=n - ok, ts_ms=ts_ms)
-            )
+                ingest_vendor_point(
+                    self.instance, vendor, received=n, accepted=ok, rejected=n - ok, ts_ms=ts_ms,
+                    rejects_not_stored=dropped,
+                )
+            )  # fmt: skip
+        self._previous_not_stored = not_stored
         return points
 
     def flush(self) -> bool:

@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 
 from ingest.consumer import Consumer, Pending
+from ingest.history import History
 from ingest.metrics import Metrics, PointSink, Reporter
 from ingest.rawwriter import RawWriter
+from ingest.rejectbudget import RejectBudget
 from ingest.settings import IngestSettings
-from ingest.spool import StreamWriter, usage_bytes
+from ingest.spool import StreamWriter, expire_rejects, usage_bytes
 from sensors.contract import Contract
 from sensors.home import Home
 from storage.line_protocol import FieldValue
@@ -70,7 +72,16 @@ class IngestService:
             for recovered in spool.recovered:
                 logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
                             recovered.truncated_bytes)  # fmt: skip
-            self.consumer = Consumer(s, self.contract, spool, self.metrics)
+            # Before the first message: reject segments past their retention go, the reject budget and
+            # the conflict index are rebuilt from what the spool holds (a restart resets neither).
+            expire_rejects(s.stream_dir, s.reject_retention_h * 3600)
+            budget = RejectBudget(
+                s.reject_store_per_s, int(s.reject_store_max_mib * 2**20), int(s.reject_retention_h * 3_600_000)
+            )
+            budget.rebuild(s.stream_dir)
+            history = History(self.contract.max_age_ms, max_bytes=int(s.history_max_mib * 2**20))
+            history.rebuild(s.stream_dir)
+            self.consumer = Consumer(s, self.contract, spool, self.metrics, history, budget)
         if s.role in ("all", "write"):
             s.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.writer = RawWriter(

@@ -97,6 +97,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "spool_max_mib": (0, 2**40),
     "min_free_disk_mib": (0, 2**40),
     "spool_retention_h": (0, 100 * 365 * 24),
+    "accept_max_age_h": (1, 100 * 365 * 24),
+    "history_max_mib": (0, 2**40),
+    "reject_store_per_s": (0, 1_000_000),
+    "reject_store_max_mib": (0, 2**40),
+    "reject_retention_h": (0, 100 * 365 * 24),
     "write_batch_points": (1, 1_000_000),
     "write_poll_interval_ms": (1, 10_000),
     "write_retry_max_delay_s": (0.1, 3600),
@@ -126,6 +131,11 @@ class IngestSettings:
     spool_max_mib: float = 0
     min_free_disk_mib: float = 1024
     spool_retention_h: float = 0
+    accept_max_age_h: float = 72
+    history_max_mib: float = 1024
+    reject_store_per_s: float = 100
+    reject_store_max_mib: float = 64
+    reject_retention_h: float = 168
     write_batch_points: int = 5000
     write_poll_interval_ms: int = 50
     write_retry_max_delay_s: float = 30
@@ -151,6 +161,12 @@ class IngestSettings:
                 f"{env_of('share_group')}: {self.share_group!r} is not a usable group name (letters, digits, '_', '-')"
             )
         check_ranges(self, "ingest", _RANGES, SettingsError)
+        if 0 < self.spool_retention_h < self.accept_max_age_h:
+            # The conflict index is rebuilt from the spool: it must still hold the acceptance window.
+            raise SettingsError(
+                f"{env_of('spool_retention_h')}: {self.spool_retention_h:g} h is shorter than accept_max_age_h "
+                f"({self.accept_max_age_h:g} h); keep the spool at least as long as readings are accepted"
+            )
         if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
             raise SettingsError(
                 f"{env_of('reconnect_min_delay_s')}: {self.reconnect_min_delay_s} is above "

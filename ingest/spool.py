@@ -402,12 +402,19 @@ class StreamWriter(Generic[T]):
             self._pending[READINGS].add_readings(readings)
             self._tokens.append(token)
 
-    def append_rejection(self, rejection: Rejection, token: T) -> None:
-        line = encode_rejection(rejection)
+    def append_rejection(self, rejection: Rejection | bytes, token: T) -> None:
+        """A rejection, or its encoded line (`encode_rejection`), to store with the next commit."""
+        line = rejection if isinstance(rejection, bytes) else encode_rejection(rejection)
         with self._lock:
             batch = self._pending[REJECTS]
             batch.data += line
             batch.count += 1
+            self._tokens.append(token)
+
+    def append_token(self, token: T) -> None:
+        """A message with nothing to store (a rejection over its vendor's budget): its token comes back from
+        the next commit, in arrival order with the others."""
+        with self._lock:
             self._tokens.append(token)
 
     def commit(self) -> list[T]:
@@ -682,4 +689,32 @@ def collect_garbage(
     if deleted:
         fsync_dir(stream_dir)
         logger.info("%s: deleted %d segments past the %.0f h retention", stream_dir, len(deleted), retention_s / 3600)
+    return deleted
+
+
+def expire_rejects(stream_dir: Path, retention_s: float, now_ms: int | None = None) -> list[Path]:
+    """Delete the stream's closed reject segments closed more than `retention_s` ago (0: keep them); the
+    newest reject segment is kept, so sequence numbers never go back. Returns what was deleted."""
+    if retention_s <= 0:
+        return []
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    deleted: list[Path] = []
+    for _, path in closed_before(stream_dir, REJECTS):
+        try:
+            closed_at = read_meta(path).closed_at
+        except BadMetadata as err:
+            logger.warning("%s; kept", err)
+            continue
+        except FileNotFoundError:
+            continue
+        if now - closed_at < retention_s * 1000:
+            break  # closed in order: the rest are younger
+        path.unlink(missing_ok=True)
+        meta_path(path).unlink(missing_ok=True)
+        path.with_name(path.name + DAMAGE_SUFFIX).unlink(missing_ok=True)
+        deleted.append(path)
+    if deleted:
+        fsync_dir(stream_dir)
+        logger.info("%s: deleted %d reject segments past the %.0f h reject retention", stream_dir, len(deleted),
+                    retention_s / 3600)  # fmt: skip
     return deleted

@@ -25,6 +25,7 @@ precision (finer digits are dropped).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -51,9 +52,15 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 # payload limit are for the topic and properties, and so that ingest still sees, and rejects with
 # `payload_too_large`, payloads a little over the limit.
 MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4 * 1024
-REJECT_PAYLOAD_BYTES = 4 * 1024
+REJECT_PAYLOAD_BYTES = 4 * 1024  # of the payload, in the notice published on the reject topic
+# Of the payload, in the record kept on disk (with its length and SHA-256): a flood of 16 KiB bad
+# messages then costs about 1 KiB of spool each instead of 5.6 KiB (docs/reliability.md).
+STORED_PAYLOAD_BYTES = 512
 MAX_FUTURE_MS = 5 * 60 * 1000
-DEFAULT_MAX_AGE_MS = 30 * 24 * 3600 * 1000  # the raw retention policy
+# How old a reading may be when it arrives: a gateway's buffer through a long outage (a weekend
+# without backhaul), not the raw retention; a longer window lets a vendor rewrite older history and
+# makes ingest's conflict index larger (docs/reliability.md, "... history is not rewritten").
+DEFAULT_MAX_AGE_MS = 72 * 3600 * 1000
 SENML_RELATIVE_LIMIT_S = 2**28
 # A sensor's optional message counter: a signed 64-bit integer that is never negative, so every
 # language's int64 holds it; a larger one could not be written to the spool or compared.
@@ -82,6 +89,8 @@ class RejectCode(StrEnum):
     INVALID_VALUE = "invalid_value"
     OUT_OF_RANGE = "out_of_range"
     UNIT_MISMATCH = "unit_mismatch"
+    # Decided by ingest after the contract, against what it stored (ingest/history.py).
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,8 @@ def reject_topic(topic: str) -> str:
 
 
 class Contract:
-    """Decodes messages against a registry. `max_age_ms` is the raw retention (older readings are refused)."""
+    """Decodes messages against a registry. Readings older than `max_age_ms` when received are refused
+    (`ts_too_old`): the acceptance window, at most the raw retention."""
 
     def __init__(self, registry: Registry, max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
         self.registry = registry
@@ -291,7 +301,7 @@ class Contract:
             hint = "; it looks like epoch seconds: send milliseconds" if 0 <= ts < EPOCH_SECONDS_HINT_BELOW else ""
             raise _Reject(
                 RejectCode.TS_TOO_OLD,
-                f"ts {_iso(ts)} is older than the {self.max_age_ms // 86_400_000} day retention{hint}",
+                f"ts {_iso(ts)} is older than the {format_window(self.max_age_ms)} acceptance window{hint}",
             )
         return ts
 
@@ -323,17 +333,40 @@ class Contract:
         if missing:
             raise _Reject(RejectCode.MISSING_VALUES, f"required metric {', '.join(missing)} missing")
 
+
+def format_window(ms: int) -> str:
+    """`72 h`, `30 day`: an acceptance window as vendors read it."""
+    hours = ms / 3_600_000
+    if hours >= 24 * 7 and hours % 24 == 0:
+        return f"{hours / 24:g} day"
+    return f"{hours:g} h"
+
+
 def rejection_record(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> Rejection:
-    """The message published on the reject topic and kept in the reject store."""
+    """The record kept in the reject store: the first `STORED_PAYLOAD_BYTES` of the payload, its length
+    and SHA-256."""
     return Rejection(
         code=rejected.code.value,
         detail=rejected.detail,
         topic=topic,
         received_at=_iso(received_ms),
-        payload_b64=base64.b64encode(payload[:REJECT_PAYLOAD_BYTES]).decode(),
+        payload_b64=base64.b64encode(payload[:STORED_PAYLOAD_BYTES]).decode(),
         sensor_id=rejected.sensor.id if rejected.sensor else None,
         vendor=rejected.sensor.vendor if rejected.sensor else None,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
     )
+
+
+def reject_notice(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> dict[str, str]:
+    """The message published on the reject topic (DESIGN.md's fields; the payload cut at 4 KiB)."""
+    return {
+        "code": rejected.code.value,
+        "detail": rejected.detail,
+        "topic": topic,
+        "received_at": _iso(received_ms),
+        "payload_b64": base64.b64encode(payload[:REJECT_PAYLOAD_BYTES]).decode(),
+    }
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -30,13 +30,13 @@ _DURATION = re.compile(r"^([1-9][0-9]*)(ms|s|m|h|d|w)$")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 
 
-def _retention_ms(value: str) -> int:
-    """`--retention`: an InfluxQL duration (30d, 720h, 4w) or INF, as the raw retention policy is set."""
+def _duration_ms(value: str) -> int:
+    """`--max-age`: a duration (72h, 3d, 4w) or INF."""
     if value == "INF":
         return 10**18
     match = _DURATION.match(value)
     if not match:
-        raise click.BadParameter(f"{value!r} is not a duration like 30d, 720h or INF", param_hint="--retention")
+        raise click.BadParameter(f"{value!r} is not a duration like 72h, 3d or INF", param_hint="--max-age")
     return int(match[1]) * _DURATION_MS[match[2]]
 
 
@@ -104,11 +104,10 @@ def docs(registry_paths: Sequence[Path], path: Path, check: bool) -> None:
 )
 @time_option("--received-at", "received_at", unit="ms", help="Judge as if the broker received it then [default: now].")
 @click.option(
-    "--retention",
-    default=f"{DEFAULT_MAX_AGE_MS // 86_400_000}d",
+    "--max-age",
+    default=f"{DEFAULT_MAX_AGE_MS // 3_600_000}h",
     show_default=True,
-    envvar="SMARTCITY_INFLUX_RAW_RETENTION",
-    help="Raw retention: older readings are refused (ts_too_old) [env: SMARTCITY_INFLUX_RAW_RETENTION].",
+    help="Acceptance window: readings older than this are refused (ts_too_old); ingest's accept_max_age_h.",
 )
 @click.option("--json", "as_json", is_flag=True, help="On rejection, print the message ingest would publish.")
 @click.pass_context
@@ -118,12 +117,12 @@ def check(
     topic: str,
     payload_file: BinaryIO,
     received_at: int | None,
-    retention: str,
+    max_age: str,
     as_json: bool,
 ) -> None:
     """Would ingest accept this message? Exit 0 and print the readings, or exit 1 and print 'code: detail'."""
     received_ms = time.time_ns() // 1_000_000 if received_at is None else received_at
-    contract = Contract(registry_from(registry_paths), max_age_ms=_retention_ms(retention))
+    contract = Contract(registry_from(registry_paths), max_age_ms=_duration_ms(max_age))
     payload = payload_file.read()
     result = contract.decode(topic, payload, received_ms)
     if isinstance(result, Accepted):

@@ -52,8 +52,9 @@ from sensors.contract import (
     Decoded,
     RejectCode,
     Rejected,
+    format_window,
+    reject_notice,
     reject_topic,
-    rejection_record,
 )
 from sensors.errors import SmartcityError
 from sensors.registry import Kind, Metric, Registry, Sensor
@@ -307,8 +308,14 @@ def schema_files(registry: Registry) -> dict[str, dict[str, Any]]:
 SCHEMA_LIMITS: list[tuple[str, str]] = [
     (
         "The clock",
-        f"`ts_in_future` (more than {MAX_FUTURE_MS // 60_000} min ahead) and `ts_too_old` (older than the raw "
-        "retention) compare the time with the moment the broker delivered the message.",
+        f"`ts_in_future` (more than {MAX_FUTURE_MS // 60_000} min ahead) and `ts_too_old` (older than the "
+        f"acceptance window, {format_window(DEFAULT_MAX_AGE_MS)} by default) compare the time with the moment the "
+        "broker delivered the message.",
+    ),
+    (
+        "What is stored",
+        "`conflict`: a reading for a sensor and time that is already stored with other values; only the platform "
+        "knows what it stored.",
     ),
     (
         "The topic",
@@ -651,8 +658,8 @@ def asyncapi_document(registry: Registry, vendor: str | None = None, host: str =
 
 def reject_message(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> dict[str, Any]:
     """The message published on the reject topic: the fields of DESIGN.md, not the audit-only ones."""
-    record = rejection_record(topic, payload, rejected, received_ms)
-    return {field: getattr(record, field) for field in REJECT_MESSAGE_FIELDS}
+    notice = reject_notice(topic, payload, rejected, received_ms)
+    return {field: notice[field] for field in REJECT_MESSAGE_FIELDS}
 
 
 def _reject_message(registry: Registry, example: Example) -> dict[str, Any] | None:
@@ -717,8 +724,10 @@ REJECT_HELP: dict[RejectCode, tuple[str, str]] = {
         "Synchronise the sensor's clock (NTP); send UTC or a correct offset.",
     ),
     RejectCode.TS_TOO_OLD: (
-        "The time is older than the raw retention, or looks like epoch seconds.",
-        "Send milliseconds; readings buffered longer than the retention cannot be stored.",
+        "The time is older than the acceptance window ("
+        + format_window(DEFAULT_MAX_AGE_MS)
+        + " by default; the detail states the platform's), or looks like epoch seconds.",
+        "Send milliseconds; readings buffered longer than the window cannot be stored.",
     ),
     RejectCode.MISSING_VALUES: (
         "No values, an empty `values`, a SenML record without a name, or a required metric missing.",
@@ -737,6 +746,11 @@ REJECT_HELP: dict[RejectCode, tuple[str, str]] = {
     RejectCode.UNIT_MISMATCH: (
         "A SenML unit (`u` or `bu`) is not the metric's unit.",
         "Convert to the metric's unit, or leave `u` out.",
+    ),
+    RejectCode.CONFLICT: (
+        "A reading for this sensor and time is already stored with other values; the first one is kept "
+        "(the same values again are a harmless duplicate and accepted).",
+        "Never reuse a time for a new value; a correction needs the city operator.",
     ),
 }
 
@@ -764,8 +778,10 @@ def _section_limits(registry: Registry) -> str:
          "connection on a larger one, without a PUBACK: it is neither stored nor rejected, so resend it smaller",
          "none (disconnect)"],
         ["Clock ahead", f"`ts` at most {MAX_FUTURE_MS // 60_000} min after the broker received it", "`ts_in_future`"],
-        ["Clock behind", f"`ts` within the raw retention ({DEFAULT_MAX_AGE_MS // 86_400_000} days by default)",
-         "`ts_too_old`"],
+        ["Clock behind", f"`ts` within the acceptance window ({format_window(DEFAULT_MAX_AGE_MS)} by default: "
+         "a gateway's buffer through a long outage; the `ts_too_old` detail states the platform's)", "`ts_too_old`"],
+        ["History", "a (sensor, `ts`) already stored keeps its first values; the same values again are a "
+         "duplicate (accepted), other values are refused", "`conflict`"],
         ["Epoch milliseconds", f"a number `ts` is milliseconds, at most {MAX_ABS_TS_MS:,} either side of 1970; "
          f"below {EPOCH_SECONDS_HINT_BELOW:,} (2001-09-09) it is probably seconds, and too old",
          "`invalid_ts`, `ts_too_old`"],

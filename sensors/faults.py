@@ -15,6 +15,7 @@ through `seq`, and the demo asks for it to show that.
 | `ts_too_old`     | epoch seconds sent as milliseconds (object) / clock reset to 2000 (SenML) | `ts_too_old` |
 | `unknown_sensor` | an extra reading for an unregistered sensor, by the `_gateway` (admin) | `unknown_sensor` |
 | `duplicate`      | the same message again (a gateway retry): stored once   | accepted         |
+| `conflict`       | a stored reading sent again later with one value changed | `conflict` (the first value is kept) |
 | `late`           | the reading held back 10-60 reporting periods           | accepted         |
 | `out_of_order`   | the reading sent just after the sensor's next one       | accepted         |
 | `silent`         | the sensor publishes nothing during the run             | (missing data)   |
@@ -43,6 +44,7 @@ class Fault(StrEnum):
     OUT_OF_ORDER = "out_of_order"
     UNKNOWN_SENSOR = "unknown_sensor"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
     SILENT = "silent"
     DROP = "drop"
 
@@ -54,6 +56,7 @@ EXPECTED_CODE: dict[Fault, RejectCode] = {
     Fault.TS_IN_FUTURE: RejectCode.TS_IN_FUTURE,
     Fault.TS_TOO_OLD: RejectCode.TS_TOO_OLD,
     Fault.UNKNOWN_SENSOR: RejectCode.UNKNOWN_SENSOR,
+    Fault.CONFLICT: RejectCode.CONFLICT,
 }
 
 # At most one of these per reading slot: they change or delay the reading itself.
@@ -76,6 +79,7 @@ DEFAULT_FAULTS: dict[Fault, float] = {
     Fault.TS_TOO_OLD: 0.001,
     Fault.UNKNOWN_SENSOR: 0.002,
     Fault.DUPLICATE: 0.01,
+    Fault.CONFLICT: 0.001,
     Fault.LATE: 0.005,
     Fault.OUT_OF_ORDER: 0.005,
     Fault.SILENT: 0.01,

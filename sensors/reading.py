@@ -44,8 +44,12 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """One rejected message, as published on the reject topic and kept for audit.
 
-    `received_at` is RFC 3339 UTC; `payload_b64` holds at most the first 4 KiB.
-    `sensor_id` and `vendor` are filled when the topic names a known sensor.
+    `received_at` is RFC 3339 UTC. The kept record holds the first 512 bytes of
+    the payload in `payload_b64`, with its full length (`payload_bytes`) and
+    SHA-256 (`payload_sha256`, what tells two rejected messages apart), so a
+    flood of large bad messages costs little disk; records written before these
+    fields existed hold the first 4 KiB and no digest. `sensor_id` and `vendor`
+    are filled when the topic names a known sensor.
     """
 
     code: str
@@ -55,6 +59,8 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     payload_b64: str
     sensor_id: str | None = None
     vendor: str | None = None
+    payload_bytes: int | None = None
+    payload_sha256: str | None = None
 
 
 class CorruptRecord(SmartcityError):

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sensors.cli import home_option, registry_from, registry_option
-from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS
+from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS, format_window
 from sensors.faults import FaultSpecError, format_faults, parse_faults
 from sensors.home import Home
 from sensors.simulator import (
@@ -107,8 +107,8 @@ class Speed(click.ParamType):
     default="none",
     show_default=True,
     help="Fault rates, e.g. 'default' or 'malformed_json=0.01,out_of_range=0.01,duplicate=0.02,silent=0.05' "
-    "(malformed_json, out_of_range, unit_mismatch, ts_in_future, ts_too_old, unknown_sensor, duplicate, late, "
-    "out_of_order, silent, drop).",
+    "(malformed_json, out_of_range, unit_mismatch, ts_in_future, ts_too_old, unknown_sensor, duplicate, conflict, "
+    "late, out_of_order, silent, drop).",
 )
 @click.option(
     "--manifest",
@@ -180,8 +180,9 @@ def simulate_command(
             raise click.BadParameter(f"{iso(end)} is in the future; ingest rejects such readings", param_hint="--to")
         if start < now_ms - DEFAULT_MAX_AGE_MS:
             console.print(
-                f"[yellow]warning:[/] readings before {iso(now_ms - DEFAULT_MAX_AGE_MS)} are older than the default "
-                "raw retention (30 d): ingest rejects them as ts_too_old unless it keeps more"
+                f"[yellow]warning:[/] readings before {iso(now_ms - DEFAULT_MAX_AGE_MS)} are older than ingest's "
+                f"default acceptance window ({format_window(DEFAULT_MAX_AGE_MS)}): ingest rejects them as "
+                "ts_too_old unless its accept_max_age_h is longer"
             )
         plan = Plan(start, end, seed, faults, wall_origin_ms=now_ms, speed=speed or float("inf"))
     else:

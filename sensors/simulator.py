@@ -233,7 +233,7 @@ class Simulation:
         if self.plan.end_ms is None:
             return None
         readings = self.rate * (self.plan.end_ms - self.plan.start_ms) / 1000
-        extra = self.faults.get(Fault.DUPLICATE, 0.0) + self.faults.get(Fault.UNKNOWN_SENSOR, 0.0)
+        extra = sum(self.faults.get(f, 0.0) for f in (Fault.DUPLICATE, Fault.UNKNOWN_SENSOR, Fault.CONFLICT))
         return round(readings * (1 + extra))
 
     def messages(self) -> Iterator[Message]:
@@ -282,6 +282,8 @@ class Simulation:
         unknown_rate = self.faults.get(Fault.UNKNOWN_SENSOR, 0.0)
         drop_rate = self.faults.get(Fault.DROP, 0.0)
         drop_draw = uniform(keys ^ np.uint64(stable_key("drop")), ts) if drop_rate else None
+        conflict_rate = self.faults.get(Fault.CONFLICT, 0.0)
+        conflict_draw = uniform(keys ^ np.uint64(stable_key("conflict-fault")), ts)
         n_slot_faults = len(self._slot_faults)
         for i, (s, seq, t) in enumerate(zip(member.tolist(), n.tolist(), ts.tolist(), strict=True)):
             sensor = group.sensors[s]
@@ -303,6 +305,12 @@ class Simulation:
                 yield message._replace(emit_ms=emit + 0.5 * period, order=self._next(), category=DUPLICATE)
             elif category == GOOD and 1.0 - extra_draw[i] < unknown_rate:
                 yield self._unknown_sensor(group, sensor, t, seq, rows[i], emit + 0.25 * period)
+            if category == GOOD and conflict_draw[i] < conflict_rate:
+                # The same (sensor, ts) sent again later with one value changed: ingest keeps the first.
+                changed = group.encode(sensor, t, seq, rows[i], Fault.CONFLICT, pick_draw[i], self.plan)
+                yield self._message(
+                    emit + 0.75 * period, sensor.vendor, sensor.topic, changed, sensor.id, t, RejectCode.CONFLICT.value
+                )
 
     def _unknown_sensor(
         self, group: _KindGroup, sensor: Sensor, ts: int, seq: int, row: tuple[Any, ...], emit: float
@@ -429,6 +437,12 @@ class _KindGroup:
         if fault is Fault.TS_IN_FUTURE:
             skewed = int(plan.wall_ms(ts)) + FUTURE_SKEW_MS
             return self.encode_senml(sensor.id, skewed, row) if senml else self.encode_json(skewed, seq, row)
+        if fault is Fault.CONFLICT:
+            other = list(row)
+            step = max((metric.max - metric.min) / 100, 1)  # 1 for counts, so they stay whole numbers
+            value = other[metric_index]
+            other[metric_index] = round(value + step if value + step <= metric.max else value - step, 2)
+            return self.encode_senml(sensor.id, ts, other) if senml else self.encode_json(ts, seq, other)
         if fault is Fault.TS_TOO_OLD:
             if senml:
                 return self.encode_senml(sensor.id, (CLOCK_RESET_S + ts // 1000 % 31_536_000) * 1000, row)

@@ -16,9 +16,10 @@ with the helpers below, so a name is spelled once.
   `rapid_rise`); value, score, threshold (float); time = the reading's ts.
 - `ingest` (raw): tag instance; received, accepted, rejected, `rejected_{code}`,
   spool_lag, write latency and batch figures, and the loss ingest sees itself
-  (`INGEST_LOSS_FIELDS`: broker drops, lost or restored sessions, damaged spool).
-- `ingest_vendors` (raw): tags instance, vendor; received, accepted, rejected (int),
-  per interval. `ingest_rejects` (raw): tags instance, vendor, code; rejected (int), per
+  (`INGEST_LOSS_FIELDS`: broker drops, lost or restored sessions, damaged spool,
+  rejections not stored).
+- `ingest_vendors` (raw): tags instance, vendor; received, accepted, rejected,
+  rejects_not_stored (int), per interval. `ingest_rejects` (raw): tags instance, vendor, code; rejected (int), per
   interval, only where non-zero. The vendor is the one of the sensor the topic names,
   or `_unknown` when it names none; the series stay few (instances x vendors x codes).
 
@@ -142,17 +143,21 @@ INGEST_BROKER_DROPPED = "broker_dropped"
 INGEST_SESSION_NOT_PRESENT = "session_not_present"
 INGEST_SESSION_RESTORED = "session_restored"
 INGEST_SPOOL_LOST = "spool_lost_records"
+# Rejections answered on the reject topic but not kept in the reject store (a vendor over its budget):
+# the audit's evidence of them is this count. Also per vendor in `ingest_vendors`.
+INGEST_REJECTS_NOT_STORED = "rejects_not_stored"
 INGEST_LOSS_FIELDS: tuple[str, ...] = (
     INGEST_BROKER_DROPPED,
     INGEST_SESSION_NOT_PRESENT,
     INGEST_SESSION_RESTORED,
     INGEST_SPOOL_LOST,
+    INGEST_REJECTS_NOT_STORED,
 )
 
 # Per-vendor counters of each ingest process, per interval like `ingest`'s; rejects by code in their own
 # measurement (one series per vendor and code that occurred), so a panel groups by both tags.
 INGEST_VENDORS_MEASUREMENT = "ingest_vendors"
-INGEST_VENDOR_FIELDS: tuple[str, ...] = ("received", "accepted", "rejected")
+INGEST_VENDOR_FIELDS: tuple[str, ...] = ("received", "accepted", "rejected", INGEST_REJECTS_NOT_STORED)
 INGEST_REJECTS_MEASUREMENT = "ingest_rejects"
 # The vendor of messages whose topic names no registered sensor (registry vendor ids never start with `_`).
 UNKNOWN_VENDOR = "_unknown"
@@ -313,10 +318,16 @@ def ingest_point(instance: str, fields: Mapping[str, FieldValue], ts_ms: int) ->
 
 
 def ingest_vendor_point(
-    instance: str, vendor: str, *, received: int, accepted: int, rejected: int, ts_ms: int
+    instance: str, vendor: str, *, received: int, accepted: int, rejected: int, ts_ms: int, rejects_not_stored: int = 0
 ) -> Point:
-    """An `ingest_vendors` point: one vendor's messages received, accepted and rejected by a process in an interval."""
-    fields: dict[str, FieldValue] = {"received": int(received), "accepted": int(accepted), "rejected": int(rejected)}
+    """An `ingest_vendors` point: one vendor's messages received, accepted and rejected by a process in an
+    interval, and its rejections not kept (over its reject store budget)."""
+    fields: dict[str, FieldValue] = {
+        "received": int(received),
+        "accepted": int(accepted),
+        "rejected": int(rejected),
+        INGEST_REJECTS_NOT_STORED: int(rejects_not_stored),
+    }
     return Point(INGEST_VENDORS_MEASUREMENT, {"instance": instance, "vendor": vendor}, fields, ts_ms, "ms")
 
 

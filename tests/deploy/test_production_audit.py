@@ -30,8 +30,8 @@ pytestmark = pytest.mark.integration
 REGISTRY = default_registry()
 MINUTE, HOUR = 60_000, 3_600_000
 NOW = int(time.time() * 1000)
-# Whole hours days back, one window per test: the contract accepts them (30 days), no other test writes there.
-CLEAN, GAPS, DELETED, PENDING = (NOW - NOW % HOUR - (100 + 3 * i) * HOUR for i in range(4))
+# Whole hours 60-71 h back, one window per test: inside the 72 h acceptance window, past every other test's slots.
+CLEAN, GAPS, DELETED, PENDING = (NOW - NOW % HOUR - (60 + 3 * i) * HOUR for i in range(4))
 # Four sensors of four vendors, of kinds that report once a minute.
 EVERY_MINUTE = [s for s in REGISTRY.sensors.values() if REGISTRY.kinds[s.kind].interval_s == 60]
 SENSORS: list[Sensor] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -108,14 +109,17 @@ def test_every_reject_code_reaches_the_reject_topic_and_the_reject_store(stack: 
             AQ_TOPIC,
             json.dumps([{"bn": "pkt-aq-001:", "bt": now / 1000, "n": "pm25", "u": "ppm", "v": 1}]).encode(),
         ),
+        # `first` below is stored before it: the same (sensor, ts) with another value
+        RejectCode.CONFLICT: (AQ_TOPIC, body(ts=now - 1000, values={"pm25": 6})),
     }
+    first = (AQ_TOPIC, body(ts=now - 1000, values={"pm25": 5}))
     assert set(cases) == set(RejectCode), "every reject code is covered"
     listener = RejectListener(stack)
     env = ingest_env(stack, tmp_path / "home", client_id="it-rejects")
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
         publisher = Publisher(stack)
-        publisher.publish(list(cases.values()))
+        publisher.publish([first, *cases.values()])
         publisher.close()
         wait_until(lambda: len(listener.received) >= len(cases), 20, "the rejections")
         assert ingest.terminate() == 0
@@ -136,6 +140,10 @@ def test_every_reject_code_reaches_the_reject_topic_and_the_reject_store(stack: 
     stored = [r for s in closed_segments(tmp_path / "home" / "spool", REJECTS) for r in read_rejections(s.path)]
     assert sorted(r.code for r in stored) == sorted(code.value for code in RejectCode)
     assert {r.code: r.detail for r in stored} == {code: notice["detail"] for code, (_, notice) in by_code.items()}
+    for record in stored:  # the kept record: the payload's first 512 bytes, its length and SHA-256
+        payload = cases[RejectCode(record.code)][1]
+        assert base64.b64decode(record.payload_b64) == payload[:512]
+        assert (record.payload_bytes, record.payload_sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
 
 
 def test_oversized_invalid_utf8_and_binary_payloads_are_rejected_while_good_traffic_flows(

@@ -49,18 +49,20 @@ def test_each_interval_counts_per_vendor_and_a_quiet_vendor_reports_zeros() -> N
     assert reporter.flush()
     vendors, rejects = vendor_figures(sink.points)
     assert vendors == {
-        sensor.vendor: {"received": 4, "accepted": 3, "rejected": 1},
-        UNKNOWN_VENDOR: {"received": 1, "accepted": 0, "rejected": 1},
+        sensor.vendor: {"received": 4, "accepted": 3, "rejected": 1, "rejects_not_stored": 0},
+        UNKNOWN_VENDOR: {"received": 1, "accepted": 0, "rejected": 1, "rejects_not_stored": 0},
     }
     assert rejects == {(sensor.vendor, "out_of_range"): 1, (UNKNOWN_VENDOR, "unknown_sensor"): 1}
 
     sink.points.clear()
     metrics.count_outcome(Rejected(RejectCode.INVALID_JSON, "bad", sensor))
-    reporter.report()
+    metrics.rejects_not_stored[sensor.vendor] = 1  # over its reject store budget: answered, not kept
+    fields = reporter.report()
     assert reporter.flush()
+    assert fields["rejects_not_stored"] == 1
     vendors, rejects = vendor_figures(sink.points)
     assert vendors == {
-        sensor.vendor: {"received": 1, "accepted": 0, "rejected": 1},
-        UNKNOWN_VENDOR: {"received": 0, "accepted": 0, "rejected": 0},
+        sensor.vendor: {"received": 1, "accepted": 0, "rejected": 1, "rejects_not_stored": 1},
+        UNKNOWN_VENDOR: {"received": 0, "accepted": 0, "rejected": 0, "rejects_not_stored": 0},
     }
     assert rejects == {(sensor.vendor, "invalid_json"): 1}

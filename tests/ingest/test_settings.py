@@ -112,6 +112,11 @@ def test_from_env_reads_every_key_and_options_win(tmp_path: Path) -> None:
         ),
         ({"SMARTCITY_INGEST_RECONNECT_MIN_DELAY_S": "60"}, "is above reconnect_max_delay_s (30)"),
         (
+            {"SMARTCITY_INGEST_SPOOL_RETENTION_H": "24"},
+            "SMARTCITY_INGEST_SPOOL_RETENTION_H ([ingest] spool_retention_h): 24 h is shorter than accept_max_age_h",
+        ),
+        ({"SMARTCITY_INGEST_ACCEPT_MAX_AGE_H": "0"}, "([ingest] accept_max_age_h): must be between 1 and"),
+        (
             {"SMARTCITY_MQTT_URL": "http://broker:1883"},
             "SMARTCITY_MQTT_URL ([mqtt] url): scheme must be mqtt:// or mqtts://",
         ),

@@ -24,6 +24,7 @@ from ingest.spool import (
     StreamTail,
     StreamWriter,
     collect_garbage,
+    expire_rejects,
     inspect_segment,
     recover_stream,
     segment_files,
@@ -286,6 +287,23 @@ def test_garbage_collection_keeps_unwritten_recent_and_newest_segments(tmp_path:
     deleted = collect_garbage(stream, 3600, Position(99, 0), None, lambda: later)
     assert [p.name for p in deleted] == ["readings-000000000004.seg"]
     assert sorted(segment_files(stream, READINGS)) == [5] and sorted(segment_files(stream, REJECTS)) == [5]
+
+
+def test_reject_retention_deletes_old_reject_segments_but_the_newest(tmp_path: Path) -> None:
+    stream = tmp_path / "spool" / "ingest-a"
+    spool = writer(stream, max_bytes=1)  # one segment per commit
+    for i in range(4):
+        spool.append_readings([reading(i)], i)
+        spool.append_rejection(rejection(i), i)
+        spool.append_token(i)  # a rejection over its vendor's budget: nothing written, still handed back
+        assert spool.commit() == [i, i, i]
+    spool.close()
+    now = int(time.time() * 1000)
+    assert expire_rejects(stream, 0, now + 10**12) == [], "0 keeps them"
+    assert expire_rejects(stream, 3600, now) == [], "younger than the retention"
+    deleted = expire_rejects(stream, 3600, now + 2 * 3600 * 1000)
+    assert sorted(p.name for p in deleted) == [f"rejects-00000000000{i}.seg" for i in range(1, 4)]
+    assert sorted(segment_files(stream, REJECTS)) == [4] and sorted(segment_files(stream, READINGS)) == [1, 2, 3, 4]
 
 
 def test_a_damaged_closed_segment_is_found_by_size_or_checksum_and_reported_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from sensors.contract import (
     Contract,
     RejectCode,
     Rejected,
+    reject_notice,
     reject_topic,
     rejection_record,
 )
@@ -81,7 +83,8 @@ REJECT_CASES = [
     ("invalid_ts", AQ, obj(ts="2026-11-25T10:00:00+00:99", values={"pm25": 1}), "RFC 3339"),
     ("ts_in_future", AQ, obj(ts=NOW + 5 * 60_000 + 1, values={"pm25": 1}), "clock"),
     ("ts_in_future", AQ, obj(ts="2100-01-01T00:00:00Z", values={"pm25": 1}), "2100"),
-    ("ts_too_old", AQ, obj(ts=NOW - 31 * 86_400_000, values={"pm25": 1}), "retention"),
+    ("ts_too_old", AQ, obj(ts=NOW - 73 * 3_600_000, values={"pm25": 1}), "72 h acceptance window"),
+    ("ts_too_old", AQ, obj(ts=NOW - 28 * 86_400_000, values={"pm25": 1}), "72 h acceptance window"),
     ("ts_too_old", AQ, obj(ts=NOW_S, values={"pm25": 1}), "epoch seconds"),
     ("ts_too_old", AQ, obj(ts="1970-01-01T00:00:00Z", values={"pm25": 1}), "1970"),
     ("missing_values", AQ, obj(ts=NOW), "'values'"),
@@ -119,7 +122,8 @@ def test_each_reject_code(code: str, topic: str, payload: bytes, hint: str) -> N
 
 
 def test_every_reject_code_is_covered() -> None:
-    assert {case[0] for case in REJECT_CASES} == {code.value for code in RejectCode}
+    # `conflict` is ingest's: it needs what was stored before (tests/ingest/test_history.py).
+    assert {case[0] for case in REJECT_CASES} == {code.value for code in RejectCode} - {"conflict"}
 
 
 def test_required_metric_missing() -> None:
@@ -202,7 +206,12 @@ def test_rejection_record_and_topic() -> None:
     assert record.code == "sensor_topic_mismatch"
     assert record.vendor == "siam-airsense"
     assert record.received_at == "2026-11-25T09:46:40.000Z"
-    assert base64.b64decode(record.payload_b64) == payload[:4096]
+    # Kept on disk: the first 512 bytes, the length and the digest; the notice carries the first 4 KiB.
+    assert base64.b64decode(record.payload_b64) == payload[:512]
+    assert (record.payload_bytes, record.payload_sha256) == (5000, hashlib.sha256(payload).hexdigest())
+    notice = reject_notice("smartcity/v1/phuket/weather/pkt-aq-001", payload, result, NOW)
+    assert base64.b64decode(notice["payload_b64"]) == payload[:4096]
+    assert set(notice) == {"code", "detail", "topic", "received_at", "payload_b64"}
     assert reject_topic("smartcity/v1/phuket/weather/pkt-aq-001") == "smartcity/dlq/v1/phuket/weather/pkt-aq-001"
     assert reject_topic("junk/#") == MALFORMED_REJECT_TOPIC
 

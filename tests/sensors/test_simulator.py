@@ -97,6 +97,7 @@ def test_each_fault_gets_its_expected_reject_code() -> None:
     simulation, messages = replay("2026-03-19T10:00:00", 30, faults=faults)
     seen: Counter[str] = Counter()
     first_payload: dict[tuple[str, bytes], Message] = {}
+    first_reading: dict[tuple[str, int], Message] = {}
     for m in messages:
         # Ingest receives the message when it is published (at NOW for a max-speed replay).
         decoded = CONTRACT.decode(m.topic, m.payload, NOW + 2_000)
@@ -104,6 +105,12 @@ def test_each_fault_gets_its_expected_reject_code() -> None:
         if m.category in {"good", "late", "out_of_order", "duplicate"}:
             assert isinstance(decoded, Accepted), (m, decoded)
             assert [r.ts for r in decoded.readings] == [m.ts]
+            first_reading.setdefault((m.sensor_id, m.ts), m)
+        elif m.category == "conflict":
+            # Valid on its own; ingest refuses it because the same (sensor, ts) was sent before with other values.
+            assert isinstance(decoded, Accepted), (m, decoded)
+            original = first_reading[(m.sensor_id, m.ts)]
+            assert original.category == "good" and original.order < m.order and original.payload != m.payload
         else:
             assert isinstance(decoded, Rejected) and decoded.code.value == m.category, (m, decoded)
         if m.category == "duplicate":

@@ -19,6 +19,7 @@ import pytest
 
 from deploy.servers import free_port
 from deploy.tls import TlsFiles, ensure_certificates
+from ingest.history import History
 from sensors.contract import Accepted, Contract, Rejected
 from sensors.registry import BUILTIN_DIR, Registry, default_registry, load_registry
 from tests.sensors.test_registry import NEW_KIND
@@ -93,11 +94,14 @@ def check_manifest_against(
     counted = {sensor_id: s["messages"] for sensor_id, s in manifest["sensors"].items() if s["messages"]}
     assert counted == dict(per_sensor(messages))
     contract = Contract(registry)
+    history = History(contract.max_age_ms)  # what ingest adds to the contract: `conflict`
     accepted: Counter[tuple[str, int]] = Counter()
     rejected: Counter[str] = Counter()
     for topic, payload, received_ms in messages:
         decoded = contract.decode(topic, payload, received_ms)
-        if isinstance(decoded, Accepted):
+        if isinstance(decoded, Accepted) and history.admit(decoded.readings, received_ms) is not None:
+            rejected["conflict"] += 1
+        elif isinstance(decoded, Accepted):
             accepted.update((r.sensor_id, r.ts) for r in decoded.readings)
         else:
             assert isinstance(decoded, Rejected)
@@ -116,7 +120,7 @@ def check_manifest_against(
 def test_manifest_totals_equal_what_the_broker_delivered_with_every_fault(stack: StackHandle, tmp_path: Path) -> None:
     faults = (
         "default,malformed_json=0.02,out_of_range=0.02,unit_mismatch=0.02,ts_in_future=0.02,ts_too_old=0.02,"
-        "unknown_sensor=0.02,duplicate=0.03,late=0.02,out_of_order=0.02,silent=0.05"
+        "unknown_sensor=0.02,duplicate=0.03,conflict=0.02,late=0.02,out_of_order=0.02,silent=0.05"
     )
     path = tmp_path / "manifest.json"
     with subscriber(stack) as received:
@@ -137,6 +141,7 @@ def test_manifest_totals_equal_what_the_broker_delivered_with_every_fault(stack:
         "ts_in_future",
         "ts_too_old",
         "unknown_sensor",
+        "conflict",
     }
     assert totals["refused"] == {} and totals["unconfirmed"] == 0
     assert totals["late"] > 0 and totals["out_of_order"] > 0 and totals["duplicates"] > 0

@@ -99,7 +99,9 @@ def test_anomaly_point_carries_the_sensor_tags_and_what_was_judged() -> None:
 
 
 def test_per_vendor_ingest_points() -> None:
-    vendor = ingest_vendor_point("ingest-1", "acme", received=10, accepted=7, rejected=3, ts_ms=5)
-    assert encode_line(vendor) == "ingest_vendors,instance=ingest-1,vendor=acme received=10i,accepted=7i,rejected=3i 5"
+    vendor = ingest_vendor_point("ingest-1", "acme", received=10, accepted=7, rejected=3, ts_ms=5, rejects_not_stored=2)
+    assert encode_line(vendor) == (
+        "ingest_vendors,instance=ingest-1,vendor=acme received=10i,accepted=7i,rejected=3i,rejects_not_stored=2i 5"
+    )
     reject = ingest_reject_point("ingest-1", "_unknown", "bad_topic", 3, 5)
     assert encode_line(reject) == "ingest_rejects,code=bad_topic,instance=ingest-1,vendor=_unknown rejected=3i 5"
