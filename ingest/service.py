@@ -3,11 +3,16 @@
     service = IngestService(settings, contract, sink_factory=lambda: make_writer(influx))
     service.run(stop)          # returns after `stop` is set and everything is drained
 
+With `writer_command`, a role `all` service runs its raw writer as that child
+process (`ingest.writerproc`) instead of a thread; the child is the same
+service with role `write` and `writer_child=True` (only its parent's stream,
+only the writer's metric fields, under the same instance).
+
 Shutdown (SIGTERM/SIGINT sets `stop`) within `shutdown_timeout_s`: the
 consumer stops taking messages, commits and acknowledges what it received
-and closes its open segments; the raw writer writes what the spool holds
-until the deadline (the rest is written on the next start); a last metrics
-point is written.
+and closes its open segments; the raw writer (thread or child) writes what
+the spool holds until the deadline (the rest is written on the next start);
+a last metrics point is written.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ingest.consumer import Consumer, Pending
-from ingest.metrics import Metrics, PointSink, Reporter
+from ingest.metrics import Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
 from ingest.settings import IngestSettings
 from ingest.spool import StreamWriter, usage_bytes
+from ingest.writerproc import WriterSupervisor
 from sensors.contract import Contract
 from storage.line_protocol import FieldValue
 
@@ -40,6 +46,9 @@ class IngestService:
 
     `sink_factory` makes a writer to InfluxDB for the raw writer; `metrics_sink_factory` (default: the
     same) one for the self-metrics, which should give up quickly rather than retry for long.
+    `writer_command` (role `all`): run the raw writer as this child process. `writer_child` (role
+    `write`): this process is such a child, and `shutdown_budget()` (when not None) is the time its
+    parent gave it to stop, instead of `shutdown_timeout_s`.
     """
 
     def __init__(
@@ -49,6 +58,10 @@ class IngestService:
         sink_factory: Callable[[], PointSink],
         on_report: Callable[[dict[str, FieldValue]], None] | None = None,
         metrics_sink_factory: Callable[[], PointSink] | None = None,
+        *,
+        writer_command: Sequence[str] | None = None,
+        writer_child: bool = False,
+        shutdown_budget: Callable[[], float | None] | None = None,
     ) -> None:
         self.settings = settings
         self.contract = contract
@@ -59,6 +72,10 @@ class IngestService:
         self.consumer: Consumer | None = None
         self.writer: RawWriter | None = None
         self.reporter: Reporter | None = None
+        self.writer_command = writer_command if settings.role == "all" else None
+        self.writer_child = writer_child
+        self.supervisor: WriterSupervisor | None = None
+        self.shutdown_budget = shutdown_budget
 
     def start(self) -> None:
         s = self.settings
@@ -72,11 +89,13 @@ class IngestService:
                 logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
                             recovered.truncated_bytes)  # fmt: skip
             self.consumer = Consumer(s, self.contract, spool, self.metrics)
-        if s.role in ("all", "write"):
+        if self.writer_command is not None:
+            self.supervisor = WriterSupervisor(self.writer_command)
+        elif s.role in ("all", "write"):
             s.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.writer = RawWriter(
                 s.spool_root,
-                [s.client_id] if s.role == "all" else None,
+                [s.client_id] if s.role == "all" or self.writer_child else None,
                 self.sink_factory(),
                 self.metrics,
                 batch_points=s.write_batch_points,
@@ -85,14 +104,20 @@ class IngestService:
                 retention_s=s.spool_retention_h * 3600,
                 pipeline_checkpoint=s.home / PIPELINE_CHECKPOINT,
             )
+        # Parent and child report under the same instance, each only the fields of its own loops, so
+        # that sum() and max() over the instance stay exact.
+        keep = consumer_field if self.supervisor is not None else writer_field if self.writer_child else None
         self.reporter = Reporter(
-            self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh
-        )
+            self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh,
+            keep=keep,
+        )  # fmt: skip
         if self.consumer is not None:
             self.metrics.count_damaged(self.consumer.spool.damaged)  # after the reporter took its baseline
             self.consumer.start()
         if self.writer is not None:
             self.writer.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
         self.reporter.start()
         logger.info("ingest %s started (role %s, spool %s)", s.client_id, s.role, s.spool_root)
 
@@ -104,10 +129,13 @@ class IngestService:
 
     def stop(self) -> None:
         """Drain and stop within `shutdown_timeout_s`."""
-        budget = self.settings.shutdown_timeout_s
+        given = self.shutdown_budget() if self.shutdown_budget is not None else None
+        budget = given if given is not None else self.settings.shutdown_timeout_s
         deadline = time.monotonic() + budget
         if self.consumer is not None:
             self.consumer.stop(budget * CONSUMER_STOP_SHARE)
+        if self.supervisor is not None:  # after the consumer's last commit, so the child writes it too
+            self.supervisor.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S / 2))
         if self.writer is not None:
             self.writer.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S))
             self.writer.sink.close()
