@@ -73,7 +73,8 @@ def ingest_command(
         raise click.UsageError("--parent-pid is for the raw writer child (--role write) of a role all process")
     influx = InfluxSettings.from_env()
     retention_ms = duration_ns(influx.raw_retention) // 1_000_000 or DEFAULT_MAX_AGE_MS * 1000
-    contract = Contract(registry_from(registry_paths), max_age_ms=retention_ms)
+    # A writer decodes nothing: no registry to load.
+    contract = Contract(registry_from(registry_paths), max_age_ms=retention_ms) if settings.role != "write" else None
     metrics_influx = InfluxSettings.from_env(
         max_retries=METRICS_WRITE_RETRIES, retry_max_total_s=METRICS_WRITE_MAX_TOTAL_S
     )

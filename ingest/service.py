@@ -54,7 +54,7 @@ class IngestService:
     def __init__(
         self,
         settings: IngestSettings,
-        contract: Contract,
+        contract: Contract | None,
         sink_factory: Callable[[], PointSink],
         on_report: Callable[[dict[str, FieldValue]], None] | None = None,
         metrics_sink_factory: Callable[[], PointSink] | None = None,
@@ -80,6 +80,7 @@ class IngestService:
     def start(self) -> None:
         s = self.settings
         if s.role in ("all", "consume"):
+            assert self.contract is not None, "a consumer needs the contract"
             spool: StreamWriter[Pending] = StreamWriter(
                 s.stream_dir,
                 segment_max_bytes=int(s.segment_max_mib * 2**20),

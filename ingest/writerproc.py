@@ -48,13 +48,14 @@ PARENT_POLL_S = 0.5
 # Kept back by the parent from the child's stop: killing a late child, then reaping it.
 KILL_MARGIN_S = 0.3
 PR_SET_PDEATHSIG = 1
+# The log format of the `smartcity` command (deploy/cli.py), whose stderr the child shares.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def writer_command(client_id: str, home: os.PathLike[str] | str, *, quiet: bool) -> list[str]:
     """`smartcity ingest --role write` for the stream of `client_id`, as the child of this process."""
-    verbosity = {logging.DEBUG: ["-vv"], logging.INFO: ["-v"]}.get(logging.getLogger().getEffectiveLevel(), [])
     return [
-        sys.executable, "-m", "deploy.cli", *verbosity, "ingest", "--role", "write",
+        sys.executable, "-m", __name__, str(logging.getLogger().getEffectiveLevel()), "--role", "write",
         "--client-id", client_id, "--home", os.fspath(home), "--parent-pid", str(os.getpid()),
         *(["--quiet"] if quiet else []),
     ]  # fmt: skip
@@ -222,3 +223,26 @@ def set_parent_death_signal(signum: int) -> bool:
     if not ok:
         logger.warning("PR_SET_PDEATHSIG failed; the raw writer watches its parent by polling instead")
     return ok
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child's entry: `python -m ingest.writerproc LOG_LEVEL [smartcity ingest options]`.
+
+    It skips the `smartcity` command group, whose imports (every subcommand's) would double the
+    child's start-up time and memory; smartcity.toml is in the environment the parent passed on.
+    """
+    level, *args = argv
+    logging.basicConfig(level=int(level), format=LOG_FORMAT, stream=sys.stderr)
+    from ingest.cli import ingest_command
+    from sensors.errors import SmartcityError
+
+    try:
+        ingest_command.main(args=args, prog_name="smartcity ingest", standalone_mode=False)
+    except SmartcityError as err:
+        print(f"smartcity ingest: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
