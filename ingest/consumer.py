@@ -198,18 +198,26 @@ class _Client(mqtt.Client):
             end += 2
         if qos == 2 or self._protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
             return False
-        message = mqtt.MQTTMessage(mid=int.from_bytes(packet[end - 2 : end], "big") if qos else 0)
-        message._topic = bytes(packet[2 : end - 2 if qos else end])
-        message.qos = qos
-        message.dup = bool(header & 0x08)
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[end + 1 :])
-        message.timestamp = time.monotonic()
+        message = _Message(
+            int.from_bytes(packet[end - 2 : end], "big") if qos else 0,
+            bytes(packet[2 : end - 2 if qos else end]),
+            bytes(packet[end + 1 :]),
+            qos,
+            bool(header & 0x08),
+            bool(header & 0x01),
+        )
         on_message = self.on_message
         if on_message is not None:
             with self._in_callback_mutex:
                 on_message(self, self._userdata, message)
         return True
+
+    def _update_inflight(self) -> mqtt.MQTTErrorCode:
+        # paho calls this on every PUBACK of a reject notice and scans every outgoing message for a
+        # queued one: when all of them are in flight, there is none to send.
+        if len(self._out_messages) <= self._inflight_messages:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         self._rbuf, self._rpos = b"", 0  # bytes of the old connection
@@ -220,6 +228,23 @@ class _Client(mqtt.Client):
         if mids:
             packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
+
+
+class _Message(mqtt.MQTTMessage):
+    """A received PUBLISH, without what paho's constructor adds for outgoing messages: an
+    `MQTTMessageInfo` with a Condition of its own per message (`info`, `state` and `timestamp` are
+    not set; the consumer reads none of them)."""
+
+    __slots__ = ()
+
+    def __init__(self, mid: int, topic: bytes, payload: bytes, qos: int, dup: bool, retain: bool) -> None:
+        self.mid = mid
+        self._topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.dup = dup
+        self.retain = retain
+        self.properties = None
 
 
 _PUBACK = struct.Struct("!BBH")
