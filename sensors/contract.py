@@ -319,6 +319,7 @@ class Contract:
         if missing:
             raise _Reject(RejectCode.MISSING_VALUES, f"required metric {', '.join(missing)} missing")
 
+
 def rejection_record(topic: str, payload: bytes, rejected: Rejected, received_ms: int) -> Rejection:
     """The message published on the reject topic and kept in the reject store."""
     return Rejection(
