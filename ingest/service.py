@@ -125,7 +125,8 @@ class IngestService:
     def _refresh(self) -> None:
         if self.writer is not None:
             self.writer.refresh_gauges()
-        if self.consumer is None:  # the consumer keeps spool_bytes up to date itself
+        # The consumer keeps spool_bytes up to date itself; a writer child leaves it to its parent.
+        if self.consumer is None and not self.writer_child:
             self.metrics.spool_bytes = usage_bytes(self.settings.spool_root)
 
     def stop(self) -> None:
