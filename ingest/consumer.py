@@ -60,6 +60,8 @@ from storage.schema import UNKNOWN_VENDOR
 logger = logging.getLogger(__name__)
 
 SYS_VERSION_TOPIC = "$SYS/broker/version"
+# Unsubscribed from at shutdown (never subscribed): the broker's answer says it has every earlier packet.
+BARRIER_TOPIC = "smartcity/v1/_ingest-stop"
 # Mosquitto restores shared subscriptions of persistent sessions from this version on.
 SHARED_SUBSCRIPTIONS_RESTORED = (2, 0, 12)
 # Reject notices in flight to the broker at once; more wait in paho's queue.
@@ -109,7 +111,7 @@ def mosquitto_version(text: str) -> tuple[int, ...] | None:
 
 
 class _Client(mqtt.Client):
-    """paho's client with two changes to its hot path (paho 2.x internals; see bench/ingest.py).
+    """paho's client with changes to its hot path (paho 2.x internals; see bench/ingest.py).
 
     - Reads are buffered: paho reads each packet with three or more `recv()`
       calls (type byte, length bytes, body) and handles one packet per
@@ -119,6 +121,10 @@ class _Client(mqtt.Client):
       gets from Mosquitto) is decoded here and handed straight to `on_message`,
       skipping paho's generic property parser and callback-filter matching
       (together half of paho's time per message); anything else goes to paho.
+      Such packets that lie whole in the read buffer are also cut from it here,
+      without paho's byte-by-byte packet reader and its state per packet (the
+      largest cost left in paho's loop); a packet split across reads, or any
+      other packet, still goes through paho's reader.
     - `ack_many()` queues the PUBACKs of a whole group commit as one write
       instead of one queued packet (and one wake-up of the loop) per message.
     """
@@ -151,6 +157,8 @@ class _Client(mqtt.Client):
             return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
         self._reads_left = self.READS_PER_LOOP
         while True:
+            if self._in_packet["command"] == 0 and self._rpos < len(self._rbuf):
+                self._read_buffered_publishes()
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -161,27 +169,70 @@ class _Client(mqtt.Client):
             if self._sock is None:
                 return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
 
+    def _read_buffered_publishes(self) -> None:
+        """Deliver the PUBLISH packets that lie whole at the read position; stop at anything else."""
+        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+        delivered = False
+        while pos < end:
+            header = buf[pos]
+            if header & 0xF0 != mqtt.PUBLISH:
+                break
+            # Remaining length: 1-4 bytes, 7 bits each, least significant first.
+            length, shift, at = 0, 0, pos + 1
+            while at < end and shift <= 21:
+                byte = buf[at]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                at += 1
+                if byte < 0x80:
+                    break
+            else:
+                break  # the length continues in the next read (or is malformed: paho decides)
+            if at + length > end or not self._deliver(header, buf[at : at + length]):
+                break
+            pos = at + length
+            self._rpos = pos
+            delivered = True
+        if delivered:
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
+
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
-        header = self._in_packet["command"]
-        packet = self._in_packet["packet"]
+        if not self._deliver(self._in_packet["command"], self._in_packet["packet"]):
+            return super()._handle_publish()  # QoS 2, MQTT 3, properties or a malformed packet
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _deliver(self, header: int, packet: bytes | bytearray) -> bool:
+        """Hand a PUBLISH (fixed header byte, rest of the packet) at QoS 0 or 1 without properties to
+        `on_message`; False, untouched, for any other (paho handles it)."""
         qos = (header & 0x06) >> 1
+        if len(packet) < 3:
+            return False
         end = 2 + int.from_bytes(packet[0:2], "big")
         if qos:
             end += 2
         if qos == 2 or self._protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
-            return super()._handle_publish()  # QoS 2, MQTT 3, properties or a malformed packet
-        message = mqtt.MQTTMessage(mid=int.from_bytes(packet[end - 2 : end], "big") if qos else 0)
-        message._topic = bytes(packet[2 : end - 2 if qos else end])
-        message.qos = qos
-        message.dup = bool(header & 0x08)
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[end + 1 :])
-        message.timestamp = time.monotonic()
+            return False
+        message = _Message(
+            int.from_bytes(packet[end - 2 : end], "big") if qos else 0,
+            bytes(packet[2 : end - 2 if qos else end]),
+            bytes(packet[end + 1 :]),
+            qos,
+            bool(header & 0x08),
+            bool(header & 0x01),
+        )
         on_message = self.on_message
         if on_message is not None:
             with self._in_callback_mutex:
                 on_message(self, self._userdata, message)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return True
+
+    def _update_inflight(self) -> mqtt.MQTTErrorCode:
+        # paho calls this on every PUBACK of a reject notice and scans every outgoing message for a
+        # queued one: when all of them are in flight, there is none to send.
+        if len(self._out_messages) <= self._inflight_messages:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         self._rbuf, self._rpos = b"", 0  # bytes of the old connection
@@ -192,6 +243,23 @@ class _Client(mqtt.Client):
         if mids:
             packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
+
+
+class _Message(mqtt.MQTTMessage):
+    """A received PUBLISH, without what paho's constructor adds for outgoing messages: an
+    `MQTTMessageInfo` with a Condition of its own per message (`info`, `state` and `timestamp` are
+    not set; the consumer reads none of them)."""
+
+    __slots__ = ()
+
+    def __init__(self, mid: int, topic: bytes, payload: bytes, qos: int, dup: bool, retain: bool) -> None:
+        self.mid = mid
+        self._topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.dup = dup
+        self.retain = retain
+        self.properties = None
 
 
 _PUBACK = struct.Struct("!BBH")
@@ -235,6 +303,8 @@ class Consumer:
         self._wake = threading.Event()
         self._stopping = False
         self._committer_done = threading.Event()
+        self._barrier_mid: int | None = None
+        self._barrier_done = threading.Event()  # the broker answered the UNSUBSCRIBE sent at stop
         self._paused = False
         self._resume_after = 0.0
         self._next_usage_scan = 0.0
@@ -261,6 +331,7 @@ class Consumer:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         return client
 
@@ -296,10 +367,16 @@ class Consumer:
             self._stopping = True
         self._wake.set()
         self._committer_done.wait(max(0.0, deadline - time.monotonic()))
-        # Let paho send the acknowledgements and reject notices before DISCONNECT.
-        while time.monotonic() < deadline and (
-            self._client.want_write() or any(not _published(info) for info in self._reject_infos)
-        ):
+        # Wait until the broker has the acknowledgements, not just until paho sent them: closing a
+        # socket that still receives messages resets the connection, and the reset can discard what
+        # the broker had received but not yet read (the last commit's PUBACKs: redelivered next run).
+        # The broker handles a connection's packets in order, so its answer to this UNSUBSCRIBE (of a
+        # filter never subscribed) comes after it handled every acknowledgement sent before.
+        self._barrier_done.clear()
+        rc, self._barrier_mid = self._client.unsubscribe(BARRIER_TOPIC)
+        if rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._barrier_done.wait(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline and any(not _published(info) for info in self._reject_infos):
             time.sleep(0.005)
         properties = Properties(PacketTypes.DISCONNECT)
         properties.SessionExpiryInterval = self.settings.session_expiry_s
@@ -359,6 +436,7 @@ class Consumer:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         with self._ack_lock:
             self._generation += 1
+        self._barrier_done.set()  # no answer will come on this connection
         if str(reason) == "Session taken over":
             logger.error(
                 "another client connected with client id %s and took over the session; give every ingest "
@@ -392,6 +470,10 @@ class Consumer:
                     f"{', '.join(refused)} (check the ACL of user {self.settings.mqtt.username})"
                 )
             )
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if mid == self._barrier_mid:
+            self._barrier_done.set()
 
     def _on_version(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         self.broker_version = message.payload.decode(errors="replace")

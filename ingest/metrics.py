@@ -31,6 +31,24 @@ BACKLOG_REPORTS = 360
 # The outcome of an accepted message in `Metrics.by_vendor` (the others are reject codes).
 ACCEPTED = "accepted"
 MAX_BACKOFF_INTERVALS = 32
+# The fields the raw writer moves. When it runs in a child process of `smartcity ingest`, parent and
+# child report under the same instance, the parent every field but these, the child these and the
+# spool integrity counters (both check segments; a damaged one is noted, so counted once).
+WRITER_FIELDS = frozenset(
+    {
+        "write_points", "write_batches", "write_batch_points_mean", "write_retries", "dead_letters",
+        "corrupt_records", "write_latency_ms_mean", "write_latency_ms_max", "spool_lag", "spool_lag_s",
+    }
+)  # fmt: skip
+INTEGRITY_FIELDS = frozenset({"spool_damaged_segments", "spool_lost_records"})
+
+
+def consumer_field(name: str) -> bool:
+    return name not in WRITER_FIELDS
+
+
+def writer_field(name: str) -> bool:
+    return name in WRITER_FIELDS or name in INTEGRITY_FIELDS
 
 
 class PointSink(Protocol):
@@ -170,8 +188,11 @@ class Reporter:
         interval_s: float,
         on_report: Callable[[dict[str, FieldValue]], None] | None = None,
         refresh: Callable[[], None] | None = None,
+        *,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.keep = keep  # which fields this process reports (None: all)
         self.instance = instance
         self.sink = sink
         self.interval_s = interval_s
@@ -207,6 +228,8 @@ class Reporter:
         batches = values["write_batches"]
         values["write_batch_points_mean"] = values["write_points"] / batches if batches else 0.0
         fields: dict[str, FieldValue] = dict(values)
+        if self.keep is not None:
+            fields = {name: value for name, value in fields.items() if self.keep(name)}
         ts_ms = int(time.time() * 1000)
         self._backlog.append([ingest_point(self.instance, fields, ts_ms), *self.vendor_points(ts_ms)])
         return fields

@@ -110,6 +110,7 @@ class RawWriter:
         self.to_point = to_point
         self._streams: dict[str, _Stream] = {}
         self._skipped: set[str] = set()  # written by another process; looked at again every GC interval
+        self._waiting: set[str] = set()  # own streams another process still writes (logged once)
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._next_rescan = 0.0
@@ -199,10 +200,16 @@ class RawWriter:
                 stream = _Stream(self.spool_root / name)
             except StreamLocked as err:
                 if self.stream_names is not None:
-                    raise  # this process's own stream
+                    # This process's own stream: the writer of a process killed a moment ago may still be
+                    # draining it (its child outlives it by up to shutdown_timeout_s). Try again next rescan.
+                    if name not in self._waiting:
+                        self._waiting.add(name)
+                        logger.warning("waiting to write stream %s: %s", name, err)
+                    continue
                 self._skipped.add(name)
                 logger.info("not writing stream %s: %s", name, err)
                 continue
+            self._waiting.discard(name)
             self._streams[name] = stream
             logger.info(
                 "writing stream %s to InfluxDB from segment %d, byte %d", name, stream.saved.seq, stream.saved.offset

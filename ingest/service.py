@@ -3,11 +3,16 @@
     service = IngestService(settings, contract, sink_factory=lambda: make_writer(influx))
     service.run(stop)          # returns after `stop` is set and everything is drained
 
+With `writer_command`, a role `all` service runs its raw writer as that child
+process (`ingest.writerproc`) instead of a thread; the child is the same
+service with role `write` and `writer_child=True` (only its parent's stream,
+only the writer's metric fields, under the same instance).
+
 Shutdown (SIGTERM/SIGINT sets `stop`) within `shutdown_timeout_s`: the
 consumer stops taking messages, commits and acknowledges what it received
-and closes its open segments; the raw writer writes what the spool holds
-until the deadline (the rest is written on the next start); a last metrics
-point is written.
+and closes its open segments; the raw writer (thread or child) writes what
+the spool holds until the deadline (the rest is written on the next start);
+a last metrics point is written.
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ingest.consumer import Consumer, Pending
 from ingest.history import History
-from ingest.metrics import Metrics, PointSink, Reporter
+from ingest.metrics import Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
 from ingest.rejectbudget import RejectBudget
 from ingest.settings import IngestSettings
 from ingest.spool import StreamWriter, expire_rejects, usage_bytes
+from ingest.writerproc import WriterSupervisor
 from sensors.contract import Contract
 from sensors.home import Home
 from storage.line_protocol import FieldValue
@@ -41,15 +47,22 @@ class IngestService:
 
     `sink_factory` makes a writer to InfluxDB for the raw writer; `metrics_sink_factory` (default: the
     same) one for the self-metrics, which should give up quickly rather than retry for long.
+    `writer_command` (role `all`): run the raw writer as this child process. `writer_child` (role
+    `write`): this process is such a child, and `shutdown_budget()` (when not None) is the time its
+    parent gave it to stop, instead of `shutdown_timeout_s`.
     """
 
     def __init__(
         self,
         settings: IngestSettings,
-        contract: Contract,
+        contract: Contract | None,
         sink_factory: Callable[[], PointSink],
         on_report: Callable[[dict[str, FieldValue]], None] | None = None,
         metrics_sink_factory: Callable[[], PointSink] | None = None,
+        *,
+        writer_command: Sequence[str] | None = None,
+        writer_child: bool = False,
+        shutdown_budget: Callable[[], float | None] | None = None,
     ) -> None:
         self.settings = settings
         self.contract = contract
@@ -60,10 +73,15 @@ class IngestService:
         self.consumer: Consumer | None = None
         self.writer: RawWriter | None = None
         self.reporter: Reporter | None = None
+        self.writer_command = writer_command if settings.role == "all" else None
+        self.writer_child = writer_child
+        self.supervisor: WriterSupervisor | None = None
+        self.shutdown_budget = shutdown_budget
 
     def start(self) -> None:
         s = self.settings
         if s.role in ("all", "consume"):
+            assert self.contract is not None, "a consumer needs the contract"
             spool: StreamWriter[Pending] = StreamWriter(
                 s.stream_dir,
                 segment_max_bytes=int(s.segment_max_mib * 2**20),
@@ -82,11 +100,13 @@ class IngestService:
             history = History(self.contract.max_age_ms, max_bytes=int(s.history_max_mib * 2**20))
             history.rebuild(s.stream_dir)
             self.consumer = Consumer(s, self.contract, spool, self.metrics, history, budget)
-        if s.role in ("all", "write"):
+        if self.writer_command is not None:
+            self.supervisor = WriterSupervisor(self.writer_command)
+        elif s.role in ("all", "write"):
             s.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.writer = RawWriter(
                 s.spool_root,
-                [s.client_id] if s.role == "all" else None,
+                [s.client_id] if s.role == "all" or self.writer_child else None,
                 self.sink_factory(),
                 self.metrics,
                 batch_points=s.write_batch_points,
@@ -95,29 +115,39 @@ class IngestService:
                 retention_s=s.spool_retention_h * 3600,
                 pipeline_checkpoint=Home(s.home).checkpoint,
             )
+        # Parent and child report under the same instance, each only the fields of its own loops, so
+        # that sum() and max() over the instance stay exact.
+        keep = consumer_field if self.supervisor is not None else writer_field if self.writer_child else None
         self.reporter = Reporter(
-            self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh
-        )
+            self.metrics, s.client_id, self.metrics_sink_factory(), s.metrics_interval_s, self.on_report, self._refresh,
+            keep=keep,
+        )  # fmt: skip
         if self.consumer is not None:
             self.metrics.count_damaged(self.consumer.spool.damaged)  # after the reporter took its baseline
             self.consumer.start()
         if self.writer is not None:
             self.writer.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
         self.reporter.start()
         logger.info("ingest %s started (role %s, spool %s)", s.client_id, s.role, s.spool_root)
 
     def _refresh(self) -> None:
         if self.writer is not None:
             self.writer.refresh_gauges()
-        if self.consumer is None:  # the consumer keeps spool_bytes up to date itself
+        # The consumer keeps spool_bytes up to date itself; a writer child leaves it to its parent.
+        if self.consumer is None and not self.writer_child:
             self.metrics.spool_bytes = usage_bytes(self.settings.spool_root)
 
     def stop(self) -> None:
         """Drain and stop within `shutdown_timeout_s`."""
-        budget = self.settings.shutdown_timeout_s
+        given = self.shutdown_budget() if self.shutdown_budget is not None else None
+        budget = given if given is not None else self.settings.shutdown_timeout_s
         deadline = time.monotonic() + budget
         if self.consumer is not None:
             self.consumer.stop(budget * CONSUMER_STOP_SHARE)
+        if self.supervisor is not None:  # after the consumer's last commit, so the child writes it too
+            self.supervisor.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S / 2))
         if self.writer is not None:
             self.writer.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S))
             self.writer.sink.close()

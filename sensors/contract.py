@@ -441,6 +441,8 @@ def _senml_ts(base_time: Any, offset: Any, index: int) -> int:
 
 def _finite(value: Any) -> float | None:
     """`value` as a finite float, or None (not a number, NaN, infinite, or too large for a float)."""
+    if type(value) is float:  # the usual case, first (this runs for every value of every message)
+        return value if math.isfinite(value) else None
     if not _is_number(value):
         return None
     try:
@@ -450,8 +452,11 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_NUMBER_TYPES = (int, float)
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _NUMBER_TYPES) and type(value) is not bool
 
 
 def _epoch_ms(moment: datetime) -> int:
