@@ -142,7 +142,7 @@ def build(
         in_range = readings | "KeepRange" >> beam.Map(ReadingBatch.between, plan.start_ms, plan.end_ms)
     lateness = settings.allowed_lateness_s
     steps = {
-        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(allowed_lateness_s=lateness),
+        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(registry, allowed_lateness_s=lateness),
         "aqi": lambda: (
             readings
             | "ThaiAQI" >> ThaiAQI(registry, hours=(plan.start_ms, plan.aqi_end_ms), allowed_lateness_s=lateness)
