@@ -56,7 +56,8 @@ def test_every_target_returns_series_in_some_time_range(results: list[check.Resu
 
 
 def test_exactly_one_tier_answers_per_time_range(results: list[check.Result], provisioning: Provisioning) -> None:
-    """Raw for short ranges, the 1m rollup for a week, the 1h rollup for months: never two at once."""
+    """Raw for short ranges, the 1m rollup for a week (raw for a sensor's chart: no sensor-level 1m is
+    stored for kinds reporting every minute or less often), the 1h rollup for months: never two at once."""
     tiered = {
         (d.title, panel["title"])
         for d in provisioning.dashboards
@@ -67,14 +68,23 @@ def test_exactly_one_tier_answers_per_time_range(results: list[check.Result], pr
     per_range: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for r in results:
         if r.series and (r.dashboard, r.panel) in tiered:
-            per_range[(r.dashboard, r.panel, r.scenario)].append(r.ref_id)
+            per_range[(r.dashboard, r.panel, r.scenario)].append(r.query)
     assert per_range, "no tiered chart answered"
-    assert {key: refs for key, refs in per_range.items() if len(refs) != 1} == {}
-    tiers = {
-        scenario: sorted({refs[0] for (_, _, s), refs in per_range.items() if s == scenario})
-        for scenario in (sc.name for sc in check.SCENARIOS)
+    assert {key: q for key, q in per_range.items() if len(q) != 1} == {}
+
+    def tier(query: str) -> str:
+        source = query.split(" FROM ", 1)[1].split(" ", 1)[0]
+        return source.rsplit("_", 1)[1].strip('"') if source.startswith('"rollup"') else "raw"
+
+    tiers: dict[str, set[str]] = defaultdict(set)
+    for (_, _, scenario), [query] in per_range.items():
+        sensor_chart = '"level" = \'' not in query and "sensor_id" in query.split("GROUP BY", 1)[1]
+        tiers[scenario].add(f"{tier(query)}{' (sensor)' if sensor_chart else ''}")
+    assert dict(tiers) == {
+        "last 6h": {"raw", "raw (sensor)"},
+        "last 7d": {"1m", "raw (sensor)"},
+        "last 90d": {"1h"},
     }
-    assert tiers == {"last 6h": ["A"], "last 7d": ["B"], "last 90d": ["C"]}
 
 
 def test_check_command_passes_with_data_and_names_the_panel_on_errors(
@@ -118,7 +128,9 @@ def test_amounts_are_charted_per_hour_in_every_tier(settings: InfluxSettings, pr
                 (item.tags[tag], row[0]): row[1] for item in parse_results(client.raw(statement)) for row in item.values
             }
 
-        for tier, interval_s in enumerate((60, 600, 3600)):
+        # The target that answers each bucket: by sensor raw, then 1h (no sensor-level 1m is stored for
+        # gauges reporting every minute); by district raw, 1m, 1h.
+        for interval_s, sensor_tier, district_tier in ((60, 0, 0), (600, 0, 1), (3600, 1, 2)):
             # Each gauge's rain and readings per bucket, from the raw points.
             gauges = parse_results(
                 client.raw(
@@ -129,9 +141,8 @@ def test_amounts_are_charted_per_hour_in_every_tier(settings: InfluxSettings, pr
             )
             per_hour = interval_s / 3600
             totals = {(g.tags["sensor_id"], when): total / per_hour for g in gauges for when, total, _ in g.values}
-            assert charted(by_sensor["targets"][tier], "area" if tier else "sensor_id", interval_s) == pytest.approx(
-                totals, rel=1e-9
-            )
+            by_tag = "area" if sensor_tier else "sensor_id"
+            assert charted(by_sensor["targets"][sensor_tier], by_tag, interval_s) == pytest.approx(totals, rel=1e-9)
             districts: dict[tuple[str, object], list[tuple[float, int]]] = defaultdict(list)
             for g in gauges:
                 for when, total, count in g.values:
@@ -142,7 +153,7 @@ def test_amounts_are_charted_per_hour_in_every_tier(settings: InfluxSettings, pr
                 if all(count == interval_s // 60 for _, count in seen)  # buckets the data set covers whole
             }
             assert max(len(seen) for seen in districts.values()) > 1, "districts with several gauges"
-            shown = charted(by_district["targets"][tier], "district", interval_s)
+            shown = charted(by_district["targets"][district_tier], "district", interval_s)
             assert len(full) > 1 and shown.keys() >= full.keys()
             assert {key: shown[key] for key in full} == pytest.approx(full, rel=1e-9), interval_s
 
