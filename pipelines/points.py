@@ -53,6 +53,14 @@ class PointBatch:
     def __len__(self) -> int:
         return len(self.time_ms)
 
+    def take(self, mask: np.ndarray) -> PointBatch:
+        """The rows where `mask` is true (same tag table)."""
+        if mask.all():
+            return self
+        index = np.flatnonzero(mask) if self.tag_index is None else self.tag_index[mask]
+        fields = {name: column[mask] for name, column in self.fields.items()}
+        return PointBatch(self.measurement, self.tag_keys, self.tags, self.time_ms[mask], fields, self.integers, index)
+
     def points(self) -> list[Point]:
         """One point per row, without the tags and fields that row does not have."""
         names = list(self.fields)

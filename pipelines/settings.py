@@ -7,7 +7,8 @@
     SMARTCITY_PIPELINE_POLL_INTERVAL_S     `run --follow`: how often to look for closed segments (10)
 
 State of the pipelines lives in `{home}/pipelines/`: `columns/` (the Parquet
-copies) and `checkpoint.json` (what `run --follow` has done).
+copies), `checkpoint.json` (what `run --follow` has done) and `aqi_hours.npz`
+(the AQI's hourly means kept between follow cycles).
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class PipelineSettings:
     @property
     def checkpoint_path(self) -> Path:
         return self.state_dir / "checkpoint.json"
+
+    @property
+    def aqi_state_path(self) -> Path:
+        """The AQI's hourly means kept between follow cycles (`pipelines.incremental.AqiHours`)."""
+        return self.state_dir / "aqi_hours.npz"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
@@ -152,3 +153,23 @@ def test_an_unreachable_influxdb_fails_the_run_with_one_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "rp=rollup failed" in err.strip().splitlines()[-1]
+
+
+def test_the_aqi_hours_state_round_trips_and_a_damaged_file_means_reading_the_look_back(tmp_path: Path) -> None:
+    from pipelines.areas import Area
+    from pipelines.incremental import AqiHours
+    from pipelines.thai_aqi import POLLUTANT_NAMES, Means
+
+    row = Area("district", "kathu", "andaman", "phuket", "kathu")
+    means = np.full((1, len(POLLUTANT_NAMES)), np.nan)
+    means[0, 0] = 12.5
+    state = AqiHours()
+    state.update([Means(T0 + HOUR, (row,), means, pane=2), Means(T0, (row,), means)], T0, keep_from_ms=T0)
+    path = tmp_path / "aqi_hours.npz"
+    state.save(path)
+    again = AqiHours.load(path)
+    assert again.since_ms == T0 and again.covers(T0) and not again.covers(T0 - HOUR)
+    assert [m.hour_ms for m in again.prior(T0, T0 + 2 * HOUR, skip=(T0, T0 + HOUR))] == [T0 + HOUR]
+    assert again.hours[T0].rows == (row,) and np.array_equal(again.hours[T0].means, means, equal_nan=True)
+    path.write_bytes(b"not numpy")
+    assert AqiHours.load(path) == AqiHours() and not AqiHours().covers(T0)
