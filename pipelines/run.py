@@ -184,10 +184,15 @@ def slices(plan: Plan, hours: int = SLICE_HOURS) -> list[Plan]:
     A local runner holds a run's data in memory, so a month is run a day at a
     time. The cut is exact: every window lies within one slice (slices are whole
     hours) and each slice reads its own look-back, so the points are the same.
+    A tail of at most half a slice joins the slice before it: on its own it
+    would read a day of AQI look-back again for a few hours (a 25 h backfill
+    read every reading twice).
     """
     parts, start = [], plan.start_ms
     while start < plan.end_ms:
         end = min(start + hours * HOUR_MS, plan.end_ms)
+        if plan.end_ms - end <= hours * HOUR_MS // 2:
+            end = plan.end_ms
         parts.append(Plan(plan.pipelines, start, end, end if end < plan.end_ms else plan.aqi_end_ms))
         start = end
     return parts

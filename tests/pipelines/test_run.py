@@ -136,10 +136,14 @@ def test_long_ranges_run_a_day_at_a_time_with_the_same_hours() -> None:
     parts = slices(plan)
     assert [(p.start_ms, p.end_ms, p.aqi_end_ms) for p in parts] == [
         (T0, T0 + 24 * HOUR, T0 + 24 * HOUR),
-        (T0 + 24 * HOUR, T0 + 48 * HOUR, T0 + 48 * HOUR),
-        (T0 + 48 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
+        (T0 + 24 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
     ]
     assert all(p.pipelines == PIPELINES for p in parts)
+    # A tail of at most half a day joins the slice before it (no second read of a day of AQI look-back).
+    assert [(p.start_ms, p.end_ms) for p in slices(Plan(PIPELINES, T0, T0 + 25 * HOUR, T0 + 25 * HOUR))] == [
+        (T0, T0 + 25 * HOUR)
+    ]
+    assert len(slices(Plan(PIPELINES, T0, T0 + 37 * HOUR, T0 + 37 * HOUR))) == 2
 
 
 def test_an_unreachable_influxdb_fails_the_run_with_one_line(

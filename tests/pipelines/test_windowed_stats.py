@@ -171,3 +171,16 @@ def test_bounded_rerun_after_late_segment_gives_the_final_value_and_is_idempoten
     minute = dict(next(r for r in final if r[0] == "air_quality_1m" and ("area", "mueang-phuket") in r[1])[3])
     assert (minute["pm25_count"], minute["pm25_mean"], minute["pm25_min"]) == (4, 17.5, 0.0)
     assert len(final) == len(first)  # the same series and windows, rewritten
+
+
+def test_the_sink_encodes_columns_as_the_points_would_be_encoded(registry: Registry) -> None:
+    """`PointBatch.lines` (the sink's column-wise encoder) writes exactly the lines of `points()`."""
+    from pipelines.windowed_stats import Stored, SummariseHour
+    from storage.line_protocol import Encoder, encode_line
+
+    summarise = SummariseHour(("1m", "1h"), Stored.of(registry))
+    window = type("W", (), {"start": type("T", (), {"micros": T0 * 1000})()})()
+    batches = list(summarise.process(("rollup", batches_of(sample_data(registry), registry)), window))
+    assert batches and all(b.tag_index is not None for b in batches)
+    for batch in batches:
+        assert batch.lines(Encoder()) == [encode_line(p) for p in batch.points()]
