@@ -373,7 +373,8 @@ def follow(
     hours a slice does not read come from `AqiHours` (saved next to the checkpoint, before it).
     """
     checkpoint = Checkpoint.load(settings.checkpoint_path)
-    state = AqiHours.load(settings.aqi_state_path)
+    # The AQI state belongs to the checkpoint: without one (a reset), the first cycle reads its look-back again.
+    state = AqiHours.load(settings.aqi_state_path) if settings.checkpoint_path.exists() else AqiHours()
     decoder = SegmentDecoder(metrics_by_kind(registry))
     if checkpoint.hours_done_ms is None:  # health of clock hours starts now; earlier hours come from data
         checkpoint.hours_done_ms = floor_to(int(clock() * 1000), HOUR_MS)
