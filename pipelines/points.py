@@ -63,15 +63,24 @@ class PointBatch:
         fields = {name: column[mask] for name, column in self.fields.items()}
         return PointBatch(self.measurement, self.tag_keys, self.tags, self.time_ms[mask], fields, self.integers, index)
 
-    def lines(self, encoder: Encoder) -> list[str]:
-        """The line protocol of every row that has a field (millisecond times), as `points()` would encode."""
+    def lines(self, encoder: Encoder, prefixes: dict[tuple[str, tuple[str, ...]], str] | None = None) -> list[str]:
+        """The line protocol of every row that has a field (millisecond times), as `points()` would encode.
+
+        `prefixes` caches each series' escaped `measurement,tags ` across calls (a tag table is
+        shared by every window of a segment, so most rows repeat).
+        """
         table = self.tags.items
         keys, measurement = self.tag_keys, self.measurement
-        prefixes = [
-            encoder.series_key(measurement, {k: v for k, v in zip(keys, row, strict=True) if v})[0] + " "
-            for row in table
-        ]
-        rows = range(len(self)) if self.tag_index is None else self.tag_index.tolist()
+        cache = {} if prefixes is None else prefixes
+        rows = list(range(len(self))) if self.tag_index is None else self.tag_index.tolist()
+        prefix: dict[int, str] = {}
+        for row in set(rows):
+            tags = tuple(table[row])
+            head = cache.get((measurement, tags))
+            if head is None:
+                named = {k: v for k, v in zip(keys, tags, strict=True) if v}
+                head = cache[(measurement, tags)] = encoder.series_key(measurement, named)[0] + " "
+            prefix[row] = head
         columns = []
         for name, column in self.fields.items():
             key = encoder.field_key(name)
@@ -88,7 +97,7 @@ class PointBatch:
         for row, time, values in zip(rows, self.time_ms.tolist(), zip(*columns, strict=True), strict=True):
             fields = ",".join(v for v in values if v is not None)
             if fields:
-                out.append(f"{prefixes[row]}{fields} {time}")
+                out.append(f"{prefix[row]}{fields} {time}")
         return out
 
     def points(self) -> list[Point]:

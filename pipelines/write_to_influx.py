@@ -73,6 +73,7 @@ class _WritePoints(beam.DoFn):
 
     def setup(self) -> None:
         self.encoder = Encoder()
+        self.prefixes: dict[tuple[str, tuple[str, ...]], str] = {}  # escaped series keys, by (measurement, tags)
         self._local = threading.local()
         self._writers: list[Writer] = []
         self._writers_lock = threading.Lock()
@@ -102,7 +103,9 @@ class _WritePoints(beam.DoFn):
         self.written = 0
 
     def process(self, batch: PointBatch) -> Iterator[int]:
-        self.pending.extend(batch.lines(self.encoder))
+        if len(self.prefixes) > 200_000:  # bounded: a fleet has a few thousand series per measurement
+            self.prefixes.clear()
+        self.pending.extend(batch.lines(self.encoder, self.prefixes))
         size = self.settings.batch_size
         while len(self.pending) >= size:
             self._submit(self.pending[:size])
