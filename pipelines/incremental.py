@@ -26,6 +26,7 @@ from there on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.anomalies import RISE_SPAN_S
 from pipelines.areas import Area, areas_of
 from pipelines.batch import ReadingBatch
 from pipelines.points import PointBatch
@@ -47,6 +49,7 @@ from storage.schema import (
     ANOMALY_MEASUREMENT,
     AQI_MEASUREMENT,
     HEALTH_MEASUREMENT,
+    SENSOR_TAGS,
     WINDOW_SECONDS,
     WINDOWS,
     rollup_levels,
@@ -55,8 +58,9 @@ from storage.schema import (
 
 # A reading can change the AQI of its hour and of the hours whose averaging period holds it.
 AQI_REACH_HOURS = max(AVERAGING_HOURS.values())
-# A reading is the reference of the rate of rise of readings up to this much later (anomalies.RISE_SPAN_S).
-RISE_SPAN_MS = 900_000
+# A reading is the reference of the rate of rise of readings up to this much later.
+RISE_SPAN_MS = RISE_SPAN_S * 1000
+_SENSOR_ID = SENSOR_TAGS.index("sensor_id")
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,7 @@ class Touched:
                         for later in range(AQI_REACH_HOURS):
                             cells.add((AQI_MEASUREMENT, tuple(area), hour + later * HOUR_MS))
             # The reading may be the reference of a rate of rise in the next hour's first quarter.
-            shifted = ReadingBatch(
-                batch.kind, batch.metrics, batch.series, batch.sensor, batch.ts + RISE_SPAN_MS, batch.received,
-                batch.values,
-            )  # fmt: skip
+            shifted = dataclasses.replace(batch, ts=batch.ts + RISE_SPAN_MS)
             sensor_hours.update((tuple(batch.series[s]), h) for s, h in _pairs(shifted, HOUR_MS))
         return cls(frozenset(cells), frozenset(sensor_hours), ended_ms)
 
@@ -130,7 +131,7 @@ class Touched:
         """Per hour, the sensor ids whose anomalies this cycle rewrites (cleared first)."""
         out: dict[int, set[str]] = {}
         for series, hour in self.sensor_hours:
-            out.setdefault(hour, set()).add(series[4])  # Series.sensor_id
+            out.setdefault(hour, set()).add(series[_SENSOR_ID])
         return {hour: sorted(ids) for hour, ids in sorted(out.items())}
 
 
