@@ -144,3 +144,30 @@ def test_follow_cycles_with_a_kill_9_write_exactly_the_points_of_a_bounded_run(
     assert len(bounded) > 10_000 and {k[0] for k in bounded} >= {"aqi_1h", "sensor_health_1h", "air_quality_1h"}
     assert followed.keys() == bounded.keys()
     assert {k: v for k, v in followed.items() if bounded[k] != v} == {}
+
+
+def test_a_follow_cycle_clears_the_anomalies_of_its_sensor_hours_only(stack: StackHandle, registry: Registry) -> None:
+    """A spike flagged by an earlier cycle over part of an hour goes when a cycle rewrites that sensor-hour;
+    the anomalies of other sensors, and of the sensor's other hours, stay."""
+    from pipelines.incremental import Touched
+    from pipelines.run import clear_sensor_anomalies
+    from storage.schema import anomaly_point
+    from storage.writer import make_writer
+    from tests.pipelines.spooldata import T0, batches_of, reading
+
+    influx = InfluxSettings.from_env(stack.env(), db="incremental_anomalies")
+    bootstrap(influx)
+    one, other = registry.sensors["pkt-aq-001"], registry.sensors["pkt-aq-002"]
+
+    def spike(sensor_id: str, ts: int) -> Any:
+        s = registry.sensors[sensor_id]
+        tags = {name: getattr(s, name) for name in ("super_cluster", "city", "district", "site", "vendor")}
+        return anomaly_point({**tags, "sensor_id": s.id}, kind="air_quality", metric="pm25", anomaly_type="spike",
+                             value=999.0, score=9.9, threshold=3.5, ts_ms=ts)  # fmt: skip
+
+    with make_writer(influx, rp=influx.rollup_rp) as writer:
+        writer.write([spike(one.id, T0 + 7), spike(other.id, T0 + 8), spike(one.id, T0 + HOUR + 9)])
+    touched = Touched.of(batches_of([reading(one, T0 + 5 * MINUTE, {"pm25": 10.0})], registry), registry, (), T0)
+    clear_sensor_anomalies(influx, touched, Plan(PIPELINES, T0, T0 + 2 * HOUR, T0 + 2 * HOUR))
+    left = {(k[1], k[2]) for k in query_rows(stack, "anomalies", db="incremental_anomalies")}
+    assert {(dict(tags)["sensor_id"], t) for tags, t in left} == {(other.id, T0 + 8), (one.id, T0 + HOUR + 9)}
