@@ -170,7 +170,7 @@ def beam_rollup(root: Path, cache: Path | None, keep: Path | None = None) -> dic
     rollups = (
         pipeline
         | "ReadSpool" >> ReadSpool(root, registry, cache_dir=cache)
-        | "WindowedStats" >> WindowedStats()
+        | "WindowedStats" >> WindowedStats(registry)
         | "Count" >> beam.Map(_count)
     )
     if keep is not None:

@@ -4,7 +4,8 @@ Grafana's macros are substituted first: `$timeFilter` with a time range ending n
 and `$__interval_ms` with the bucket Grafana would pick (never below the panel's minimum interval),
 and each template variable with all the values its own `SHOW TAG VALUES` query returns (written
 as `(a|b|c)`, as Grafana writes an "All" selection into a regex). Each panel is run at three
-ranges, chosen so each resolution tier of a chart (raw, 1m, 1h rollup) answers in one of them.
+ranges, chosen so each resolution tier of a chart (raw, 1m, 1h rollup) answers in one of them (a
+chart per sensor of a kind with no sensor-level 1m rollup reads raw for the week, see `influxql.tier_bounds`).
 Variable queries and alert rule queries run too.
 
 A query that InfluxDB refuses is a failure, named by dashboard, panel and query; with
@@ -43,7 +44,7 @@ class Scenario:
         return max(floor_s, self.interval_s)
 
 
-# Grafana picks about range / 1000 pixels; these land in the raw, 1m and 1h tiers respectively.
+# Grafana picks about range / 1000 pixels; these land in the raw, 1m (raw where no 1m is stored) and 1h tiers.
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("last 6h", 6 * 3600, 20),
     Scenario("last 7d", 7 * 86400, 600),

@@ -10,6 +10,10 @@ exactly one of them answers for any dashboard time range:
     1m    "{rollup_rp}"."{kind}_1m"    up to 1 h buckets                           (days)
     1h    "{rollup_rp}"."{kind}_1h"    1 h buckets and wider                       (weeks to years)
 
+A tier whose rollup is not stored at the chart's level (`storage.schema.rollup_levels`: a sensor's
+1 m window repeats its raw point when it reports every minute or less often) is left out, and raw
+answers up to 1 h buckets in its place: the same points, so the same figures.
+
 The choice rides on a constant comparison in the WHERE clause, e.g. `AND 60000 <= 59999`, which
 InfluxDB folds to false and answers with no series, without an error (measured on InfluxDB 1.6.7).
 Grafana substitutes `$__interval_ms` from the time range and the panel width, and the panel's minimum
@@ -123,10 +127,12 @@ class TierBounds:
         return " AND ".join(parts)
 
 
-def tier_bounds(interval_s: int) -> list[TierBounds]:
-    """The tiers of a kind reporting every `interval_s`: raw up to that, 1m below 1 h, 1h from 1 h."""
+def tier_bounds(interval_s: int, level: str = "district") -> list[TierBounds]:
+    """The tiers of a kind reporting every `interval_s`, charted at `level`: raw up to that, 1m below 1 h,
+    1h from 1 h; without a 1m tier (hourly kinds, or no 1m rollup stored at `level`) raw up to 1 h."""
     raw_hi = interval_s * 1000
-    if raw_hi >= HOUR_MS - 1:  # a kind that reports hourly or slower has no use for the 1m tier
+    if raw_hi >= HOUR_MS - 1 or level not in schema.rollup_levels("1m", interval_s):
+        raw_hi = max(raw_hi, HOUR_MS - 1)
         return [TierBounds("raw", None, raw_hi), TierBounds("1h", raw_hi, None)]
     return [TierBounds("raw", None, raw_hi), TierBounds("1m", raw_hi, HOUR_MS - 1), TierBounds("1h", HOUR_MS - 1, None)]
 
@@ -189,7 +195,7 @@ class MetricChart:
     def targets(self) -> list[InfluxQLQuery]:
         raw_tag, rollup_tag = _GROUP_TAG[self.scope]
         out = []
-        for ref, bounds in zip("ABC", tier_bounds(self.kind.interval_s), strict=False):
+        for ref, bounds in zip("ABC", tier_bounds(self.kind.interval_s, self.scope), strict=False):
             where = [*self.filters, "$timeFilter", bounds.condition()]
             if bounds.tier == "raw":
                 source = raw_from(self.kind.id)

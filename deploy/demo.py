@@ -43,8 +43,8 @@ from deploy.audit import AuditResult, audit, load_manifest
 from deploy.production_audit import ProductionAudit, print_production, production_audit
 from deploy.stack import Stack
 from pipelines import load_run
-from pipelines.checkpoint import Checkpoint
 from pipelines.settings import PipelineSettings
+from sensors.checkpoint import Checkpoint
 from sensors.errors import SmartcityError
 from sensors.home import Home
 from sensors.registry import Registry

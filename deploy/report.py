@@ -19,7 +19,8 @@ completeness, link) and one `{super_cluster}.html` per super-cluster with
 
 Everything comes from the registry and the rollups of `storage.schema`
 (`aqi_1h`, `{kind}_1h` / `{kind}_1m`, `sensor_health_1h`), the figures Grafana
-shows, so a new kind, metric, district or site appears without code. An empty
+shows (a sensor's minutes from raw where no sensor-level 1 m rollup is stored,
+as the dashboards do), so a new kind, metric, district or site appears without code. An empty
 chart is an explicit "no data in range" note. Charts are plotly.js, written
 once as `plotly.min.js` beside the pages: no network is needed, and the folder
 can be copied or zipped whole. Times are shown in the report's time zone
@@ -49,7 +50,7 @@ from sensors.errors import SmartcityError
 from sensors.registry import Kind, Metric, Registry, SuperCluster
 from sensors.timeparse import time_option
 from storage.query import QueryClient, Series, ident
-from storage.schema import AQI_MEASUREMENT, HEALTH_MEASUREMENT, rollup_field, rollup_measurement
+from storage.schema import AQI_MEASUREMENT, HEALTH_MEASUREMENT, rollup_field, rollup_levels, rollup_measurement
 from storage.settings import InfluxSettings
 
 logger = logging.getLogger(__name__)
@@ -309,6 +310,11 @@ AREA_ROWS = (
     'SELECT {fields} FROM {m} WHERE "level" = {level} AND "super_cluster" = {cluster} '
     "AND time >= {start} AND time < {end} GROUP BY {tag}"
 )
+# A sensor's 1-minute maximum straight from raw: the row its 1m rollup would hold, where none is stored.
+RAW_SENSOR_MAX = (
+    'SELECT max({metric}) AS {column} FROM {m} WHERE "super_cluster" = {cluster} '
+    'AND time >= {start} AND time < {end} GROUP BY time(1m), "sensor_id" fill(none)'
+)
 HEALTH_BY_VENDOR = (
     'SELECT mean("completeness") AS "completeness" FROM {m} WHERE "super_cluster" = {cluster} '
     'AND time >= {start} AND time < {end} GROUP BY time(1h), "vendor" fill(none)'
@@ -376,6 +382,17 @@ class ClusterReport:
         """Rows of one level of a rollup, by the value of `tag` (district or area)."""
         series = self.query(AREA_ROWS, measurement, fields=[ident(f) for f in fields], level=level, tag=ident(tag))
         return {item.tags.get(tag, ""): item.records() for item in series}
+
+    def raw_sensor_max(self, kind: Kind, columns: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per sensor, each minute's maximum of the threshold metrics from raw, as `{metric}_max` columns."""
+        rows: dict[str, dict[Any, dict[str, Any]]] = {}
+        for metric, column in zip(kind.site_thresholds, columns, strict=True):
+            raw = ident(self.settings.raw_rp, kind.id)
+            for item in self.query(RAW_SENSOR_MAX, kind.id, m=raw, metric=ident(metric), column=ident(column)):
+                by_time = rows.setdefault(item.tags.get("sensor_id", ""), {})
+                for record in item.records():
+                    by_time.setdefault(record["time"], {"time": record["time"]})[column] = record[column]
+        return {sensor: list(by_time.values()) for sensor, by_time in rows.items()}
 
     def district_name(self, district_id: str) -> str:
         district = self.registry.districts.get(district_id)
@@ -473,7 +490,10 @@ class ClusterReport:
                 )
         if kind.site_thresholds:
             fields = [rollup_field(name, "max") for name in kind.site_thresholds]
-            rows = self.area_rows(measurement, fields, "sensor", "area")
+            if "sensor" in rollup_levels(window, kind.interval_s):
+                rows = self.area_rows(measurement, fields, "sensor", "area")
+            else:
+                rows = self.raw_sensor_max(kind, fields)
             for name, column in zip(kind.site_thresholds, fields, strict=True):
                 charts.extend(self.site_charts(kind, name, column, rows, window))
         return Section(kind.id, f"{kind.name.en} · {kind.name.th}", charts)

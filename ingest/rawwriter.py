@@ -17,7 +17,6 @@ the pipelines' checkpoint (`{home}/pipelines/checkpoint.json`, written by
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from ingest.spool import (
     next_reading,
     streams,
 )
+from sensors.checkpoint import Checkpoint, CheckpointError
 from sensors.reading import Reading
 from storage.errors import StorageWriteError
 from storage.line_protocol import LineProtocolError, Point, encode_line
@@ -269,10 +269,9 @@ class RawWriter:
         processed: dict[str, int] | None = None
         if self.pipeline_checkpoint is not None and self.pipeline_checkpoint.exists():
             try:
-                streams_done = json.loads(self.pipeline_checkpoint.read_text(encoding="utf-8"))["streams"]
-                processed = {str(name): int(seq) for name, seq in streams_done.items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-                logger.warning("%s is unreadable (%s); keeping every segment", self.pipeline_checkpoint, err)
+                processed = Checkpoint.load(self.pipeline_checkpoint).streams
+            except CheckpointError as err:
+                logger.warning("%s; keeping every segment", err)
                 return
         for name, stream in self._streams.items():
             done = None if processed is None else processed.get(name, 0)

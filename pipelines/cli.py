@@ -199,7 +199,7 @@ def _command(name: str) -> click.Command:
         _bounded([name], start, end, registry_from(registry_paths), settings, ctx.args)
 
     command.help = {
-        "rollup": "Write {kind}_1m and {kind}_1h rollups (mean/min/max/count) at every level.",
+        "rollup": "Write {kind}_1m and {kind}_1h rollups (mean/min/max/count, sum of amounts) at the levels read.",
         "aqi": "Write the hourly Thai AQI (aqi_1h) of every sensor and area.",
         "health": "Write sensor_health_1h: received vs expected, completeness, flatline, outliers.",
         "anomalies": "Write anomalies: spikes (robust z-score) and rapid rises towards a site's danger level.",

@@ -3,9 +3,11 @@
 Like the input, the output crosses Beam in batches: one `PointBatch` per
 window (and kind) holds every row of it, tags packed into one byte string
 (`PackedRows`) and fields as numpy columns, so passing it between stages
-costs a copy, not a pickled object per point. `points()` turns it into
-`storage.line_protocol.Point`s at the sink, the only place that needs one
-Python object per point.
+costs a copy, not a pickled object per point. `lines()` turns it into line
+protocol at the sink, column by column: each distinct tag row is escaped once,
+each column is formatted in one pass, and no `Point` object is built (building
+and encoding `Point`s cost 40 % of a backfill, research/pipelines-end-to-end.md).
+`points()` gives `storage.line_protocol.Point`s, for tests and tools.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.batch import PackedRows
-from storage.line_protocol import Point
+from storage.line_protocol import Encoder, Point, escape_string_field
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +54,51 @@ class PointBatch:
 
     def __len__(self) -> int:
         return len(self.time_ms)
+
+    def take(self, mask: np.ndarray) -> PointBatch:
+        """The rows where `mask` is true (same tag table)."""
+        if mask.all():
+            return self
+        index = np.flatnonzero(mask) if self.tag_index is None else self.tag_index[mask]
+        fields = {name: column[mask] for name, column in self.fields.items()}
+        return PointBatch(self.measurement, self.tag_keys, self.tags, self.time_ms[mask], fields, self.integers, index)
+
+    def lines(self, encoder: Encoder, prefixes: dict[tuple[str, tuple[str, ...]], str] | None = None) -> list[str]:
+        """The line protocol of every row that has a field (millisecond times), as `points()` would encode.
+
+        `prefixes` caches each series' escaped `measurement,tags ` across calls (a tag table is
+        shared by every window of a segment, so most rows repeat).
+        """
+        table = self.tags.items
+        keys, measurement = self.tag_keys, self.measurement
+        cache = {} if prefixes is None else prefixes
+        rows = list(range(len(self))) if self.tag_index is None else self.tag_index.tolist()
+        prefix: dict[int, str] = {}
+        for row in set(rows):
+            tags = tuple(table[row])
+            head = cache.get((measurement, tags))
+            if head is None:
+                named = {k: v for k, v in zip(keys, tags, strict=True) if v}
+                head = cache[(measurement, tags)] = encoder.series_key(measurement, named)[0] + " "
+            prefix[row] = head
+        columns = []
+        for name, column in self.fields.items():
+            key = encoder.field_key(name)
+            if column.dtype.kind == "f":
+                present = ~np.isnan(column)
+                if name in self.integers:
+                    text = [f"{key}{v}i" for v in np.where(present, column, 0).astype(np.int64).tolist()]
+                else:
+                    text = [f"{key}{v!r}" for v in column.tolist()]
+                columns.append([t if p else None for t, p in zip(text, present.tolist(), strict=True)])
+            else:
+                columns.append([None if v is None else key + escape_string_field(v) for v in column.tolist()])
+        out = []
+        for row, time, values in zip(rows, self.time_ms.tolist(), zip(*columns, strict=True), strict=True):
+            fields = ",".join(v for v in values if v is not None)
+            if fields:
+                out.append(f"{prefix[row]}{fields} {time}")
+        return out
 
     def points(self) -> list[Point]:
         """One point per row, without the tags and fields that row does not have."""

@@ -16,7 +16,9 @@ backfill after late data is safe.
 `follow` runs the same pipelines again and again: each cycle takes the segments
 closed since the checkpoint, re-aggregates the hours they touch (back to the
 allowed lateness before the previous watermark), and the clock hours that
-ended meanwhile for sensor health; then records its progress
+ended meanwhile for sensor health; writes only the rows of the windows its new
+readings are in, takes the AQI's look-back from the hourly means kept between
+cycles (`pipelines.incremental`); then records its progress
 (`pipelines.checkpoint`).
 
 EXAMPLES (the first is what `smartcity pipeline ...` does by default)
@@ -32,11 +34,15 @@ EXAMPLES (the first is what `smartcity pipeline ...` does by default)
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -45,8 +51,8 @@ from apache_beam.runners.runner import PipelineState
 from pipelines import anomalies, thai_aqi
 from pipelines.anomalies import Anomalies
 from pipelines.batch import ReadingBatch
-from pipelines.checkpoint import Checkpoint
-from pipelines.columns import prune_cache
+from pipelines.columns import SegmentDecoder, load_segment, metrics_by_kind, prune_cache
+from pipelines.incremental import AqiHours, Incremental, Touched, load_exported
 from pipelines.options import beam_options
 from pipelines.read_spool import ReadSpool
 from pipelines.sensor_health import SensorHealth
@@ -55,10 +61,11 @@ from pipelines.thai_aqi import ThaiAQI
 from pipelines.timing import HOUR_MS, ceil_to, floor_to
 from pipelines.windowed_stats import WindowedStats
 from pipelines.write_to_influx import WriteToInflux
+from sensors.checkpoint import Checkpoint
 from sensors.errors import SmartcityError
 from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo, closed_segments
-from storage.query import QueryClient, ident
+from storage.query import QueryClient, ident, regex
 from storage.schema import ANOMALY_MEASUREMENT
 from storage.settings import InfluxSettings
 
@@ -80,6 +87,8 @@ class Plan:
     start_ms: int
     end_ms: int
     aqi_end_ms: int
+    # False when the AQI's hours outside [start, end) come from a follow cycle's state, not the spool.
+    aqi_lookback: bool = True
 
     @classmethod
     def bounded(cls, pipelines: Sequence[str], start_ms: int, end_ms: int) -> Plan:
@@ -95,11 +104,12 @@ class Plan:
     @property
     def read_range(self) -> tuple[int, int]:
         """The readings the plan needs: its hours, plus the look-back of the AQI and of the rate of rise."""
+        aqi = "aqi" in self.pipelines and self.aqi_lookback
         lookback = max(
-            thai_aqi.LOOKBACK_MS if "aqi" in self.pipelines else 0,
+            thai_aqi.LOOKBACK_MS if aqi else 0,
             anomalies.LOOKBACK_MS if "anomalies" in self.pipelines else 0,
         )
-        end = max(self.end_ms, self.aqi_end_ms) if "aqi" in self.pipelines else self.end_ms
+        end = max(self.end_ms, self.aqi_end_ms) if aqi else self.end_ms
         return self.start_ms - lookback, end
 
 
@@ -126,8 +136,12 @@ def build(
     settings: PipelineSettings,
     registry: Registry,
     skipped: list[str] | None = None,
+    incremental: Incremental | None = None,
 ) -> dict[str, beam.PCollection]:
     """Apply the plan's transforms; returns each pipeline's PCollection[PointBatch], by name.
+
+    With `incremental` (a follow cycle) the AQI takes the hours it does not read from its
+    `aqi_prior` and exports the hourly means it computes.
 
     The outputs are not flattened into one: a Flatten of outputs of different
     stages makes the local runner copy every point batch between stages, while
@@ -141,12 +155,17 @@ def build(
     if (read_start, read_end) != (plan.start_ms, plan.end_ms):
         in_range = readings | "KeepRange" >> beam.Map(ReadingBatch.between, plan.start_ms, plan.end_ms)
     lateness = settings.allowed_lateness_s
+    prior = incremental.aqi_prior if incremental is not None else None
+    aqi = ThaiAQI(
+        registry,
+        hours=(plan.start_ms, plan.aqi_end_ms),
+        allowed_lateness_s=lateness,
+        prior=prior or (),
+        export=incremental.aqi_export if incremental is not None else None,
+    )
     steps = {
-        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(allowed_lateness_s=lateness),
-        "aqi": lambda: (
-            readings
-            | "ThaiAQI" >> ThaiAQI(registry, hours=(plan.start_ms, plan.aqi_end_ms), allowed_lateness_s=lateness)
-        ),
+        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(registry, allowed_lateness_s=lateness),
+        "aqi": lambda: (readings if plan.aqi_lookback else in_range) | "ThaiAQI" >> aqi,
         "health": lambda: (
             in_range
             | "SensorHealth" >> SensorHealth(registry, hours=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
@@ -165,10 +184,15 @@ def slices(plan: Plan, hours: int = SLICE_HOURS) -> list[Plan]:
     A local runner holds a run's data in memory, so a month is run a day at a
     time. The cut is exact: every window lies within one slice (slices are whole
     hours) and each slice reads its own look-back, so the points are the same.
+    A tail of at most half a slice joins the slice before it: on its own it
+    would read a day of AQI look-back again for a few hours (a 25 h backfill
+    read every reading twice).
     """
     parts, start = [], plan.start_ms
     while start < plan.end_ms:
         end = min(start + hours * HOUR_MS, plan.end_ms)
+        if plan.end_ms - end <= hours * HOUR_MS // 2:
+            end = plan.end_ms
         parts.append(Plan(plan.pipelines, start, end, end if end < plan.end_ms else plan.aqi_end_ms))
         start = end
     return parts
@@ -180,15 +204,24 @@ def run_plan(
     registry: Registry,
     beam_args: Sequence[str] = (),
     influx: InfluxSettings | None = None,
+    incremental: Incremental | None = None,
 ) -> RunReport:
-    """Run the plan on the runner `beam_args` select and write its points; returns its counters."""
+    """Run the plan on the runner `beam_args` select and write its points; returns its counters.
+
+    With `incremental` (a follow cycle) only the rows it names as touched are written.
+    """
     options = beam_options(beam_args)
     started = time.monotonic()
     if "anomalies" in plan.pipelines:
-        clear_anomalies(influx or InfluxSettings.from_env(), plan.start_ms, plan.end_ms)
+        if incremental is None:
+            clear_anomalies(influx or InfluxSettings.from_env(), plan.start_ms, plan.end_ms)
+        else:
+            clear_sensor_anomalies(influx or InfluxSettings.from_env(), incremental.touched, plan)
     pipeline = beam.Pipeline(options=options)
     skipped: list[str] = []  # segments whose metadata is unreadable
-    for name, points in build(pipeline, plan, settings, registry, skipped).items():
+    for name, points in build(pipeline, plan, settings, registry, skipped, incremental).items():
+        if incremental is not None:
+            points = points | f"Touched{name.title()}" >> beam.Map(incremental.touched.keep)
         points | f"Write{name.title()}" >> WriteToInflux(influx)
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -218,6 +251,25 @@ def clear_anomalies(influx: InfluxSettings, start_ms: int, end_ms: int) -> None:
         )
 
 
+def clear_sensor_anomalies(influx: InfluxSettings, touched: Touched, plan: Plan) -> None:
+    """Delete the anomalies of the sensor-hours a follow cycle rewrites (those in the plan's hours)."""
+    if influx.token:
+        logger.warning("anomalies of earlier runs over this range are not cleared on InfluxDB 2.x/3.x")
+        return
+    with QueryClient(influx) as client:
+        for hour, sensor_ids in touched.anomaly_sensors().items():
+            if plan.start_ms <= hour < plan.end_ms:
+                client.execute(
+                    "DELETE FROM {m} WHERE sensor_id =~ {ids} AND time >= {start} AND time < {end}",
+                    {
+                        "m": ident(ANOMALY_MEASUREMENT),
+                        "ids": regex("^(" + "|".join(re.escape(s) for s in sensor_ids) + ")$"),
+                        "start": _utc(hour),
+                        "end": _utc(hour + HOUR_MS),
+                    },
+                )
+
+
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -235,18 +287,19 @@ def plan_cycle(
 ) -> tuple[Plan | None, int]:
     """The plan of a follow cycle over `new` segments, and how many of their readings are too late to count.
 
-    Data hours: those the new segments touch, but none whose window closed
-    (ended more than `lateness_ms` before the previous watermark). Clock hours:
-    those that ended since health was last written (at most `lateness_ms`
-    back), so silent hours get their health points too.
+    Data hours: those the new segments touch (and the next one where a reading may be the reference
+    of a rate of rise, up to the watermark), but none whose window closed (ended more than
+    `lateness_ms` before the previous watermark). Clock hours: those that ended since health was
+    last written (at most `lateness_ms` back), so silent hours get their health points too.
     """
     spans = [(s.min_ts, s.max_ts, s.count) for s in new if s.min_ts is not None and s.max_ts is not None]
     clock = floor_to(now_ms, HOUR_MS)
     too_late = 0
     start = end = None
+    watermark = max([checkpoint.watermark_ms or 0, *(hi for _, hi, _ in spans)])
     if spans:
         start = min(floor_to(lo, HOUR_MS) for lo, _, _ in spans)
-        end = max(ceil_to(hi + 1, HOUR_MS) for _, hi, _ in spans)
+        end = max(ceil_to(min(hi + anomalies.LOOKBACK_MS, watermark) + 1, HOUR_MS) for _, hi, _ in spans)
         if checkpoint.watermark_ms is not None:
             closed = floor_to(checkpoint.watermark_ms - lateness_ms, HOUR_MS)
             too_late = sum(count for _, hi, count in spans if hi < closed)
@@ -262,9 +315,46 @@ def plan_cycle(
         return None, too_late
     aqi_end = end
     if "aqi" in pipelines:
-        watermark = max(checkpoint.watermark_ms or 0, *(hi for _, hi, _ in spans))
         aqi_end = max(end, min(end + thai_aqi.LOOKBACK_MS, ceil_to(watermark + 1, HOUR_MS)))
     return Plan(pipelines, start, end, aqi_end), too_late
+
+
+def run_cycle(
+    plan: Plan,
+    fresh: Sequence[ReadingBatch],
+    settings: PipelineSettings,
+    registry: Registry,
+    beam_args: Sequence[str],
+    influx: InfluxSettings | None,
+    state: AqiHours,
+    now_ms: int,
+    keep_from_ms: int,
+) -> list[RunReport]:
+    """Run a follow cycle's plan, slice by slice, writing the rows its `fresh` readings touch.
+
+    A slice whose AQI look-back is all in `state` reads only its own hours and gets the others from
+    there; otherwise it reads the look-back from the spool, and `state` is complete from then on. The
+    hourly means each slice computes go into `state` (hours before `keep_from_ms` are dropped).
+    """
+    touched = Touched.of(fresh, registry, thai_aqi.pollutants_of(registry), floor_to(now_ms, HOUR_MS))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    export = Path(tempfile.mkdtemp(prefix=".aqi-hours-", dir=settings.state_dir))
+    reports = []
+    try:
+        for part in slices(plan):
+            prior = None
+            if "aqi" in part.pipelines and state.covers(part.start_ms - thai_aqi.LOOKBACK_MS):
+                part = replace(part, aqi_lookback=False)
+                prior = state.prior(part.start_ms - thai_aqi.LOOKBACK_MS, part.aqi_end_ms, (part.start_ms, part.end_ms))
+            reports.append(run_plan(part, settings, registry, beam_args, influx, Incremental(touched, prior, export)))
+            if "aqi" in part.pipelines:
+                since = None if prior is not None else part.start_ms - thai_aqi.LOOKBACK_MS
+                state.update(load_exported(export), since, keep_from_ms)
+                for path in export.glob("*.pkl"):
+                    path.unlink()
+    finally:
+        shutil.rmtree(export, ignore_errors=True)
+    return reports
 
 
 def follow(
@@ -277,8 +367,15 @@ def follow(
     on_report: Callable[[RunReport], None] = lambda _: None,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    """Run cycles until `stop` is set: new closed segments and ended hours in, points out, checkpoint saved."""
+    """Run cycles until `stop` is set: new closed segments and ended hours in, points out, checkpoint saved.
+
+    Per cycle: the new readings name the rows to write (`Touched`); the AQI's hourly means of the
+    hours a slice does not read come from `AqiHours` (saved next to the checkpoint, before it).
+    """
     checkpoint = Checkpoint.load(settings.checkpoint_path)
+    # The AQI state belongs to the checkpoint: without one (a reset), the first cycle reads its look-back again.
+    state = AqiHours.load(settings.aqi_state_path) if settings.checkpoint_path.exists() else AqiHours()
+    decoder = SegmentDecoder(metrics_by_kind(registry))
     if checkpoint.hours_done_ms is None:  # health of clock hours starts now; earlier hours come from data
         checkpoint.hours_done_ms = floor_to(int(clock() * 1000), HOUR_MS)
     while not stop.is_set():
@@ -293,8 +390,12 @@ def follow(
                 too_late,
             )
         if plan is not None:
-            for part in slices(plan):
-                on_report(run_plan(part, settings, registry, beam_args, influx))
+            fresh = [b for s in new for b in load_segment(s, decoder, settings.cache_dir).batches]
+            watermark = max([checkpoint.watermark_ms or 0, *(s.max_ts for s in new if s.max_ts is not None)])
+            keep_from = floor_to(watermark - settings.allowed_lateness_s * 1000, HOUR_MS) - thai_aqi.LOOKBACK_MS
+            for report in run_cycle(plan, fresh, settings, registry, beam_args, influx, state, now_ms, keep_from):
+                on_report(report)
+            state.save(settings.aqi_state_path)  # before the checkpoint: a crash repeats the cycle, never skips it
         if plan is not None or new:
             checkpoint.mark_done(new)
             if plan is not None and "health" in plan.pipelines:

@@ -2,8 +2,9 @@
 
 `sample.toml` next to this module documents every key (read with `sensors.settings`, like every
 package's settings). The spool defaults to the ingest spool (`SMARTCITY_INGEST_SPOOL_DIR`, else
-`{home}/spool`). State lives in `{home}/pipelines/`: `columns/` (the Parquet copies) and
-`checkpoint.json` (what `run --follow` has done).
+`{home}/spool`). State lives in `{home}/pipelines/`: `columns/` (the Parquet copies),
+`checkpoint.json` (what `run --follow` has done) and `aqi_hours.npz` (the AQI's hourly means kept
+between follow cycles).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class PipelineSettings:
     @property
     def checkpoint_path(self) -> Path:
         return self.layout.checkpoint
+
+    @property
+    def aqi_state_path(self) -> Path:
+        """The AQI's hourly means kept between follow cycles (`pipelines.incremental.AqiHours`)."""
+        return self.layout.aqi_hours
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:

@@ -29,14 +29,19 @@ How a value is formed (the PCD names the periods; the rest is decided here):
 A pollutant is any registry metric named like a PCD pollutant and in its unit;
 so a new kind measuring `pm25` in ug/m3 joins the AQI without code. A bounded
 run must include 23 h of readings before its first hour (`LOOKBACK_MS`) and
-emits only the hours in `hours`.
+emits only the hours in `hours`. A follow cycle gives the hourly means of the
+hours it does not read as `prior` instead (`pipelines.incremental.AqiHours`),
+and has the hourly means it computes written to `export` for the next cycle.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+import pickle
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -94,8 +99,13 @@ class ThaiAQI(beam.PTransform):
         registry: Registry,
         hours: tuple[int, int] | None = None,
         allowed_lateness_s: int = ALLOWED_LATENESS_S,
+        *,
+        prior: Sequence[Means] = (),
+        export: Path | None = None,
     ) -> None:
         super().__init__()
+        self.prior = tuple(prior)
+        self.export = export
         kinds = pollutants_of(registry)
         # Readings an hour must hold, per kind: MIN_HOUR_COVERAGE of what interval_s promises.
         self.min_readings = {k: MIN_HOUR_COVERAGE * 3600 / registry.kinds[k].interval_s for k in kinds}
@@ -118,6 +128,16 @@ class ThaiAQI(beam.PTransform):
             | "GroupByHour" >> beam.GroupByKey()
             | "AverageHours" >> beam.ParDo(AverageHour(self.min_readings))
         )
+        if self.export is not None:
+            _ = hourly | "ExportHours" >> beam.ParDo(ExportHours(self.export))
+        if self.prior:
+            known = (
+                batches.pipeline
+                | "PriorHours" >> beam.Create(self.prior)
+                | "StampPriorHours" >> beam.Map(lambda m: TimestampedValue((_KEY, m), m.hour_ms / 1000))
+                | "WindowPriorHours" >> self._windowing(window.FixedWindows(3600))
+            )
+            hourly = (hourly, known) | "WithPriorHours" >> beam.Flatten()
         periods = []
         for hours in sorted(set(AVERAGING_HOURS.values()), reverse=True):
             pollutants = tuple(p for p in POLLUTANT_NAMES if AVERAGING_HOURS[p] == hours)
@@ -185,6 +205,18 @@ class AverageHour(beam.DoFn):
         with np.errstate(invalid="ignore", divide="ignore"):
             area_means = np.where(count > 0, total / count, np.nan)[rows]
         return Means(hour, tuple(levels.rows[i] for i in rows.tolist()), area_means, pane)
+
+
+class ExportHours(beam.DoFn):
+    """Hourly `Means` -> a pickle file each in `folder` (a follow cycle keeps them for the next one)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def process(self, element: tuple[str, Means]) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{element[1].hour_ms}-{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(element[1]))
+        return iter(())
 
 
 def _latest_per_hour(means: Iterable[Means]) -> dict[int, Means]:

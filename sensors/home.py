@@ -4,7 +4,7 @@ that knows where each thing lives in it.
     {home}/spool/                 ingest's spool, one stream folder per client id ([ingest] spool_dir moves it)
     {home}/secrets/               broker passwords (mqtt-users.json), TLS keys; 0700
     {home}/manifests/             what each `smartcity simulate` run published (for `smartcity audit`)
-    {home}/pipelines/             the pipelines' state: checkpoint.json and columns/ (Parquet copies)
+    {home}/pipelines/             the pipelines' state: checkpoint.json, aqi_hours.npz, columns/ (Parquet copies)
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class Home:
     def checkpoint(self) -> Path:
         """What `pipeline run --follow` has done; ingest reads it before deleting old segments."""
         return self.pipelines / "checkpoint.json"
+
+    @property
+    def aqi_hours(self) -> Path:
+        """The AQI's hourly means kept between follow cycles (`pipelines.incremental.AqiHours`)."""
+        return self.pipelines / "aqi_hours.npz"
 
     @property
     def columns(self) -> Path:

@@ -6,9 +6,13 @@ with the helpers below, so a name is spelled once.
 - `{kind}` (RP raw): tags super_cluster, city, district, site, sensor_id, vendor;
   one float field per metric; time = reading ts.
 - `{kind}_1m`, `{kind}_1h` (RP rollup): tags level, area, super_cluster, city,
-  district; fields `{metric}_mean/_min/_max/_sum` (float), `{metric}_count` (int).
-  `_sum` is exact where `_mean * _count` is not, and is the figure of a metric whose
-  registry `aggregate` is `sum` (rain, vehicles since the previous reading).
+  district; fields `{metric}_mean/_min/_max` (float), `{metric}_count` (int), and
+  `{metric}_sum` (float) only for a metric whose registry `aggregate` is `sum` (rain,
+  vehicles since the previous reading: the figure its charts read; `rollup_stats`).
+  Only what a reader uses is written (`rollup_levels`): a window no longer than the
+  kind's reporting interval has no sensor-level row, since it would repeat the raw
+  point (readers take raw there), so `{kind}_1m` has area levels only for a kind
+  reporting every minute or less often.
 - `aqi_1h` (rollup): tags as rollups; aqi, band, `{pollutant}_aqi` (int), dominant (str).
 - `sensor_health_1h` (rollup): sensor tags; received, expected, flatline,
   outliers, seq_gaps (int), completeness (float).
@@ -72,6 +76,7 @@ __all__ = [
     "STATS",
     "UNKNOWN_VENDOR",
     "WINDOWS",
+    "WINDOW_SECONDS",
     "RollupStats",
     "anomaly_point",
     "aqi_point",
@@ -83,8 +88,10 @@ __all__ = [
     "raw_point",
     "rollup_field",
     "rollup_fields",
+    "rollup_levels",
     "rollup_measurement",
     "rollup_point",
+    "rollup_stats",
     "rollup_tags",
 ]
 
@@ -97,6 +104,7 @@ SENSOR_TAGS: tuple[str, ...] = ("super_cluster", "city", "district", "site", "se
 ROLLUP_TAGS: tuple[str, ...] = ("level", "area", "super_cluster", "city", "district")
 LEVELS: tuple[Level, ...] = ("sensor", "district", "city", "super_cluster")
 WINDOWS: tuple[Window, ...] = ("1m", "1h")
+WINDOW_SECONDS: dict[str, int] = {"1m": 60, "1h": 3600}
 STATS: tuple[str, ...] = ("mean", "min", "max", "count", "sum")
 # One metric's figures in one rollup window, in STATS order: (mean, min, max, count, sum).
 RollupStats = tuple[float, float, float, int, float]
@@ -197,6 +205,28 @@ def rollup_field(metric: str, stat: str) -> str:
     if stat not in STATS:
         raise ValueError(f"rollup statistic must be one of {', '.join(STATS)}, got {stat!r}")
     return f"{metric}_{stat}"
+
+
+def rollup_stats(aggregate: str) -> tuple[str, ...]:
+    """The statistics stored for a metric of registry `aggregate` (`mean` or `sum`), in STATS order.
+
+    `_sum` is read only where the figure is a total (a `sum` metric's charts and report); for a
+    level or a concentration the mean is the figure, and `_sum` would add a fifth of the field
+    values InfluxDB stores for nothing.
+    """
+    return STATS if aggregate == "sum" else tuple(s for s in STATS if s != "sum")
+
+
+def rollup_levels(window: str, interval_s: int) -> tuple[Level, ...]:
+    """The levels a `window` rollup is stored at, for a kind whose sensors report every `interval_s`.
+
+    A sensor's window no longer than its reporting interval holds one reading (rarely two, with
+    jitter): its row would repeat the raw point with count 1, and made 78 % of the points a day's
+    backfill wrote. Readers (dashboards, report) take raw for that sensor tier instead.
+    """
+    if window not in WINDOW_SECONDS:
+        raise ValueError(f"rollup window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    return LEVELS[1:] if WINDOW_SECONDS[window] <= interval_s else LEVELS
 
 
 def rollup_fields(metric: str) -> tuple[str, ...]:

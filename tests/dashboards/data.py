@@ -2,9 +2,11 @@
 
 Two hours of readings of every sensor of a registry at its kind's interval (values on a diurnal-ish
 curve inside each metric's range, water levels around the site's warning line), the 1m and 1h
-rollups at sensor, district and city level computed from them, hourly AQI per district and city,
-hourly sensor health, anomalies (spikes and rapid rises), and ingest self-metrics (per process and per
-vendor) every 10 s.
+rollups at sensor, district and city level computed from them, holding only what the pipelines store
+(`storage.schema.rollup_levels` and `rollup_stats`: no sensor-level 1m where a kind reports every minute
+or less often, `_sum` only for `sum` metrics), so a panel that reads anything else finds no data;
+hourly AQI per district and city, hourly sensor health, anomalies (spikes and rapid rises), and ingest
+self-metrics (per process and per vendor) every 10 s.
 """
 
 from __future__ import annotations
@@ -103,11 +105,12 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
             )
     hours: dict[tuple[str, str, str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (kind_id, level, area, minute), metrics in minutes.items():
-        rollup.append(schema.rollup_point(kind_id, "1m", places[(level, area)], stats_of(metrics), minute))
+        if level in schema.rollup_levels("1m", registry.kinds[kind_id].interval_s):
+            rollup.append(stored(registry, kind_id, "1m", places[(level, area)], metrics, minute))
         for m, readings in metrics.items():
             hours[(kind_id, level, area, minute // 3_600_000 * 3_600_000)][m].extend(readings)
     for (kind_id, level, area, hour), metrics in hours.items():
-        rollup.append(schema.rollup_point(kind_id, "1h", places[(level, area)], stats_of(metrics), hour))
+        rollup.append(stored(registry, kind_id, "1h", places[(level, area)], metrics, hour))
     for (level, area, hour), metrics in pollutant_means.items():
         means = {p.name: sum(metrics[p.name]) / len(metrics[p.name]) for p in POLLUTANTS if metrics.get(p.name)}
         result = thai_aqi(means)
@@ -130,6 +133,16 @@ def points(registry: Registry, now_ms: int | None = None) -> tuple[list[Point], 
 
 def stats_of(metrics: dict[str, list[float]]) -> dict[str, schema.RollupStats]:
     return {m: (sum(v) / len(v), min(v), max(v), len(v), sum(v)) for m, v in metrics.items()}
+
+
+def stored(
+    registry: Registry, kind_id: str, window: str, tags: dict[str, str], metrics: dict[str, list[float]], time: int
+) -> Point:
+    """The rollup point with the fields the pipelines store (`_sum` only for a `sum` metric)."""
+    point = schema.rollup_point(kind_id, window, tags, stats_of(metrics), time)
+    kind = registry.kinds[kind_id]
+    keep = {schema.rollup_field(m.name, stat) for m in kind.metrics for stat in schema.rollup_stats(m.aggregate)}
+    return point._replace(fields={k: v for k, v in point.fields.items() if k in keep})
 
 
 def anomaly_points(registry: Registry, start: int, end: int) -> Iterator[Point]:

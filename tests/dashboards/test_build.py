@@ -191,12 +191,16 @@ def test_a_new_registry_kind_gets_its_panels_and_alerts(tmp_path: Path) -> None:
     assert not any(d.uid == "smartcity-andaman-soil-moisture" for d in provisioning.dashboards)  # no sensors there
 
 
-@given(st.integers(min_value=1, max_value=86_400), st.integers(min_value=1, max_value=10**9))
-def test_exactly_one_tier_matches_any_interval(interval_s: int, interval_ms: int) -> None:
+@given(
+    st.integers(min_value=1, max_value=86_400),
+    st.integers(min_value=1, max_value=10**9),
+    st.sampled_from(["sensor", "district", "city"]),
+)
+def test_exactly_one_tier_matches_any_interval(interval_s: int, interval_ms: int, level: str) -> None:
     def matches(lo: int | None, hi: int | None) -> bool:
         return (lo is None or interval_ms > lo) and (hi is None or interval_ms <= hi)
 
-    assert sum(matches(t.lo_ms, t.hi_ms) for t in tier_bounds(interval_s)) == 1
+    assert sum(matches(t.lo_ms, t.hi_ms) for t in tier_bounds(interval_s, level)) == 1
 
 
 def test_build_command_writes_marked_files_and_removes_stale_ones(tmp_path: Path) -> None:

@@ -164,6 +164,24 @@ def dataset_points(registry: Registry, last_hour: datetime) -> list[Point]:
     return out
 
 
+def raw_gauge_points(registry: Registry, last_hour: datetime) -> list[Point]:
+    """Andaman's gauges in the latest hour, every 2 min (their interval), rising to the hour's maximum at :58.
+
+    No sensor-level 1m rollup is stored for them (a 1 m window repeats a raw point), so a short-range
+    report reads these."""
+    out = []
+    ms = int(last_hour.timestamp() * 1000)
+    for sensor in registry.sensors_of(kind="water_level"):
+        if sensor.super_cluster == "andaman":
+            tags = {name: getattr(sensor, name) for name in schema.SENSOR_TAGS[:-2]}
+            tags.update(sensor_id=sensor.id, vendor=sensor.vendor)
+            top = gauge_level(registry, sensor.id, 0)
+            for minute in range(0, 60, 2):
+                value = round(top - 0.01 * (58 - minute), 3)
+                out.append(Point("water_level", tags, {"level": value}, ms + minute * 60_000, "ms"))
+    return out
+
+
 def write_dataset(stack: StackHandle, db: str, registry: Registry) -> Dataset:
     settings = InfluxSettings.from_env(stack.env(), db=db)
     bootstrap(settings)
@@ -171,6 +189,8 @@ def write_dataset(stack: StackHandle, db: str, registry: Registry) -> Dataset:
     with make_writer(settings, rp=settings.rollup_rp) as writer:
         result = writer.write(dataset_points(registry, last_hour))
     assert not result.dead_letters
+    with make_writer(settings, rp=settings.raw_rp) as writer:
+        assert not writer.write(raw_gauge_points(registry, last_hour)).dead_letters
     return Dataset(settings, last_hour)
 
 
@@ -341,6 +361,13 @@ def test_explicit_range(stack: StackHandle, dataset: Dataset, tmp_path: Path) ->
     assert code == 0, stderr
     charts = figures((tmp_path / "andaman.html").read_text(encoding="utf-8"))
     assert len(charts["andaman-aqi"]["data"][0]["y"]) == 6
+    # Six hours: a gauge's minutes, from raw (no sensor-level 1m rollup is stored for a 2-minute kind).
+    registry = default_registry()
+    gauges = charts["andaman-water_level-level-patong-canal"]["data"]
+    assert gauges
+    for trace in gauges:
+        values = [y for y in trace["y"] if y is not None]
+        assert len(values) == 30 and values[-1] == gauge_level(registry, trace["name"], 0)
     # --from alone: up to the end of the data.
     code, _, stderr = run(dataset.env(stack), "--out", str(tmp_path), "--from", start.isoformat())
     assert code == 0, stderr

@@ -55,17 +55,22 @@ def frozen(tags: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(tags.items()))
 
 
-def rollups(readings: Iterable[Reading], start: int, end: int) -> dict[Key, dict[str, Any]]:
-    """`{kind}_1m` and `{kind}_1h` rows: per window, level and metric the mean, min, max, count and sum."""
+def rollups(readings: Iterable[Reading], start: int, end: int, registry: Registry) -> dict[Key, dict[str, Any]]:
+    """`{kind}_1m` and `{kind}_1h` rows: per window, level and metric the mean, min, max, count and (for a
+    `sum` metric) sum. What readers use only: no sensor row in a window no longer than the kind's interval."""
     values: dict[tuple[Key, str], list[float]] = defaultdict(list)
     for r in unique(readings):
         if not start <= r.ts < end:
             continue
+        interval_ms = registry.kinds[r.kind].interval_s * 1000
         for name, width in (("1m", MINUTE), ("1h", HOUR)):
             for tags in areas(r):
+                if tags["level"] == "sensor" and width <= interval_ms:
+                    continue
                 key = (f"{r.kind}_{name}", frozen(tags), r.ts - r.ts % width)
                 for metric, value in r.values.items():
                     values[(key, metric)].append(value)
+    sums = {(kind.id, m.name) for kind in registry.kinds.values() for m in kind.metrics if m.aggregate == "sum"}
     rows: dict[Key, dict[str, Any]] = defaultdict(dict)
     for (key, metric), seen in values.items():
         rows[key].update(
@@ -74,9 +79,10 @@ def rollups(readings: Iterable[Reading], start: int, end: int) -> dict[Key, dict
                 f"{metric}_min": min(seen),
                 f"{metric}_max": max(seen),
                 f"{metric}_count": len(seen),
-                f"{metric}_sum": math.fsum(seen),
             }
         )
+        if (key[0].rsplit("_", 1)[0], metric) in sums:
+            rows[key][f"{metric}_sum"] = math.fsum(seen)
     return dict(rows)
 
 

@@ -57,7 +57,7 @@ def job_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def rollups_and_aqi(flags: list[str], spool: Path, registry: Registry) -> list[Any]:
     pipeline = beam.Pipeline(options=beam_options(flags))
     readings = pipeline | ReadSpool(spool, registry)
-    rollups = collect(to_rows(readings | WindowedStats(), "Rollup"), "CollectRollups")
+    rollups = collect(to_rows(readings | WindowedStats(registry), "Rollup"), "CollectRollups")
     aqi = collect(to_rows(readings | ThaiAQI(registry, hours=(T0, T0 + 3 * HOUR)), "Aqi"), "CollectAqi")
     result = pipeline.run()
     assert result.wait_until_finish() == "DONE"

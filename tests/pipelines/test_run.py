@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from deploy.cli import main
-from pipelines.checkpoint import Checkpoint, CheckpointError
 from pipelines.options import BeamOptionsError, beam_options
 from pipelines.run import PipelineRunError, Plan, plan_cycle, slices
 from pipelines.settings import PIPELINES, PipelineSettings, PipelineSettingsError
+from sensors.checkpoint import Checkpoint, CheckpointError
 from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo
 from tests.pipelines.spooldata import HOUR, MINUTE, T0, reading, write_segment
@@ -138,10 +139,14 @@ def test_long_ranges_run_a_day_at_a_time_with_the_same_hours() -> None:
     parts = slices(plan)
     assert [(p.start_ms, p.end_ms, p.aqi_end_ms) for p in parts] == [
         (T0, T0 + 24 * HOUR, T0 + 24 * HOUR),
-        (T0 + 24 * HOUR, T0 + 48 * HOUR, T0 + 48 * HOUR),
-        (T0 + 48 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
+        (T0 + 24 * HOUR, T0 + 50 * HOUR, T0 + 60 * HOUR),  # the AQI hours after the range stay with the last
     ]
     assert all(p.pipelines == PIPELINES for p in parts)
+    # A tail of at most half a day joins the slice before it (no second read of a day of AQI look-back).
+    assert [(p.start_ms, p.end_ms) for p in slices(Plan(PIPELINES, T0, T0 + 25 * HOUR, T0 + 25 * HOUR))] == [
+        (T0, T0 + 25 * HOUR)
+    ]
+    assert len(slices(Plan(PIPELINES, T0, T0 + 37 * HOUR, T0 + 37 * HOUR))) == 2
 
 
 def test_an_unreachable_influxdb_fails_the_run_with_one_line(
@@ -155,3 +160,23 @@ def test_an_unreachable_influxdb_fails_the_run_with_one_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "rp=rollup failed" in err.strip().splitlines()[-1]
+
+
+def test_the_aqi_hours_state_round_trips_and_a_damaged_file_means_reading_the_look_back(tmp_path: Path) -> None:
+    from pipelines.areas import Area
+    from pipelines.incremental import AqiHours
+    from pipelines.thai_aqi import POLLUTANT_NAMES, Means
+
+    row = Area("district", "kathu", "andaman", "phuket", "kathu")
+    means = np.full((1, len(POLLUTANT_NAMES)), np.nan)
+    means[0, 0] = 12.5
+    state = AqiHours()
+    state.update([Means(T0 + HOUR, (row,), means, pane=2), Means(T0, (row,), means)], T0, keep_from_ms=T0)
+    path = tmp_path / "aqi_hours.npz"
+    state.save(path)
+    again = AqiHours.load(path)
+    assert again.since_ms == T0 and again.covers(T0) and not again.covers(T0 - HOUR)
+    assert [m.hour_ms for m in again.prior(T0, T0 + 2 * HOUR, skip=(T0, T0 + HOUR))] == [T0 + HOUR]
+    assert again.hours[T0].rows == (row,) and np.array_equal(again.hours[T0].means, means, equal_nan=True)
+    path.write_bytes(b"not numpy")
+    assert AqiHours.load(path) == AqiHours() and not AqiHours().covers(T0)

@@ -97,9 +97,11 @@ def test_the_day_went_through_ingest_whole(day: dict[str, Any], registry: Regist
     assert day["report"].readings == len(day["readings"])
 
 
-def test_every_rollup_point_of_the_day_matches_the_plain_python_computation(day: dict[str, Any]) -> None:
+def test_every_rollup_point_of_the_day_matches_the_plain_python_computation(
+    day: dict[str, Any], registry: Registry
+) -> None:
     plan = day["plan"]
-    expected = reference.rollups(day["readings"], plan.start_ms, plan.end_ms)
+    expected = reference.rollups(day["readings"], plan.start_ms, plan.end_ms, registry)
     stored = day["rollups"]
     assert set(stored) == set(expected)
     for key, want in expected.items():

@@ -1,4 +1,4 @@
-"""WindowedStats: per-minute and per-hour mean/min/max/count/sum at every level, duplicates once, late data.
+"""WindowedStats: per-minute and per-hour mean/min/max/count at the stored levels, duplicates once, late data.
 
 Expected values are worked out by hand from SAMPLE_DATA, not by the code under test.
 """
@@ -28,11 +28,11 @@ def tags(level: str, area: str, places: dict[str, str]) -> dict[str, str]:
     return {"level": level, "area": area, **dict(list(places.items())[:keep])}
 
 
-def point(measurement: str, tags: dict[str, str], time: int, **stats: tuple[float, float, float, int, float]) -> Any:
+def point(measurement: str, tags: dict[str, str], time: int, **stats: tuple[float, float, float, int]) -> Any:
+    """A rollup row; air-quality metrics are means, so no `_sum` is stored (`storage.schema.rollup_stats`)."""
     fields: dict[str, Any] = {}
-    for metric, (mean, low, high, count, total) in stats.items():
+    for metric, (mean, low, high, count) in stats.items():
         fields.update({f"{metric}_mean": mean, f"{metric}_min": low, f"{metric}_max": high, f"{metric}_count": count})
-        fields[f"{metric}_sum"] = total
     return row(type("P", (), {"measurement": measurement, "tags": tags, "time": time, "fields": fields}))
 
 
@@ -51,48 +51,35 @@ def sample_data(registry: Registry) -> list[Any]:
 
 
 def expected_minutes() -> list[Any]:
+    """Area levels only: air-quality sensors report every minute, so a sensor's minute is its raw reading."""
     m0, m1 = T0, T0 + 60_000
-    mueang = {"pm25": (70 / 3, 10.0, 40.0, 3, 70.0), "pm10": (5.0, 5.0, 5.0, 1, 5.0)}
+    mueang = {"pm25": (70 / 3, 10.0, 40.0, 3), "pm10": (5.0, 5.0, 5.0, 1)}
     return [
-        point(
-            "air_quality_1m",
-            tags("sensor", "pkt-aq-001", PHUKET),
-            m0,
-            pm25=(15.0, 10.0, 20.0, 2, 30.0),
-            pm10=(5.0, 5.0, 5.0, 1, 5.0),
-        ),
-        point("air_quality_1m", tags("sensor", "pkt-aq-002", PHUKET), m0, pm25=(40.0, 40.0, 40.0, 1, 40.0)),
         point("air_quality_1m", tags("district", "mueang-phuket", PHUKET), m0, **mueang),
         point("air_quality_1m", tags("city", "phuket", PHUKET), m0, **mueang),
         point("air_quality_1m", tags("super_cluster", "andaman", PHUKET), m0, **mueang),
-        point("air_quality_1m", tags("sensor", "cnx-aq-001", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
-        point("air_quality_1m", tags("district", "mueang-chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
-        point("air_quality_1m", tags("city", "chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
-        point("air_quality_1m", tags("super_cluster", "lanna", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1, 100.0)),
+        point("air_quality_1m", tags("district", "mueang-chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
+        point("air_quality_1m", tags("city", "chiang-mai", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
+        point("air_quality_1m", tags("super_cluster", "lanna", LANNA), m0, pm25=(100.0, 100.0, 100.0, 1)),
         *[
-            point("air_quality_1m", tags(level, area, PHUKET), m1, pm25=(30.0, 30.0, 30.0, 1, 30.0))
-            for level, area in [
-                ("sensor", "pkt-aq-001"),
-                ("district", "mueang-phuket"),
-                ("city", "phuket"),
-                ("super_cluster", "andaman"),
-            ]
+            point("air_quality_1m", tags(level, area, PHUKET), m1, pm25=(30.0, 30.0, 30.0, 1))
+            for level, area in [("district", "mueang-phuket"), ("city", "phuket"), ("super_cluster", "andaman")]
         ],
     ]
 
 
 def expected_hours() -> list[Any]:
-    mueang = {"pm25": (25.0, 10.0, 40.0, 4, 100.0), "pm10": (5.0, 5.0, 5.0, 1, 5.0)}
-    lanna = {"pm25": (100.0, 100.0, 100.0, 1, 100.0)}
+    mueang = {"pm25": (25.0, 10.0, 40.0, 4), "pm10": (5.0, 5.0, 5.0, 1)}
+    lanna = {"pm25": (100.0, 100.0, 100.0, 1)}
     return [
         point(
             "air_quality_1h",
             tags("sensor", "pkt-aq-001", PHUKET),
             T0,
-            pm25=(20.0, 10.0, 30.0, 3, 60.0),
-            pm10=(5.0, 5.0, 5.0, 1, 5.0),
+            pm25=(20.0, 10.0, 30.0, 3),
+            pm10=(5.0, 5.0, 5.0, 1),
         ),
-        point("air_quality_1h", tags("sensor", "pkt-aq-002", PHUKET), T0, pm25=(40.0, 40.0, 40.0, 1, 40.0)),
+        point("air_quality_1h", tags("sensor", "pkt-aq-002", PHUKET), T0, pm25=(40.0, 40.0, 40.0, 1)),
         point("air_quality_1h", tags("district", "mueang-phuket", PHUKET), T0, **mueang),
         point("air_quality_1h", tags("city", "phuket", PHUKET), T0, **mueang),
         point("air_quality_1h", tags("super_cluster", "andaman", PHUKET), T0, **mueang),
@@ -111,7 +98,7 @@ def expected_hours() -> list[Any]:
 def test_minute_and_hour_stats_at_every_level(registry: Registry) -> None:
     batches = batches_of(sample_data(registry), registry)
     with batch_pipeline() as p:
-        result = to_rows(p | beam.Create(batches) | "WindowedStats" >> WindowedStats())
+        result = to_rows(p | beam.Create(batches) | "WindowedStats" >> WindowedStats(registry))
         assert_that(result, equal_to(expected_minutes() + expected_hours()))
 
 
@@ -120,12 +107,13 @@ def test_batches_split_across_segments_give_the_same_stats(registry: Registry) -
     readings = sample_data(registry)
     batches = [b for r in reversed(readings) for b in batches_of([r], registry)]
     with batch_pipeline() as p:
-        result = to_rows(p | beam.Create(batches) | "WindowedStats" >> WindowedStats(windows=["1m"]))
+        result = to_rows(p | beam.Create(batches) | "WindowedStats" >> WindowedStats(registry, windows=["1m"]))
         assert_that(result, equal_to(expected_minutes()))
 
 
 def _sensor_pm25(r: Any) -> list[tuple[Any, ...]]:
-    if ("area", "pkt-aq-001") not in r[1]:
+    # pkt-aq-001 is the only sensor of its district here: the district's minute is its minute.
+    if ("area", "pkt-aq-001") not in r[1] and not (r[0] == "air_quality_1m" and ("area", "mueang-phuket") in r[1]):
         return []
     fields = dict(r[3])
     window = () if r[0] == "air_quality_1m" else ("1h",)
@@ -133,7 +121,7 @@ def _sensor_pm25(r: Any) -> list[tuple[Any, ...]]:
 
 
 def sensor_pm25(pane_rows: beam.PCollection) -> beam.PCollection:
-    """(window start, ["1h",] pm25 count, pm25 mean) of pkt-aq-001's rows, one per pane."""
+    """(window start, ["1h",] pm25 count, pm25 mean) of pkt-aq-001's hour and its district's minute, per pane."""
     return pane_rows | beam.FlatMap(_sensor_pm25)
 
 
@@ -155,7 +143,7 @@ def test_late_reading_rewrites_the_window_and_too_late_is_dropped(registry: Regi
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        rows = to_rows(p | stream | WindowedStats(allowed_lateness_s=300))
+        rows = to_rows(p | stream | WindowedStats(registry, allowed_lateness_s=300))
         assert_that(
             sensor_pm25(rows),
             equal_to([(T0, 1, 10.0), (T0, 2, 15.0), (T0, "1h", 1, 10.0), (T0, "1h", 2, 15.0)]),
@@ -164,7 +152,7 @@ def test_late_reading_rewrites_the_window_and_too_late_is_dropped(registry: Regi
 
 def run_rollups(spool: Path, registry: Registry, start: int, end: int) -> list[Any]:
     with batch_pipeline() as p:
-        rows = collect(to_rows(p | ReadSpool(spool, registry, start, end) | WindowedStats()))
+        rows = collect(to_rows(p | ReadSpool(spool, registry, start, end) | WindowedStats(registry)))
     return sorted(rows)
 
 
@@ -180,6 +168,19 @@ def test_bounded_rerun_after_late_segment_gives_the_final_value_and_is_idempoten
     sensor = registry.sensors["pkt-aq-001"]
     write_segment(spool, 2, [reading(sensor, T0 + 50_000, {"pm25": 0.0}, received=T0 + 2 * HOUR)])
     final = run_rollups(spool, registry, T0, T0 + HOUR)
-    minute = dict(next(r for r in final if r[0] == "air_quality_1m" and ("area", "pkt-aq-001") in r[1])[3])
-    assert (minute["pm25_count"], minute["pm25_mean"], minute["pm25_min"]) == (3, 10.0, 0.0)
+    minute = dict(next(r for r in final if r[0] == "air_quality_1m" and ("area", "mueang-phuket") in r[1])[3])
+    assert (minute["pm25_count"], minute["pm25_mean"], minute["pm25_min"]) == (4, 17.5, 0.0)
     assert len(final) == len(first)  # the same series and windows, rewritten
+
+
+def test_the_sink_encodes_columns_as_the_points_would_be_encoded(registry: Registry) -> None:
+    """`PointBatch.lines` (the sink's column-wise encoder) writes exactly the lines of `points()`."""
+    from pipelines.windowed_stats import Stored, SummariseHour
+    from storage.line_protocol import Encoder, encode_line
+
+    summarise = SummariseHour(("1m", "1h"), Stored.of(registry))
+    window = type("W", (), {"start": type("T", (), {"micros": T0 * 1000})()})()
+    batches = list(summarise.process(("rollup", batches_of(sample_data(registry), registry)), window))
+    assert batches and all(b.tag_index is not None for b in batches)
+    for batch in batches:
+        assert batch.lines(Encoder()) == [encode_line(p) for p in batch.points()]

@@ -8,6 +8,7 @@ from sensors.reading import Reading
 from storage.line_protocol import encode_line
 from storage.schema import (
     ANOMALY_TAGS,
+    LEVELS,
     SENSOR_TAGS,
     anomaly_point,
     aqi_point,
@@ -16,8 +17,10 @@ from storage.schema import (
     ingest_vendor_point,
     raw_point,
     rollup_fields,
+    rollup_levels,
     rollup_measurement,
     rollup_point,
+    rollup_stats,
     rollup_tags,
 )
 
@@ -41,6 +44,18 @@ def test_raw_point_of_a_reading() -> None:
         "air_quality,city=chiang-mai,district=mueang,sensor_id=cnx-aq-007,site=nimman,super_cluster=northern,"
         "vendor=acme pm25=41.0,pm10=55.5 1764028800000"
     )
+
+
+def test_rollups_store_only_what_readers_use() -> None:
+    """`_sum` for amounts only; no sensor row in a window no longer than the reporting interval (raw serves it)."""
+    assert rollup_stats("mean") == ("mean", "min", "max", "count")
+    assert rollup_stats("sum") == ("mean", "min", "max", "count", "sum")
+    assert rollup_levels("1m", 60) == ("district", "city", "super_cluster")
+    assert rollup_levels("1m", 600) == ("district", "city", "super_cluster")
+    assert rollup_levels("1m", 10) == LEVELS  # several readings a minute: the sensor's minute is a figure of its own
+    assert rollup_levels("1h", 600) == LEVELS
+    with pytest.raises(ValueError, match="window"):
+        rollup_levels("5m", 60)
 
 
 def test_rollups_and_their_names() -> None:

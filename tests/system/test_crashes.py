@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from ingest.spool import OFFSET_FILE
-from pipelines.checkpoint import Checkpoint
+from sensors.checkpoint import Checkpoint
 from sensors.simulator import HOUR_MS, iso
 from sensors.spool import closed_segments
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points

@@ -1,5 +1,8 @@
 """What `pipeline run --follow` has done, kept durably in `{home}/pipelines/checkpoint.json`.
 
+The pipelines write it; ingest reads it before deleting old spool segments (a segment the pipelines
+have not processed is kept). Both use this one module, so the format has one owner.
+
     {"streams": {"ingest-1": 42}, "watermark_ms": 1764032400000, "hours_done_ms": 1764032400000}
 
 - `streams`: per spool stream, the highest closed segment sequence number
@@ -17,11 +20,11 @@ repeated cycle rewrites the same points.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sensors.errors import SmartcityError
+from sensors.files import write_json_atomic
 from sensors.spool import SegmentInfo
 
 
@@ -62,15 +65,4 @@ class Checkpoint:
             raise CheckpointError(f"{path}: not a pipeline checkpoint: {err}") from None
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(asdict(self), handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+        write_json_atomic(path, asdict(self))
