@@ -186,13 +186,15 @@ class Watcher:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.errors = 0
+        self.last_error = ""
 
     def _run(self) -> None:
         while not self.stop.wait(self.poll_s):
             try:
                 self.poll()
-            except Exception:  # a slow or refused query: the next poll tries again, the count is reported
+            except Exception as err:  # a slow or refused query: the next poll tries again, the count is reported
                 self.errors += 1
+                self.last_error = f"{type(err).__name__}: {err}"[:300]
 
     def poll(self) -> None:
         probes, now = self.probes, time.time()
@@ -200,7 +202,7 @@ class Watcher:
             open_keys = [k for k in probes.published if k not in probes.raw or k not in probes.minute]
             open_hours = [k for k in probes.aqi_published if k not in probes.aqi_seen]
         statements: list[str] = []
-        params: dict[str, object] = {"tag": ident("sensor_id"), "level": ident("level"), "area": ident("area")}
+        params: dict[str, object] = {"level": ident("level"), "area": ident("area")}
         by_kind: dict[str, list[Key]] = defaultdict(list)
         for key in open_keys:
             by_kind[probes.sensors[key[0]]].append(key)
@@ -214,6 +216,7 @@ class Watcher:
                 f"SELECT {{c{i}}}, {{area}} FROM {{m{i}}} WHERE {{level}} = 'sensor' AND {{area}} {where}"
             )
             params |= {
+                "tag": ident("sensor_id"),
                 f"f{i}": ident(metric),
                 f"c{i}": ident(f"{metric}_count"),
                 f"raw{i}": ident(self.settings.raw_rp, kind),
@@ -329,6 +332,7 @@ class Result:
     pending_at_stop: int
     drain_s: float | None
     query_errors: int
+    query_error: str
 
     @property
     def points(self) -> int:
@@ -486,6 +490,7 @@ def _measure(
         pending_at_stop=pending_at_stop,
         drain_s=drain_s,
         query_errors=watcher.errors,
+        query_error=watcher.last_error,
     )
 
 
@@ -553,7 +558,7 @@ def table(r: Result) -> str:
         ("lag bounded", "yes" if bounded else "NO"),
     ]  # fmt: skip
     if r.query_errors:
-        rows.append(("InfluxDB polls that failed", str(r.query_errors)))
+        rows.append(("InfluxDB polls that failed", f"{r.query_errors} (the last: {r.query_error})"))
     return "\n".join([f"**{r.n} x the pilot fleet**", "", "| measure | value |", "|---|---|",
                       *(f"| {k} | {v} |" for k, v in rows)])  # fmt: skip
 
