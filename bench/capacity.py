@@ -68,6 +68,7 @@ from bench.ingest import Bench, wait_for
 from bench.peer_consumers import ROOT, usage
 from bench.peer_report import machine
 from deploy.stack import INFLUX_ADMIN
+from ingest.settings import IngestSettings
 from pipelines.thai_aqi import MIN_HOUR_COVERAGE
 from pipelines.timing import HOUR_MS, MINUTE_MS, floor_to
 from sensors.contract import Accepted, Contract
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=300, help="fleet sensors whose readings are timed (default 300)")
     parser.add_argument("--aqi-probes", type=int, default=30, help="AQI probe sensors, one sample each (default 30)")
     parser.add_argument("--poll-interval-s", type=float, default=2, help="the follow pipeline's poll (default 2)")
-    parser.add_argument("--segment-max-age-s", type=int, help="ingest's segment_max_age_s [default: ingest's own]")
+    parser.add_argument("--segment-max-age-s", type=float, help="ingest's segment_max_age_s [default: ingest's own]")
     parser.add_argument("--influx-poll-s", type=float, default=1, help="InfluxDB poll for the probes (default 1)")
     parser.add_argument("--drain-s", type=float, default=300, help="wait this long for the last probes (default 300)")
     parser.add_argument("--doc", action="store_true", help="rewrite the generated section of docs/benchmarks.md")
@@ -631,11 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.minutes < REAL_RUN_MINUTES
     head = [
         ("**SMOKE RUN, not capacity figures**: " if smoke else "")
-        + f"Run of {date}: `{command}` ({args.minutes:g} live minutes per fleet"
+        + f"Run of {date}: `{command}` ({args.minutes:g} live min per fleet"
         + (f"; the issue asks for at least {REAL_RUN_MINUTES} on a quiet machine)." if smoke else ")."),
         f"Machine: {machine()}; load average (1 / 5 / 15 min) {load_before} before the run, {_load()} after.",
         f"Settings: follow poll {args.poll_interval_s:g} s, ingest segment_max_age_s "
-        f"{args.segment_max_age_s if args.segment_max_age_s is not None else 'default'}, InfluxDB polled every "
+        f"{args.segment_max_age_s if args.segment_max_age_s is not None else IngestSettings.segment_max_age_s:g} s, "
+        "InfluxDB polled every "
         f"{args.influx_poll_s:g} s for {args.probes} probe sensors and {args.aqi_probes} AQI probe sensors.",
     ]
     text = "\n".join([*head, "", summary(results), "", *(table(r) + "\n" for r in results)]).rstrip()
