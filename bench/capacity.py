@@ -319,6 +319,7 @@ class Result:
     fresh: list[float]
     fresh_mid: list[float]
     fresh_last: list[float]
+    fresh_raw: list[float]  # to raw, whatever the tier: ingest's own path, for comparison
     probes_sent: int
     aqi: list[float]
     aqi_sent: int
@@ -477,6 +478,7 @@ def _measure(
         fresh=fresh,
         fresh_mid=fresh_mid,
         fresh_last=fresh_last,
+        fresh_raw=[probes.raw[k] - t for k, t in probes.published.items() if k in probes.raw],
         probes_sent=len(probes.published),
         aqi=aqi,
         aqi_sent=len(probes.aqi_published),
@@ -541,6 +543,8 @@ def table(r: Result) -> str:
         ("tier a dashboard reads, per kind", ", ".join(f"{k} {t}" for k, t in r.tiers.items())),
         ("freshness, tier: p50 / p99 s", f"{_s(pct(r.fresh, 0.5))} / {_s(pct(r.fresh, 0.99))} "
                                           f"({len(r.fresh):,} of {r.probes_sent:,} probe readings seen)"),
+        ("freshness, raw (ingest alone, for comparison): p50 / p99 s",
+         f"{_s(pct(r.fresh_raw, 0.5))} / {_s(pct(r.fresh_raw, 0.99))}"),
         ("freshness, hour's AQI: p50 / p99 s", f"{_s(pct(r.aqi, 0.5))} / {_s(pct(r.aqi, 0.99))} "
                                                 f"({len(r.aqi)} of {r.aqi_sent} probe hours seen"
                                                 + (f", {r.aqi_early} seen too early" if r.aqi_early else "") + ")"),
