@@ -113,10 +113,10 @@ def scaled_registry(folder: Path, n: int, aqi_probes: int) -> tuple[Path, Path]:
     base = default_registry()
     sites = [(city, site.id) for city in base.cities.values() for d in city.districts for site in d.sites]
     vendor = base.sensors_of(kind="air_quality")[0].vendor
-    probes = [
-        {"id": f"{city.code}-aq-probe-{i:03d}", "kind": "air_quality", "vendor": vendor, "site": site}
-        for i, (city, site) in ((i, sites[i % len(sites)]) for i in range(aqi_probes))
-    ]
+    probes = []
+    for i in range(aqi_probes):  # spread over every site of both cities
+        city, site = sites[i % len(sites)]
+        probes.append({"id": f"{city.code}-aq-probe-{i:03d}", "kind": "air_quality", "vendor": vendor, "site": site})
     (probe_dir / "probes.yaml").write_text(yaml.safe_dump({"sensors": probes}, sort_keys=False))
 
     fleet = load_registry([fleet_dir])
