@@ -48,16 +48,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deploy.broker_auth import INGEST_USER
 from deploy.servers import basic_auth, find_binary, free_port
 from deploy.stack import INFLUX_ADMIN, Stack
-from sensors.registry import Sensor, default_registry
+from sensors.registry import Registry, Sensor, default_registry
 
 WINDOW = 5000
 
 
 class Bench:
-    def __init__(self, workdir: Path) -> None:
+    """A stack of its own in `workdir`, with broker accounts for the vendors of `registry` (default: built-in)."""
+
+    def __init__(self, workdir: Path, registry: Registry | None = None) -> None:
         self.workdir = workdir
         self.stack = Stack(workdir / "stack")
-        self.ports = self.stack.up(mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port())
+        registry = registry or default_registry()
+        self.ports = self.stack.up(
+            mqtt_port=free_port(), influx_port=free_port(), mqtt_tls_port=free_port(), registry=registry
+        )
         self.env_base = dict(os.environ)
         for line in self.stack.env_path.read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
@@ -66,8 +71,8 @@ class Bench:
         self.env_base["PATH"] = f"{Path(sys.executable).parent}:{self.env_base.get('PATH', '')}"
         self.admin_password = self.stack.mqtt_passwords()["admin"]
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.sensors: list[Sensor] = list(default_registry().sensors.values())
-        kinds = default_registry().kinds
+        self.sensors: list[Sensor] = list(registry.sensors.values())
+        kinds = registry.kinds
         self.values = {
             s.id: {m.name: round(m.min + (m.max - m.min) / 3, 2) for m in kinds[s.kind].metrics} for s in self.sensors
         }
