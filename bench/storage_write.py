@@ -7,9 +7,8 @@ builds a realistic fleet (2,000 sensors in Phuket and Chiang Mai, kinds with
 - ceiling: the same line protocol, pre-encoded, POSTed in batches over one
   keep-alive `http.client` connection (no gzip, no retries, no bookkeeping);
 - the confirmed writer on those pre-encoded bytes (`Writer.write_lines`);
-- the buffered writer fed `Point`s (encoding in the caller's thread,
-  sending in the writer's thread), without and with gzip;
-- the confirmed writer fed `Point`s (encode, then send, one batch at a time);
+- the confirmed writer fed `Point`s (encoding, and sending from its sender thread), without and
+  with gzip;
 - encoding alone.
 
 Prints a markdown table for docs/benchmarks.md and the command that made it.
@@ -47,7 +46,7 @@ from storage.line_protocol import Encoder, Point
 from storage.query import QueryClient, ident
 from storage.schema import raw_point
 from storage.settings import InfluxSettings
-from storage.writer import make_buffered_writer, make_writer
+from storage.writer import make_writer
 
 KINDS = {
     "air_quality": ("pm25", "pm10", "o3", "co", "no2", "so2"),
@@ -180,11 +179,6 @@ def main(argv: list[str] | None = None) -> int:
                 with make_writer(settings) as writer:
                     writer.write_lines(bodies, "ms")
 
-            def buffered(settings: InfluxSettings) -> None:
-                with make_buffered_writer(settings) as writer:
-                    writer.write(points)
-                    writer.flush()
-
             def confirmed(settings: InfluxSettings) -> None:
                 with make_writer(settings) as writer:
                     writer.write(points)
@@ -192,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             runs: list[tuple[str, Callable[[InfluxSettings], None], bool]] = [
                 (CEILING, lambda s: post_plain(s, bodies), False),
                 ("Writer.write_lines, pre-encoded bytes", lines_writer, False),
-                ("BufferedWriter.write(points)", buffered, False),
-                ("BufferedWriter.write(points), gzip", buffered, True),
                 ("Writer.write(points), confirmed", confirmed, False),
+                ("Writer.write(points), confirmed, gzip", confirmed, True),
             ]
             # Interleaved rounds in a shuffled order, so that load from elsewhere and InfluxDB's own
             # background work (after the previous run's DROP DATABASE) hit every run alike.

@@ -74,14 +74,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 1_000_000),
     "max_pending_batches": (1, 10_000),
     "max_retries": (0, 1_000),
-    "flush_interval_s": (0.001, 3600),
     "timeout_s": (0.01, 3600),
     "retry_initial_delay_s": (0.0, 3600),
     "retry_backoff_base": (1.0, 100),
     "retry_max_delay_s": (0.0, 3600),
     "retry_jitter": (0.0, 1.0),
     "retry_max_total_s": (0.0, 86_400),
-    "close_timeout_s": (0.0, 86_400),
 }
 
 
@@ -106,9 +104,7 @@ class InfluxSettings:
     rollup_retention: str = ROLLUP_RETENTION
     # Points per HTTP request.
     batch_size: int = 5_000
-    # A buffered writer sends what it has at least this often.
-    flush_interval_s: float = 1.0
-    # A buffered writer holds at most this many encoded batches before `write` blocks.
+    # Encoded batches that may wait for a writer's sender (the pipelines' sink: per writer thread).
     max_pending_batches: int = 4
     # Per HTTP request (connect and each read).
     timeout_s: float = 10.0
@@ -124,8 +120,6 @@ class InfluxSettings:
     retry_jitter: float = 0.2
     # A batch is given up (StorageWriteError) once retrying it has taken this long.
     retry_max_total_s: float = 60.0
-    # `close()` of a buffered writer waits at most this long for the last batches.
-    close_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         parsed = urllib.parse.urlsplit(self.url)

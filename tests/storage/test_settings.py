@@ -34,14 +34,14 @@ def test_every_field_can_be_set_from_the_environment() -> None:
     settings = InfluxSettings.from_env(
         {
             "SMARTCITY_INFLUX_BATCH_SIZE": "100",
-            "SMARTCITY_INFLUX_FLUSH_INTERVAL_S": "0.5",
+            "SMARTCITY_INFLUX_TIMEOUT_S": "0.5",
             "SMARTCITY_INFLUX_GZIP": "false",
             "SMARTCITY_INFLUX_RAW_RETENTION": "14d",
             "SMARTCITY_INFLUX_ROLLUP_RETENTION": "INF",
             "SMARTCITY_INFLUX_MAX_RETRIES": "0",
         }
     )
-    assert (settings.batch_size, settings.flush_interval_s, settings.gzip) == (100, 0.5, False)
+    assert (settings.batch_size, settings.timeout_s, settings.gzip) == (100, 0.5, False)
     assert (settings.raw_retention, settings.rollup_retention, settings.max_retries) == ("14d", "INF", 0)
 
 

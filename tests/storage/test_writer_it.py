@@ -1,4 +1,4 @@
-"""Writers against the real InfluxDB 1.6.7: confirmed and buffered writes, retries, bisection, outages."""
+"""Writers against the real InfluxDB 1.6.7: confirmed writes, retries, bisection, outages."""
 
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ from storage.query import QueryClient, ident
 from storage.schema import raw_point
 from storage.settings import InfluxSettings
 from storage.writer import (
-    BufferedWriter,
     DeadLetter,
     Response,
     Transport,
     V1Transport,
     Writer,
-    make_buffered_writer,
     make_writer,
 )
 from tests.servers import StackHandle
@@ -148,8 +146,8 @@ def test_points_line_protocol_cannot_carry_are_dead_lettered_and_the_rest_writte
     assert [(letter.status, letter.point) for letter in letters] == [(0, batch[5]), (0, batch[2_100])]
     assert "backslash" in letters[0].reason and "not finite" in letters[1].reason
     assert count(influx, "unrep", "seq") == 2_498
-    with make_buffered_writer(influx, on_dead_letter=letters.append) as buffered:
-        buffered.write([Point("unrep2", {}, {"v": 1.0}, NOW_MS, "ms"), Point("#bad", {}, {"v": 1.0}, NOW_MS, "ms")])
+    with make_writer(influx, on_dead_letter=letters.append) as again:
+        again.write([Point("unrep2", {}, {"v": 1.0}, NOW_MS, "ms"), Point("#bad", {}, {"v": 1.0}, NOW_MS, "ms")])
     assert letters[-1].point == Point("#bad", {}, {"v": 1.0}, NOW_MS, "ms")
     assert count(influx, "unrep2") == 1
 
@@ -217,62 +215,6 @@ def test_total_retry_time_is_capped(influx: InfluxSettings) -> None:
     with make_writer(settings) as writer, pytest.raises(StorageWriteError, match="ConnectionRefused"):
         writer.write(points(1))
     assert time.monotonic() - started < 2.0
-
-
-def test_buffered_writer_batches_by_size_and_flush_confirms(influx: InfluxSettings) -> None:
-    settings = dataclasses.replace(influx, batch_size=1_000, flush_interval_s=60)
-    with make_buffered_writer(settings) as writer:
-        for chunk in range(7):
-            writer.write(points(500, "buf", NOW_MS - 3_600_000 + chunk * 500))
-        writer.write_lines(encode(points(10, "buf_pre")), "ms")
-        writer.flush()
-        stats = writer.stats.snapshot()
-        assert stats.points == 3_510
-        assert stats.batches == 4  # 1000, 1000, 1000 by size; 500 + 10 lines of another precision group by flush
-    assert count(influx, "buf") == 3_500 and count(influx, "buf_pre") == 10
-
-
-def test_buffered_writer_sends_after_flush_interval(influx: InfluxSettings) -> None:
-    settings = dataclasses.replace(influx, batch_size=10_000, flush_interval_s=0.2)
-    with make_buffered_writer(settings) as writer:
-        writer.write(points(5, "timed"))
-        deadline = time.monotonic() + 5
-        while writer.stats.snapshot().points < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert count(influx, "timed") == 5
-
-
-def test_buffered_writer_flush_raises_for_a_lost_batch_and_reports_it(influx: InfluxSettings) -> None:
-    errors: list[StorageWriteError] = []
-    settings = dataclasses.replace(influx, password="wrong")
-    writer = make_buffered_writer(settings, on_error=errors.append)
-    writer.write(points(7, "lost"))
-    with pytest.raises(StorageWriteError, match="7 points, were not written"):
-        writer.flush()
-    writer.flush()  # reported once
-    writer.close()
-    assert [err.points for err in errors] == [7]
-
-
-def test_buffered_close_flushes_within_its_timeout_then_gives_up(influx: InfluxSettings) -> None:
-    with make_buffered_writer(influx) as writer:
-        writer.write(points(10, "closing"))
-    assert count(influx, "closing") == 10
-    errors: list[StorageWriteError] = []
-    settings = dataclasses.replace(
-        influx,
-        url="http://127.0.0.1:9",
-        close_timeout_s=0.5,
-        retry_max_total_s=30,
-        max_retries=1000,
-        retry_max_delay_s=0.1,
-    )
-    writer = BufferedWriter(make_writer(settings), on_error=errors.append)
-    writer.write(points(10, "never"))
-    started = time.monotonic()
-    writer.close()
-    assert time.monotonic() - started < 3
-    assert sum(err.points for err in errors) == 10
 
 
 class _PauseAfter(Transport):

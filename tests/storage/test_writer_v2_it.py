@@ -12,7 +12,7 @@ from storage.errors import StorageWriteError
 from storage.line_protocol import Point, encode
 from storage.query import QueryClient, ident
 from storage.settings import InfluxSettings
-from storage.writer import DeadLetter, V2Transport, make_buffered_writer, make_writer
+from storage.writer import DeadLetter, V2Transport, make_writer
 from tests.storage.v2_compat_proxy import V2CompatProxy
 
 pytestmark = pytest.mark.integration
@@ -89,10 +89,9 @@ def test_v2_unreachable_is_retried_then_raises(influx_v2: InfluxSettings) -> Non
         assert writer.stats.snapshot().retries == 2
 
 
-def test_v2_buffered_writer(influx_v2: InfluxSettings) -> None:
-    with make_buffered_writer(dataclasses.replace(influx_v2, batch_size=300)) as writer:
-        writer.write(sample(1_000, "v2buf"))
-        writer.flush()
+def test_v2_writes_in_batches(influx_v2: InfluxSettings) -> None:
+    with make_writer(dataclasses.replace(influx_v2, batch_size=300)) as writer:
+        assert writer.write(sample(1_000, "v2buf")).points == 1_000
     with QueryClient(influx_v2) as client:
         [series] = client.query("SELECT count(v) FROM {m}", {"m": ident("raw", "v2buf")})
     assert series.values[0][1] == 1_000
