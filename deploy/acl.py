@@ -25,7 +25,7 @@ import click
 
 from deploy import broker_auth
 from deploy.broker_auth import AclRule
-from sensors.cli import home_option, registry_from, registry_option
+from sensors.cli import home_option, registry_from, registry_option, sensors_group
 from sensors.contract import REJECT_PREFIX
 from sensors.errors import SmartcityError
 from sensors.home import Home
@@ -115,3 +115,7 @@ def acl_command(registry_paths: Sequence[Path], out_dir: Path, home: Path) -> No
     password_file, acl_file, users = write_broker_files(registry, out_dir, secrets)
     vendors = len(users) - len(broker_auth.service_acl_rules())
     click.echo(f"wrote {password_file} and {acl_file}: {len(users)} users ({vendors} vendors); passwords in {secrets}")
+
+
+# `smartcity sensors acl` beside `list` and `show`: the group lives in `sensors`, which may not import deploy.
+sensors_group.add_command(acl_command)

@@ -8,30 +8,23 @@ mounted here.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from dashboards.cli import CONFIG_KEYS as DASHBOARD_CONFIG_KEYS
-from dashboards.cli import dashboards_group
 from deploy import config
-from deploy.acl import acl_command
-from deploy.audit import audit_command
-from deploy.compose import compose_group
-from deploy.report import report_command
-from ingest.cli import ingest_command
 from ingest.settings import CONFIG_KEYS as INGEST_CONFIG_KEYS
-from pipelines.cli import pipeline_group
 from pipelines.settings import CONFIG_KEYS as PIPELINE_CONFIG_KEYS
-from sensors.cli import home_option, registry_from, registry_option, sensors_group
-from sensors.contract_cli import contract_group
+from sensors.cli import home_option, registry_from, registry_option
 from sensors.errors import SmartcityError
-from sensors.simulate_cli import simulate_command
+from sensors.settings import sample_keys
 from storage.settings import CONFIG_KEYS as STORAGE_CONFIG_KEYS
 
 # Wider than rich's 80 columns when writing to a file or a pipe, so tables stay readable in logs.
@@ -43,7 +36,43 @@ def step(message: str) -> None:
     console.print(f"[dim]{message}[/]")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when one runs (or `--help` lists them), so that a long-lived
+    `smartcity ingest` does not carry the report's plotly, the Grafana SDK or the simulator's numpy."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, _, attribute = self.lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+# Every package's subcommands, mounted here and imported only when used.
+SUBCOMMANDS = {
+    "sensors": "deploy.acl:sensors_group",  # with `acl` mounted
+    "contract": "sensors.contract_cli:contract_group",
+    "ingest": "ingest.cli:ingest_command",
+    "dashboards": "dashboards.cli:dashboards_group",
+    "pipeline": "pipelines.cli:pipeline_group",
+    "simulate": "sensors.simulate_cli:simulate_command",
+    "report": "deploy.report:report_command",
+    "compose": "deploy.compose:compose_group",
+    "audit": "deploy.audit:audit_command",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=SUBCOMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 @click.option(
     "--config",
@@ -74,18 +103,9 @@ def config_show() -> None:
         click.echo(f"{key.env}={value}\t# {source}; smartcity.toml: {key.toml}; {key.help}")
 
 
-app.add_command(sensors_group)
-app.add_command(contract_group)
-app.add_command(ingest_command)
-app.add_command(dashboards_group)
-app.add_command(pipeline_group)
+DASHBOARD_CONFIG_KEYS = sample_keys(Path(__file__).parent.parent / "dashboards" / "sample.toml")
 for package_keys in (STORAGE_CONFIG_KEYS, INGEST_CONFIG_KEYS, PIPELINE_CONFIG_KEYS, DASHBOARD_CONFIG_KEYS):
     config.register(config.Key(*key) for key in package_keys)
-sensors_group.add_command(acl_command)
-app.add_command(simulate_command)
-app.add_command(report_command)
-app.add_command(compose_group)
-app.add_command(audit_command)
 
 
 @app.group("stack")

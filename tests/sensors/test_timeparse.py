@@ -76,7 +76,10 @@ def test_every_time_option_uses_the_one_parser() -> None:
             and not isinstance(param.type, TimeParam)
         ]
         if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+            context = click.Context(command)
+            for name in command.list_commands(context):  # the top level is lazy: list_commands names them all
+                sub = command.get_command(context, name)
+                assert sub is not None, name
                 found += walk(sub, f"{path} {name}")
         return found
 
