@@ -69,6 +69,7 @@ from bench.peer_consumers import ROOT, usage
 from bench.peer_report import machine
 from deploy.stack import INFLUX_ADMIN
 from ingest.settings import IngestSettings
+from pipelines.settings import PipelineSettings
 from pipelines.thai_aqi import MIN_HOUR_COVERAGE
 from pipelines.timing import HOUR_MS, MINUTE_MS, floor_to
 from sensors.contract import Accepted, Contract
@@ -612,7 +613,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10, help="live minutes per fleet (default 10)")
     parser.add_argument("--probes", type=int, default=300, help="fleet sensors whose readings are timed (default 300)")
     parser.add_argument("--aqi-probes", type=int, default=30, help="AQI probe sensors, one sample each (default 30)")
-    parser.add_argument("--poll-interval-s", type=float, default=2, help="the follow pipeline's poll (default 2)")
+    parser.add_argument(
+        "--poll-interval-s",
+        type=float,
+        default=PipelineSettings.poll_interval_s,
+        help=f"the follow pipeline's poll [default: its own, {PipelineSettings.poll_interval_s:g}]",
+    )
     parser.add_argument("--segment-max-age-s", type=float, help="ingest's segment_max_age_s [default: ingest's own]")
     parser.add_argument("--influx-poll-s", type=float, default=1, help="InfluxDB poll for the probes (default 1)")
     parser.add_argument("--drain-s", type=float, default=300, help="wait this long for the last probes (default 300)")

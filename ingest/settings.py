@@ -127,7 +127,7 @@ class IngestSettings:
     flush_interval_ms: int = 20
     flush_max_kib: int = 1024
     segment_max_mib: float = 64
-    segment_max_age_s: float = 60
+    segment_max_age_s: float = 15
     spool_max_mib: float = 0
     min_free_disk_mib: float = 1024
     spool_retention_h: float = 0

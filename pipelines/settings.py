@@ -43,7 +43,7 @@ class PipelineSettings:
     spool_dir: Path | None = None
     column_cache: bool = True
     allowed_lateness_s: int = ALLOWED_LATENESS_S
-    poll_interval_s: float = 10.0
+    poll_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         check_ranges(

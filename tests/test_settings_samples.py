@@ -83,7 +83,7 @@ def test_every_documented_key_works_in_smartcity_toml(tmp_path: Path) -> None:
     config.write_text("\n".join(top + sections) + "\n")
     values = read_file(config)
     assert values["SMARTCITY_INFLUX_RAW_RETENTION"] == "30d"
-    assert values["SMARTCITY_PIPELINE_POLL_INTERVAL_S"] == "10.0"
+    assert values["SMARTCITY_PIPELINE_POLL_INTERVAL_S"] == str(PipelineSettings.poll_interval_s)
     assert "SMARTCITY_GRAFANA_URL" in values and "SMARTCITY_INGEST_CLIENT_ID" in values
 
 
