@@ -25,19 +25,16 @@ EXAMPLES
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
-import http.client
 import logging
 import os
 import random
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
 from pathlib import Path
 
+from bench.storage_write import post_plain
 from deploy.servers import InfluxDB, free_port
 from pipelines import write_to_influx
 from pipelines.run import Plan, run_plan, slices
@@ -49,29 +46,6 @@ from storage.writer import WriteResult
 from tests.pipelines.spooldata import HOUR, T0, fleet_readings, write_segments
 
 ADMIN = "bench"
-
-
-def post(settings: InfluxSettings, bodies: list[bytes], connections: int) -> None:
-    """The ceiling: POST the bodies, pre-encoded, over `connections` keep-alive connections in parallel."""
-    url = urllib.parse.urlsplit(settings.url)
-    query = urllib.parse.urlencode({"db": settings.db, "rp": settings.rollup_rp, "precision": "ms"})
-    auth = "Basic " + base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
-
-    def send(part: list[bytes]) -> None:
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=120)
-        for body in part:
-            conn.request("POST", f"/write?{query}", body=body, headers={"Authorization": auth})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status != 204:
-                raise RuntimeError(f"plain POST got HTTP {resp.status}")
-        conn.close()
-
-    threads = [threading.Thread(target=send, args=(bodies[i::connections],)) for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 influx = dataclasses.replace(base, db=f"bench_ceiling_{connections}")
                 bootstrap(influx)
                 started = time.perf_counter()
-                post(influx, captured, connections)
+                post_plain(influx, captured, rp=influx.rollup_rp, connections=connections)
                 label = f"ceiling: the same points pre-encoded, POSTed on {connections} connection(s)"
                 rows.append((label, time.perf_counter() - started, rows[1][2]))
                 time.sleep(1.0)

@@ -64,6 +64,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.docsection import write_section
 from bench.ingest import Bench, wait_for
 from bench.peer_consumers import ROOT, usage
 from bench.peer_report import machine
@@ -593,14 +594,7 @@ def summary(results: list[Result]) -> str:
 
 
 def write_doc(text: str) -> None:
-    """Replace what is between the markers in docs/benchmarks.md (append the section if they are missing)."""
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}"
-    else:
-        doc = f"{doc.rstrip()}\n\n{SECTION}\n\n{BEGIN}\n{text}\n{END}\n"
-    DOC.write_text(doc)
+    write_section(SECTION, BEGIN, END, text, DOC)
 
 
 def _load() -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.docsection import write_section
 from bench.ingest import Bench
 from bench.peer_consumers import PEER, ROOT, BenchError
 from deploy.servers import find_binary
@@ -175,14 +176,7 @@ def report(
 
 
 def write_doc(text: str) -> None:
-    """Replace what is between the markers in docs/benchmarks.md (append the section if they are missing)."""
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}"
-    else:
-        doc = f"{doc.rstrip()}\n\n{SECTION}\n\n{BEGIN}\n{text}\n{END}\n"
-    DOC.write_text(doc)
+    write_section(SECTION, BEGIN, END, text, DOC)
 
 
 COLOURS = {"ceiling": "#9e9e9e", "peer": "#c0392b", "ours": "#1f77b4"}

@@ -31,6 +31,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -104,19 +105,27 @@ def batches_of(data: list[bytes], size: int) -> list[bytes]:
     return [b"".join(data[i : i + size]) for i in range(0, len(data), size)]
 
 
-def post_plain(settings: InfluxSettings, bodies: list[bytes]) -> None:
-    """The ceiling: POST each body once over one keep-alive connection."""
+def post_plain(settings: InfluxSettings, bodies: list[bytes], rp: str | None = None, connections: int = 1) -> None:
+    """The ceiling: POST each body once, pre-encoded, over `connections` keep-alive connections in parallel."""
     url = urllib.parse.urlsplit(settings.url)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=60)
-    query = urllib.parse.urlencode({"db": settings.db, "rp": settings.raw_rp, "precision": "ms"})
+    query = urllib.parse.urlencode({"db": settings.db, "rp": rp or settings.raw_rp, "precision": "ms"})
     auth = "Basic " + base64.b64encode(f"{settings.username}:{settings.password}".encode()).decode()
-    for body in bodies:
-        conn.request("POST", f"/write?{query}", body=body, headers={"Authorization": auth})
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 204:
-            raise RuntimeError(f"plain POST got HTTP {resp.status}")
-    conn.close()
+
+    def send(part: list[bytes]) -> None:
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=120)
+        for body in part:
+            conn.request("POST", f"/write?{query}", body=body, headers={"Authorization": auth})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 204:
+                raise RuntimeError(f"plain POST got HTTP {resp.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=send, args=(bodies[i::connections],)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def stored(settings: InfluxSettings) -> int:
