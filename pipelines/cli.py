@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines import load_run
-from pipelines.settings import PIPELINES, PipelineSettings
+from pipelines.settings import CATALOG, PIPELINES, PipelineSettings, PipelineSpec
 from sensors.cli import registry_from, registry_option
 from sensors.registry import Registry
 from sensors.timeparse import time_option
@@ -181,8 +181,8 @@ def _print(report: RunReport) -> None:
             console.print(f"[yellow]warning:[/] {c[name]:,} {what} (the log names them)")
 
 
-def _command(name: str) -> click.Command:
-    @pipeline_group.command(name, context_settings=_PASS_THROUGH, epilog=_BEAM_HELP)
+def _command(spec: PipelineSpec) -> click.Command:
+    @pipeline_group.command(spec.name, context_settings=_PASS_THROUGH, epilog=_BEAM_HELP)
     @_common
     @click.pass_context
     def command(
@@ -196,19 +196,14 @@ def _command(name: str) -> click.Command:
         allowed_lateness: int | None,
     ) -> None:
         settings = _settings(home, spool, no_cache, allowed_lateness)
-        _bounded([name], start, end, registry_from(registry_paths), settings, ctx.args)
+        _bounded([spec.name], start, end, registry_from(registry_paths), settings, ctx.args)
 
-    command.help = {
-        "rollup": "Write {kind}_1m and {kind}_1h rollups (mean/min/max/count, sum of amounts) at the levels read.",
-        "aqi": "Write the hourly Thai AQI (aqi_1h) of every sensor and area.",
-        "health": "Write sensor_health_1h: received vs expected, completeness, flatline, outliers.",
-        "anomalies": "Write anomalies: spikes (robust z-score) and rapid rises towards a site's danger level.",
-    }[name] + " Idempotent: re-running a range rewrites the same points."
+    command.help = spec.help + " Idempotent: re-running a range rewrites the same points."
     return command
 
 
-for _name in PIPELINES:
-    _command(_name)
+for _spec in CATALOG:
+    _command(_spec)
 
 
 @pipeline_group.command("run", context_settings=_PASS_THROUGH, epilog=_BEAM_HELP)

@@ -163,7 +163,7 @@ def build(
         prior=prior or (),
         export=incremental.aqi_export if incremental is not None else None,
     )
-    steps = {
+    steps = {  # one per pipeline of the catalog (pipelines.settings.CATALOG); a test checks both agree
         "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(registry, allowed_lateness_s=lateness),
         "aqi": lambda: (readings if plan.aqi_lookback else in_range) | "ThaiAQI" >> aqi,
         "health": lambda: (

@@ -23,8 +23,28 @@ SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 # A day: a gauge that lost its link for hours and then flushes its buffer is still counted.
 ALLOWED_LATENESS_S = 24 * 3600
 
-# The pipelines, in the order `run` applies them.
-PIPELINES: tuple[str, ...] = ("rollup", "aqi", "health", "anomalies")
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One pipeline: its command name and what it writes (its `smartcity pipeline NAME --help`)."""
+
+    name: str
+    help: str
+
+
+# The catalog: every pipeline, in the order `run` applies them. `pipelines/run.py` builds each by name, and a
+# test checks that it builds exactly these.
+CATALOG: tuple[PipelineSpec, ...] = (
+    PipelineSpec(
+        "rollup", "Write {kind}_1m and {kind}_1h rollups (mean/min/max/count, sum of amounts) at the levels read."
+    ),
+    PipelineSpec("aqi", "Write the hourly Thai AQI (aqi_1h) of every sensor and area."),
+    PipelineSpec("health", "Write sensor_health_1h: received vs expected, completeness, flatline, outliers, seq gaps."),
+    PipelineSpec(
+        "anomalies", "Write anomalies: spikes (robust z-score) and rapid rises towards a site's danger level."
+    ),
+)
+PIPELINES: tuple[str, ...] = tuple(spec.name for spec in CATALOG)
 
 # (variable, default, help) of each setting, for `smartcity config show` and smartcity.toml validation.
 CONFIG_KEYS = sample_keys(SAMPLE_PATH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
@@ -180,3 +181,23 @@ def test_the_aqi_hours_state_round_trips_and_a_damaged_file_means_reading_the_lo
     assert again.hours[T0].rows == (row,) and np.array_equal(again.hours[T0].means, means, equal_nan=True)
     path.write_bytes(b"not numpy")
     assert AqiHours.load(path) == AqiHours() and not AqiHours().covers(T0)
+
+
+def test_run_builds_every_pipeline_of_the_catalog_and_each_has_a_command(tmp_path: Path) -> None:
+    """The catalog is the one list: `run` builds exactly its pipelines and each has its command and help."""
+    import apache_beam as beam
+
+    from deploy.cli import app
+    from pipelines.run import build
+    from pipelines.settings import CATALOG
+    from sensors.registry import default_registry
+
+    with beam.Pipeline() as pipeline:
+        outputs = build(pipeline, Plan(PIPELINES, T0, T0 + HOUR, T0 + HOUR), PipelineSettings(home=tmp_path),
+                        default_registry())  # fmt: skip
+        assert tuple(outputs) == PIPELINES == tuple(spec.name for spec in CATALOG)
+    group = app.get_command(click.Context(app), "pipeline")
+    assert isinstance(group, click.Group)
+    for spec in CATALOG:
+        command = group.get_command(click.Context(group), spec.name)
+        assert command is not None and command.help is not None and command.help.startswith(spec.help)
