@@ -769,9 +769,12 @@ def operations_dashboard() -> GeneratedDashboard:
     ingest = raw_from(schema.INGEST_MEASUREMENT)
     where = f"{var_match('instance', 'instance')} AND $timeFilter"
 
-    def per_second(fields: Sequence[str], group: str = "") -> InfluxQLQuery:
-        # Counters are per report; the sum over a bucket divided by its length is a rate.
-        select = ", ".join(f"sum({quote(f)}) / ($__interval_ms / 1000) AS {quote(f)}" for f in fields)
+    def per_second(fields: Sequence[str], group: str = "", strip: str = "") -> InfluxQLQuery:
+        # Counters are per report; the sum over a bucket divided by its length is a rate. The series is
+        # named after the field without `strip` (rejected_invalid_json -> invalid_json).
+        select = ", ".join(
+            f"sum({quote(f)}) / ($__interval_ms / 1000) AS {quote(f.removeprefix(strip))}" for f in fields
+        )
         by = f", {quote(group)}" if group else ""
         return InfluxQLQuery(
             "A", f"SELECT {select} FROM {ingest} WHERE {where} GROUP BY time($__interval){by} fill(none)"
@@ -798,8 +801,7 @@ def operations_dashboard() -> GeneratedDashboard:
         8,
     )
     codes = [f"rejected_{code.value}" for code in RejectCode]
-    rejects = per_second(codes)
-    rejects.query = rejects.query.replace('AS "rejected_', 'AS "')
+    rejects = per_second(codes, strip="rejected_")
     layout.add(
         p.timeseries_panel(
             "Rejects by code",
