@@ -239,7 +239,7 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
     # AQI, only where some kind measures AQI pollutants (otherwise no dashboard has the panel).
     aqi_rules = []
     if any(b.pollutant_thresholds(m.name, m.unit) for kind in gen.kinds for m in kind.metrics):
-        dash_uid, panel = _dashboard_with_panel(dashboards, prefix, "AQI by district")
+        dash_uid, panel = _dashboard_with_panel(dashboards, prefix, b.AQI_DISTRICT_PANEL)
         band = BANDS[AQI_ALERT_BAND - 1]
         query = InfluxQLQuery(
             "A",

@@ -211,7 +211,7 @@ class ClusterDashboards:
         )
         layout.add(p.display_names(now, self.names), 24, 4)
         trend = p.timeseries_panel(
-            "AQI by district",
+            AQI_DISTRICT_PANEL,
             [self.aqi_queries('max("aqi") AS "aqi"', group_time=True)],
             unit="short",
             description="Hourly Thai AQI (highest sub-index of PM2.5, PM10, O3, CO, NO2, SO2) with the PCD bands.",
@@ -674,6 +674,7 @@ REJECT_RATIO_LIMIT = 0.05
 REJECT_RATIO_WINDOW_S = 900
 REJECT_RATIO_MIN_MESSAGES = 100
 REJECT_RATIO_PANEL = "Reject ratio by vendor"
+AQI_DISTRICT_PANEL = "AQI by district"  # alert rules link to it (dashboards/alerts.py)
 ANOMALIES_PANEL = "Anomalies by kind and type"
 ANOMALY_ROWS = 100
 SILENT_LOOKBACK = "6h"
