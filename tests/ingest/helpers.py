@@ -107,8 +107,8 @@ def ingest_env(stack: StackHandle, home: Path, **settings: Any) -> dict[str, str
     env.setdefault("SMARTCITY_INGEST_METRICS_INTERVAL_S", "1")
     env.setdefault("SMARTCITY_INGEST_RECONNECT_MAX_DELAY_S", "2")
     # The session-scoped broker would otherwise queue every later test's messages for each finished test's
-    # session for 14 days (it grew to 1.36 GB); 10 minutes covers any restart within a test.
-    env.setdefault("SMARTCITY_INGEST_SESSION_EXPIRY_S", "600")
+    # session for 14 days (it grew to 1.36 GB); 2 minutes covers any restart within a test.
+    env.setdefault("SMARTCITY_INGEST_SESSION_EXPIRY_S", "120")
     for key, value in settings.items():
         env[f"SMARTCITY_INGEST_{key.upper()}"] = str(value)
     return env

@@ -16,6 +16,7 @@ import ast
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from storage.settings import InfluxSettings
 from tests.ingest.helpers import IngestProcess, ingest_env, wait_until
 from tests.pipelines import reference
 from tests.pipelines.test_pipelines_it import expected_value, query_rows
-from tests.servers import StackHandle
+from tests.servers import StackHandle, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,17 @@ DB = "simulated_day"
 HOUR = 3_600_000
 # A quarter of the 610-sensor fleet; `simulate --sensors` spreads them over cities, districts and kinds.
 SENSORS = 160
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """A broker of its own: on the session's, every persistent session earlier tests left subscribed would
+    queue a copy of the day (230k messages), and each autosave would rewrite them all."""
+    handle = start_stack(tmp_path_factory.mktemp("day-stack"))
+    try:
+        yield handle
+    finally:
+        handle.down()
 
 
 @pytest.fixture(scope="module")
