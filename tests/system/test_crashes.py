@@ -335,14 +335,15 @@ def test_kill_9_of_the_follow_pipeline_at_random_points(
 
 
 def test_the_raw_writer_outlives_a_failed_offset_save(stack: StackHandle, tmp_path: Path) -> None:
-    """What a full disk does to the writer's offset file, made certain: a directory where its temp file goes.
-    The writer must retry, not stop writing until ingest is restarted."""
+    """What a full disk does to the writer's offset file, made certain: a directory where the file goes, once
+    the writer has read it. The writer must retry, not stop writing until ingest is restarted."""
     items = messages(2000, slot=40)
     home = tmp_path / "home"
-    blocker = home / "spool" / "sys-offset" / (OFFSET_FILE + ".tmp")
-    blocker.mkdir(parents=True)
+    blocker = home / "spool" / "sys-offset" / OFFSET_FILE
     with IngestProcess(ingest_env(stack, home, client_id="sys-offset"), tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
+        ingest.wait_log("writing stream sys-offset to InfluxDB")  # the writer has read its offset
+        blocker.mkdir()
         publisher = Publisher(stack)
         publisher.publish(items[:1000])
         ingest.wait_log("Is a directory")

@@ -284,11 +284,11 @@ def test_hostile_vendors_change_nothing_but_their_own_rejections(
     spy_vendor = victims[0].vendor
     others = [s for s in registry.sensors.values() if s.vendor != spy_vendor and s not in victims]
 
-    # Good readings of the last hours, and the hostile messages (unique times three days back).
+    # Good readings of the last hours, and the hostile messages (unique times 60 h back, inside the 72 h window).
     good_start = now - now % HOUR_MS - 2 * HOUR_MS
     plan = Plan(good_start, good_start + 40 * 60_000, seed)
     sent = [Sent(m.account, m.topic, m.payload, m.sensor_id) for m in Simulation(registry, victims, plan).messages()]
-    hostile_ms = now - 3 * 86_400_000
+    hostile_ms = now - 60 * HOUR_MS
     hostile = [(victims[i], body) for i, body in fuzzed(registry, victims, hostile_ms, FUZZ_EXAMPLES, seed)]
     hostile += [(s, body) for n, s in enumerate(victims[:5]) for body in abuse(s, hostile_ms + 100_000 + n)]
     hostile_sent = [Sent(s.vendor, s.topic, body, s.id) for s, body in hostile]
