@@ -7,6 +7,10 @@ metric, a chart per site for metrics with site thresholds (drawn as the site's w
 lines), and a collapsed row of per-sensor charts. A kind whose metrics are AQI pollutants also gets
 the AQI section (`aqi_1h`, PCD colours). Nothing here names a kind: a new kind in the registry gets
 its panels, in its own dashboard unless `GROUPS` lists it, with no code change.
+
+Size: about 1,000 lines, one class per dashboard family over a shared layout; the seam is one
+module per dashboard (air quality, flood/weather, mobility, health, operations), not yet cut because
+alerts.py links to panels built here and both would move together. Panels live in panels.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import collections
 import logging
 import re
 import shutil
-import struct
 import threading
 import time
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
+from ingest.fastpaho import FastClient
 from ingest.history import History
 from ingest.metrics import Metrics
 from ingest.rejectbudget import RejectBudget
@@ -110,161 +110,6 @@ def mosquitto_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.groups()) if match else None
 
 
-class _Client(mqtt.Client):
-    """paho's client with changes to its hot path (paho 2.x internals; see bench/ingest.py).
-
-    - Reads are buffered: paho reads each packet with three or more `recv()`
-      calls (type byte, length bytes, body) and handles one packet per
-      `select()`; here one `recv()` fetches up to `READ_BYTES` and `loop_read()`
-      handles every packet that arrived.
-    - A PUBLISH at QoS 0 or 1 without properties (what a QoS 1 subscription
-      gets from Mosquitto) is decoded here and handed straight to `on_message`,
-      skipping paho's generic property parser and callback-filter matching
-      (together half of paho's time per message); anything else goes to paho.
-      Such packets that lie whole in the read buffer are also cut from it here,
-      without paho's byte-by-byte packet reader and its state per packet (the
-      largest cost left in paho's loop); a packet split across reads, or any
-      other packet, still goes through paho's reader.
-    - `ack_many()` queues the PUBACKs of a whole group commit as one write
-      instead of one queued packet (and one wake-up of the loop) per message.
-    """
-
-    READ_BYTES = 65_536
-    # recv() calls per loop_read(), so outgoing acknowledgements are not starved under load.
-    READS_PER_LOOP = 16
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = b""
-        self._rpos = 0
-        self._reads_left = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rpos >= len(self._rbuf):
-            if self._reads_left <= 0:
-                raise BlockingIOError  # paho keeps the partial packet and resumes after select()
-            self._reads_left -= 1
-            self._rbuf = super()._sock_recv(self.READ_BYTES)
-            self._rpos = 0
-            if not self._rbuf:
-                return b""  # connection closed
-        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
-        self._rpos += len(chunk)
-        return chunk
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        if self._sock is None:
-            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-        self._reads_left = self.READS_PER_LOOP
-        while True:
-            if self._in_packet["command"] == 0 and self._rpos < len(self._rbuf):
-                self._read_buffered_publishes()
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                if self._rpos < len(self._rbuf):
-                    continue  # paho pauses within a large packet; select() cannot see our buffer
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-            if self._sock is None:
-                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-
-    def _read_buffered_publishes(self) -> None:
-        """Deliver the PUBLISH packets that lie whole at the read position; stop at anything else."""
-        buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
-        delivered = False
-        while pos < end:
-            header = buf[pos]
-            if header & 0xF0 != mqtt.PUBLISH:
-                break
-            # Remaining length: 1-4 bytes, 7 bits each, least significant first.
-            length, shift, at = 0, 0, pos + 1
-            while at < end and shift <= 21:
-                byte = buf[at]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                at += 1
-                if byte < 0x80:
-                    break
-            else:
-                break  # the length continues in the next read (or is malformed: paho decides)
-            if at + length > end or not self._deliver(header, buf[at : at + length]):
-                break
-            pos = at + length
-            self._rpos = pos
-            delivered = True
-        if delivered:
-            with self._msgtime_mutex:
-                self._last_bytes_received = time.monotonic()
-
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
-        if not self._deliver(self._in_packet["command"], self._in_packet["packet"]):
-            return super()._handle_publish()  # QoS 2, MQTT 3, properties or a malformed packet
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _deliver(self, header: int, packet: bytes | bytearray) -> bool:
-        """Hand a PUBLISH (fixed header byte, rest of the packet) at QoS 0 or 1 without properties to
-        `on_message`; False, untouched, for any other (paho handles it)."""
-        qos = (header & 0x06) >> 1
-        if len(packet) < 3:
-            return False
-        end = 2 + int.from_bytes(packet[0:2], "big")
-        if qos:
-            end += 2
-        if qos == 2 or self._protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
-            return False
-        message = _Message(
-            int.from_bytes(packet[end - 2 : end], "big") if qos else 0,
-            bytes(packet[2 : end - 2 if qos else end]),
-            bytes(packet[end + 1 :]),
-            qos,
-            bool(header & 0x08),
-            bool(header & 0x01),
-        )
-        on_message = self.on_message
-        if on_message is not None:
-            with self._in_callback_mutex:
-                on_message(self, self._userdata, message)
-        return True
-
-    def _update_inflight(self) -> mqtt.MQTTErrorCode:
-        # paho calls this on every PUBACK of a reject notice and scans every outgoing message for a
-        # queued one: when all of them are in flight, there is none to send.
-        if len(self._out_messages) <= self._inflight_messages:
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._update_inflight()
-
-    def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._rbuf, self._rpos = b"", 0  # bytes of the old connection
-        return super().reconnect()
-
-    def ack_many(self, mids: list[int]) -> None:
-        """PUBACK (success) for each QoS 1 message id, in order, as one write."""
-        if mids:
-            packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
-            self._packet_queue(mqtt.PUBACK, packet, 0, 0)
-
-
-class _Message(mqtt.MQTTMessage):
-    """A received PUBLISH, without what paho's constructor adds for outgoing messages: an
-    `MQTTMessageInfo` with a Condition of its own per message (`info`, `state` and `timestamp` are
-    not set; the consumer reads none of them)."""
-
-    __slots__ = ()
-
-    def __init__(self, mid: int, topic: bytes, payload: bytes, qos: int, dup: bool, retain: bool) -> None:
-        self.mid = mid
-        self._topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.dup = dup
-        self.retain = retain
-        self.properties = None
-
-
-_PUBACK = struct.Struct("!BBH")
-
-
 class Consumer:
     """Consumes the configured topics into a spool stream. `start()`, then `stop()` (drains and acks)."""
 
@@ -319,9 +164,9 @@ class Consumer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> FastClient:
         s = self.settings
-        client = _Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        client = FastClient(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if s.mqtt.username is not None:
             client.username_pw_set(s.mqtt.username, s.mqtt.password)
         s.mqtt.address.apply_tls(client)

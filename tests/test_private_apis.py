@@ -1,6 +1,6 @@
 """The private names of paho-mqtt and Apache Beam that smartcity relies on, checked on the pinned versions.
 
-ingest/consumer.py (`_Client`) overrides paho's packet read and PUBLISH handling for speed, and
+ingest/fastpaho.py (`FastClient`) overrides paho's packet read and PUBLISH handling for speed, and
 pipelines/options.py builds Beam's options with Beam's own argument parser. Neither is public API,
 so pyproject.toml pins both exactly; when an upgrade moves one of these names this test says which.
 """

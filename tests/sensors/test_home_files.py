@@ -39,3 +39,15 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_truncated_checkpoint_is_named_not_read_as_empty(tmp_path: Path) -> None:
+    """Cut by a full disk or a copy: ingest must not read it as 'nothing processed' (and then keep or delete
+    the wrong segments), and the pipelines must not start over silently; both get an error naming the file."""
+    from sensors.checkpoint import Checkpoint, CheckpointError
+
+    path = tmp_path / "checkpoint.json"
+    Checkpoint(streams={"ingest-1": 42}, watermark_ms=1, hours_done_ms=1).save(path)
+    path.write_bytes(path.read_bytes()[:15])
+    with pytest.raises(CheckpointError, match=str(path)):
+        Checkpoint.load(path)
