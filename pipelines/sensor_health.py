@@ -22,12 +22,15 @@ Fields per sensor-hour (tags: the raw measurement's sensor tags):
   before ingest (a gateway, the broker) or rejected. A gap that spans the
   start of the hour is not seen here (the audit, `smartcity audit
   --production`, sees it); sensors that send no `seq` report 0.
-Sensors of the registry without readings get received 0; sensors with readings
-that the registry no longer lists are reported under the tags they came with.
+Sensors of the registry without readings get received 0, in hours that have
+ended: a sensor is not silent in the hour still under way, and a bounded run
+over the current hour writes the same rows as a follow cycle would. Sensors with
+readings that the registry no longer lists are reported under the tags they came with.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
@@ -46,10 +49,17 @@ from storage.schema import HEALTH_MEASUREMENT, SENSOR_TAGS
 
 
 class SensorHealth(beam.PTransform):
-    """`sensor_health_1h` for every registry sensor; `hours=(start_ms, end_ms)` makes each of those hours report."""
+    """`sensor_health_1h` for every registry sensor; `hours=(start_ms, end_ms)` makes each of those hours report.
+
+    Silent sensors (received 0) are named in the hours that ended by `now_ms` (default: when built).
+    """
 
     def __init__(
-        self, registry: Registry, hours: tuple[int, int] | None = None, allowed_lateness_s: int = ALLOWED_LATENESS_S
+        self,
+        registry: Registry,
+        hours: tuple[int, int] | None = None,
+        allowed_lateness_s: int = ALLOWED_LATENESS_S,
+        now_ms: int | None = None,
     ) -> None:
         super().__init__()
         self.metrics = metrics_by_kind(registry)
@@ -60,6 +70,7 @@ class SensorHealth(beam.PTransform):
             self.sensors[s.kind] = (*self.sensors.get(s.kind, ()), series)
         self.hours = hours
         self.allowed_lateness_s = allowed_lateness_s
+        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         parts = batches | "SplitIntoHours" >> beam.FlatMap(stamped_windows, 3600)
@@ -82,7 +93,7 @@ class SensorHealth(beam.PTransform):
                 allowed_lateness=self.allowed_lateness_s,
             )
             | "GroupByHour" >> beam.GroupByKey()
-            | "AssessHour" >> beam.ParDo(AssessHour(self.expected, self.sensors))
+            | "AssessHour" >> beam.ParDo(AssessHour(self.expected, self.sensors, self.now_ms))
         )
 
 
@@ -94,16 +105,20 @@ def _marker(kind_hour: tuple[str, int], metrics: Mapping[str, tuple[str, ...]]) 
 class AssessHour(beam.DoFn):
     """(kind, parts of one hour) -> the hour's health point of every sensor of that kind."""
 
-    def __init__(self, expected: Mapping[str, int], sensors: Mapping[str, tuple[Series, ...]]) -> None:
+    def __init__(self, expected: Mapping[str, int], sensors: Mapping[str, tuple[Series, ...]], now_ms: int) -> None:
         self.expected = dict(expected)
         self.sensors = dict(sensors)
+        self.now_ms = now_ms
 
     def process(
         self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
     ) -> Iterator[PointBatch]:
         kind, parts = element
         batch = ReadingBatch.concat(parts).deduplicated()
-        counts: dict[Series, tuple[int, int, int, int]] = dict.fromkeys(self.sensors.get(kind, ()), (0, 0, 0, 0))
+        hour = window_start_ms(win)
+        ended = hour + HOUR_MS <= self.now_ms
+        silent = self.sensors.get(kind, ()) if ended else ()
+        counts: dict[Series, tuple[int, int, int, int]] = dict.fromkeys(silent, (0, 0, 0, 0))
         if len(batch):
             groups = len(batch.series)
             received = np.bincount(batch.sensor, minlength=groups)
@@ -114,7 +129,7 @@ class AssessHour(beam.DoFn):
             for i in np.flatnonzero(received).tolist():
                 counts[batch.series[i]] = (int(received[i]), int(flatline[i]), int(outliers[i]), int(gaps[i]))
         if counts:
-            yield self._points(kind, counts, window_start_ms(win))
+            yield self._points(kind, counts, hour)
 
     def _points(self, kind: str, counts: Mapping[Series, tuple[int, int, int, int]], hour: int) -> PointBatch:
         rows = sorted(counts)

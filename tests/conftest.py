@@ -24,6 +24,7 @@ def _broker_passes_through_tmp_path(request: pytest.FixtureRequest) -> None:
     if "tmp_path" in request.fixturenames:
         let_broker_through(request.getfixturevalue("tmp_path"))
 
+
 # tests.timeout_guard: no test can pass after its own timeout; pytester runs the guard's own test.
 pytest_plugins = ["tests.timeout_guard", "pytester"]
 

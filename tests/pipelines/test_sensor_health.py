@@ -68,6 +68,25 @@ def test_every_registry_sensor_gets_every_hour(registry: Registry) -> None:
         )
 
 
+def test_no_sensor_is_silent_in_the_hour_still_under_way(registry: Registry) -> None:
+    """At T0 + 1.5 h the second hour has not ended: only sensors that reported have a row in it yet
+    (the rows a follow cycle writes, so a bounded run up to now agrees with it)."""
+    from pipelines.sensor_health import SensorHealth
+
+    under_way = [reading(registry.sensors["pkt-wl-001"], T0 + HOUR + MINUTE, {"level": 1.0})]
+    readings = sample(registry) + under_way
+    with batch_pipeline() as p:
+        rows = to_rows(
+            p
+            | beam.Create(batches_of(readings, registry))
+            | SensorHealth(registry, (T0, T0 + 2 * HOUR), now_ms=T0 + HOUR + HOUR // 2)
+        )
+        per_hour = rows | beam.Map(lambda r: (r[2], dict(r[1])["sensor_id"])) | beam.Filter(lambda r: r[0] > T0)
+        assert_that(per_hour, equal_to([(T0 + HOUR, "pkt-wl-001")]), label="OnlyTheReportingSensor")
+        ended = rows | beam.Filter(lambda r: r[2] == T0) | beam.Map(lambda r: r[2]) | beam.combiners.Count.PerElement()
+        assert_that(ended, equal_to([(T0, len(registry.sensors))]), label="EverySensorInTheEndedHour")
+
+
 def numbered(registry: Registry) -> list[Reading]:
     """Readings with `seq`: lost numbers, a restart, a reading without seq, redelivery and disorder."""
     steady, chatty = registry.sensors["pkt-wl-001"], registry.sensors["pkt-wl-003"]
