@@ -52,6 +52,15 @@ logger = logging.getLogger(__name__)
 BISECT_STATUSES = frozenset({400, 413, 422})
 # Answers worth retrying besides 5xx.
 RETRY_STATUSES = frozenset({408, 429})
+# Server errors whose cure is the operator's, not a retry's: logged once per outage beside the retries.
+# 1.6.7 answers 500 on a full WAL disk and keeps failing after room is made (its WAL writer keeps the
+# error) until it restarts; the points it answered 500 for show in queries until then, and are gone after.
+OPERATOR_HINTS = {
+    "no space left on device": (
+        "InfluxDB's disk is full: free space on its host, then restart InfluxDB (1.x goes on failing "
+        "writes after room is made, until it restarts); the points are retried meanwhile"
+    ),
+}
 _V1_PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
 # InfluxDB 1.x ends a partial-write error with the number of points it did not store.
 _DROPPED = re.compile(r"dropped=([0-9]+)")
@@ -344,6 +353,7 @@ class Writer:
         self._lock = threading.RLock()
         self._abort = threading.Event()
         self._random = random.Random()
+        self._hinted: set[str] = set()  # OPERATOR_HINTS logged since the last acknowledged write
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -553,6 +563,12 @@ class Writer:
         except Exception:
             logger.exception("the on_dead_letter callback raised; the refused point is only in this log")
 
+    def _hint(self, message: str) -> None:
+        for cause, hint in OPERATOR_HINTS.items():
+            if cause in message and cause not in self._hinted:
+                self._hinted.add(cause)
+                logger.error("%s (%s)", hint, self.describe())
+
     def _post_retrying(self, body: bytes, precision: Precision, points: int) -> Response:
         """Post until acknowledged or refused for bisection; raise `StorageWriteError` otherwise."""
         s = self.settings
@@ -569,12 +585,14 @@ class Writer:
                 response = None
             if response is not None:
                 if response.status < 300:
+                    self._hinted.clear()
                     self.stats.record_batch(points, len(body), time.monotonic() - started)
                     logger.debug("wrote %s points (%s bytes) to %s", points, len(body), self.describe())
                     return response
                 if response.status in BISECT_STATUSES:
                     return response
                 problem = f"HTTP {response.status}: {response.message}"
+                self._hint(response.message)
                 if response.status < 500 and response.status not in RETRY_STATUSES:
                     self.stats.record_failure()
                     raise StorageWriteError(f"InfluxDB refused a write to {self.describe()}: {problem}", points)

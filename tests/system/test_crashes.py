@@ -368,6 +368,50 @@ def fill(path: Path, leave_bytes: int = 0) -> None:
         os.close(fd)
 
 
+def test_influxdb_disk_full_under_load(
+    private_stack: StackHandle, tmp_path: Path, seed: int, reliability: Report
+) -> None:
+    """InfluxDB's WAL disk fills: its writes fail with HTTP 500 and, once room is made, keep failing until
+    InfluxDB restarts (1.6.7 keeps its WAL writer's error; the points it answered 500 for show in queries
+    until then and are gone after). Ingest goes on acknowledging into its spool, its log names the cause and
+    the cure, and after the restart every acknowledged reading is stored."""
+    started = time.monotonic()
+    influx = private_stack.influxdb
+    wal, kept = influx.data_dir / "wal", tmp_path / "wal-before"
+    influx.stop()
+    if wal.exists():  # InfluxDB makes it with the first write
+        shutil.move(wal, kept)
+    with tmpfs(wal, DISK_MIB * 4) as mounted:
+        if not mounted:
+            pytest.skip("mounting a tmpfs for InfluxDB's WAL needs root")
+        if kept.exists():
+            shutil.copytree(kept, wal, dirs_exist_ok=True)
+        influx.start(detach=True)
+        log = tmp_path / "ingest.log"
+
+        def fill_the_wal_disk(load: Load, faults: Faults, rng: random.Random, writes: WriteCounter) -> None:
+            time.sleep(rng.uniform(0.5, 3.0))
+            fault = faults.begin()
+            fill(wal / "other.log")
+            until(lambda: "InfluxDB's disk is full" in log.read_text(errors="replace"), 30, "the disk-full hint")
+            time.sleep(rng.uniform(1.0, 3.0))
+            (wal / "other.log").unlink()  # an operator makes room, then (as the hint says) restarts InfluxDB
+            time.sleep(rng.uniform(1.0, 3.0))
+            writes.restarting()
+            influx.stop()
+            influx.start(detach=True)
+            end_fault(fault, load, private_stack)
+
+        load, faults, writes, lost, text = server_faults(private_stack, tmp_path, seed, fill_the_wal_disk)
+        duplicates = writes.duplicates()
+        influx.stop()  # before its WAL's tmpfs goes
+    assert "no space left on device" in text  # InfluxDB's own words are in the log too
+    reliability.add(
+        Row("InfluxDB's disk full (WAL on a 32 MiB tmpfs), then restarted", 1, load.published, faults.in_flight,
+            lost, duplicates, faults.recovery, seconds=time.monotonic() - started)
+    )  # fmt: skip
+
+
 def test_spool_disk_full_pauses_ingest_and_loses_nothing(
     private_stack: StackHandle, tmp_path: Path, seed: int, reliability: Report
 ) -> None:
