@@ -478,7 +478,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         with console.status("rollups: Beam, then InfluxQL INTO"):
             wait_idle(bench)
             roll = rollups(bench, registry, rollup_source, stream)
-        console.print(f"rollups: Beam {roll.beam_s:.1f} s, InfluxQL {roll.cq_sensor_1m_s:.1f} s (sensor 1 m), "
+        console.print(f"rollups: Beam {roll.beam_s:.1f} s, InfluxQL {roll.cq_district_1m_s:.1f} s (district 1 m), "
                       f"{roll.cq_all_s:.1f} s (all); {roll.equal:,} equal, {roll.differ:,} differ")  # fmt: skip
         lives = []
         for consumer in (

@@ -129,16 +129,16 @@ def report(
         "",
         "| method | writes | wall s |",
         "|---|---|---:|",
-        f"| `smartcity pipeline rollup` (Beam, from the spool; process start included) | 1 m and 1 h, 4 levels "
+        f"| `smartcity pipeline rollup` (Beam, from the spool; process start included) | what the pipelines write "
         f"| {roll.beam_s:.1f} |",
-        f"| InfluxQL `SELECT mean, min, max, count INTO ... GROUP BY time(1m), *` | 1 m, sensor level | "
-        f"{roll.cq_sensor_1m_s:.1f} |",
-        f"| the same for every window and level ({roll.statements} statements) | 1 m and 1 h, 4 levels "
+        f"| InfluxQL `SELECT mean, min, max, count INTO ... GROUP BY time(1m), <district tags>` | 1 m, district "
+        f"level | {roll.cq_district_1m_s:.1f} |",
+        f"| the same for every window and level the pipelines write ({roll.statements} statements) | the same "
         f"| {roll.cq_all_s:.1f} |",
         "",
-        f"Sensor-level 1 m points: Beam {roll.beam_points:,}, InfluxQL {roll.cq_points:,}; "
-        f"of the {compared:,} in both, "
-        f"{roll.equal:,} are equal (every mean, min, max and count within 1e-9 relative) and {roll.differ:,} differ"
+        f"District-level 1 m points (the finest the pipelines write; below it readers take raw points): "
+        f"Beam {roll.beam_points:,}, InfluxQL {roll.cq_points:,}; of the {compared:,} in both, "
+        f"{roll.equal:,} are equal (every statistic within 1e-9 relative) and {roll.differ:,} differ"
         + (f" (e.g. {roll.example})" if roll.example else "")
         + f". Beam's own summary: `{roll.beam_summary}`.",
     ]

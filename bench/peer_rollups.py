@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING, Any
 from bench.ingest import Bench
 from bench.peer_consumers import ROOT, BenchError, Ingest, Key, Points
 from sensors.registry import Registry
-from sensors.simulator import (
-    HOUR_MS,
-)
+from sensors.simulator import HOUR_MS
 from storage.query import ident, quote_ident
-from storage.schema import LEVELS, SENSOR_TAGS, STATS, WINDOWS, rollup_field
+from storage.schema import SENSOR_TAGS, WINDOWS, rollup_field, rollup_levels, rollup_stats
 from storage.settings import InfluxSettings
 
 if TYPE_CHECKING:
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
 class Rollups:
     beam_s: float
     beam_summary: str
-    cq_sensor_1m_s: float
+    cq_district_1m_s: float
     cq_all_s: float
     statements: int
     beam_points: int = 0
@@ -41,13 +39,17 @@ class Rollups:
     example: str = ""
 
 
+# The finest rollup the pipelines write: below it, readers take the raw points (`storage.schema.rollup_levels`).
+COMPARED = ("1m", "district")
+
+
 def cq_statement(registry: Registry, kind: str, window: str, level: str, start_ms: int, end_ms: int) -> str:
     """What a continuous query runs: `SELECT mean(m) AS m_mean, ... INTO ... GROUP BY time(window), <level's tags>`."""
     settings = InfluxSettings()
     stats = ", ".join(
         f"{stat}({quote_ident(m.name)}) AS {quote_ident(rollup_field(m.name, stat))}"
         for m in registry.kinds[kind].metrics
-        for stat in STATS  # InfluxQL's functions have the statistics' names
+        for stat in rollup_stats(m.aggregate)  # those the pipelines store; InfluxQL's functions have their names
     )
     # `*` keeps every sensor tag; an area level groups by the tags up to its own (super_cluster, city, district).
     tags = "*" if level == "sensor" else ", ".join(map(quote_ident, SENSOR_TAGS[: SENSOR_TAGS.index(level) + 1]))
@@ -75,42 +77,44 @@ def rollups(bench: Bench, registry: Registry, ingest: Ingest, stream: Stream) ->
     if done.returncode:
         raise BenchError(f"smartcity pipeline rollup exited with {done.returncode}: {done.stderr.strip()[-300:]}")
     points = Points(bench, registry, ingest.db)
-    sensor_1m = [cq_statement(registry, k, "1m", "sensor", start, end) for k in registry.kinds]
-    others = [
-        cq_statement(registry, k, w, lv, start, end)
-        for k in registry.kinds
-        for w in WINDOWS
-        for lv in LEVELS
-        if (w, lv) != ("1m", "sensor")
-    ]
+    # Like for like: InfluxQL writes the windows, levels and statistics the pipelines write, and nothing else.
+    levels: dict[str, dict[str, tuple[str, ...]]] = {
+        k.id: {w: rollup_levels(w, k.interval_s) for w in WINDOWS} for k in registry.kinds.values()
+    }
+    written = [(k, w, lv) for k in registry.kinds for w in WINDOWS for lv in levels[k][w]]
+    compared = [cq_statement(registry, k, w, lv, start, end) for k, w, lv in written if (w, lv) == COMPARED]
+    others = [cq_statement(registry, k, w, lv, start, end) for k, w, lv in written if (w, lv) != COMPARED]
     began = time.perf_counter()
-    points.client.execute(";\n".join(sensor_1m))
-    cq_sensor_1m_s = time.perf_counter() - began
+    points.client.execute(";\n".join(compared))
+    cq_compared_s = time.perf_counter() - began
     began = time.perf_counter()
     points.client.execute(";\n".join(others))
-    result = Rollups(beam_s, done.stdout.strip(), cq_sensor_1m_s, cq_sensor_1m_s + time.perf_counter() - began,
-                     len(sensor_1m) + len(others))  # fmt: skip
+    result = Rollups(beam_s, done.stdout.strip(), cq_compared_s, cq_compared_s + time.perf_counter() - began,
+                     len(written))  # fmt: skip
+    window, level = COMPARED
     for kind in registry.kinds.values():
-        fields = [rollup_field(m.name, stat) for m in kind.metrics for stat in STATS]
-        where = "WHERE {tag} = {sensor}"
-        beam = sensor_rows(points, f"{kind.id}_1m", "area", fields, where, tag=ident("level"), sensor="sensor")
-        influx = sensor_rows(points, cq_measurement(kind.id, "1m", "sensor"), "sensor_id", fields)
-        result.beam_points += len(beam)
-        result.cq_points += len(influx)
-        for key in beam.keys() & influx.keys():
-            if all(same(a, b) for a, b in zip(beam[key], influx[key], strict=True)):
+        if level not in levels[kind.id][window]:
+            continue
+        fields = [rollup_field(m.name, stat) for m in kind.metrics for stat in rollup_stats(m.aggregate)]
+        where = "WHERE {tag} = {level}"
+        ours = rows_by(points, f"{kind.id}_{window}", "area", fields, where, tag=ident("level"), level=level)
+        theirs = rows_by(points, cq_measurement(kind.id, window, level), level, fields)
+        result.beam_points += len(ours)
+        result.cq_points += len(theirs)
+        for key in ours.keys() & theirs.keys():
+            if all(same(a, b) for a, b in zip(ours[key], theirs[key], strict=True)):
                 result.equal += 1
             else:
                 result.differ += 1
-                result.example = result.example or f"{kind.id} {key}: Beam {beam[key]} vs InfluxQL {influx[key]}"
+                result.example = result.example or f"{kind.id} {key}: Beam {ours[key]} vs InfluxQL {theirs[key]}"
     points.close()
     return result
 
 
-def sensor_rows(
+def rows_by(
     points: Points, measurement: str, key_tag: str, fields: list[str], where: str = "", **params: object
 ) -> dict[Key, tuple[Any, ...]]:
-    """{(sensor id, window start ms): field values} of a rollup measurement."""
+    """{(value of `key_tag`, window start ms): field values} of a rollup measurement."""
     columns = ", ".join(f"{{f{i}}}" for i in range(len(fields)))
     statement = f"SELECT {columns}, {{key}} FROM {{m}} {where}"
     params |= {f"f{i}": ident(f) for i, f in enumerate(fields)}
