@@ -30,14 +30,13 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
-from ingest.fastpaho import FastClient
+from ingest.fastpaho import IngestClient, make_client
 from ingest.history import History
 from ingest.metrics import Metrics
 from ingest.rejectbudget import RejectBudget
@@ -127,8 +126,10 @@ class Consumer:
         self.spool = spool
         self.metrics = metrics
         # (sensor_id, ts) -> values of the acceptance window, to refuse a rewrite (`conflict`)
-        self.history = history if history is not None else History(
-            contract.max_age_ms, max_bytes=int(settings.history_max_mib * 2**20)
+        self.history = (
+            history
+            if history is not None
+            else History(contract.max_age_ms, max_bytes=int(settings.history_max_mib * 2**20))
         )
         self.reject_budget = reject_budget or RejectBudget(
             settings.reject_store_per_s,
@@ -164,9 +165,9 @@ class Consumer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def _make_client(self) -> FastClient:
+    def _make_client(self) -> IngestClient:
         s = self.settings
-        client = FastClient(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        client = make_client(s.fast_client, s.client_id)
         if s.mqtt.username is not None:
             client.username_pw_set(s.mqtt.username, s.mqtt.password)
         s.mqtt.address.apply_tls(client)

@@ -1,20 +1,84 @@
-"""paho's MQTT client with a faster receive path for ingest.
+"""The paho MQTT clients of ingest: paho's own, and one with a faster receive path.
 
-It overrides paho 2.x internals (`_sock_recv`, `_packet_read`, `_handle_publish`, `_packet_queue`), so it
-lives apart from the consumer's logic: paho-mqtt is pinned exactly in pyproject.toml and
-`tests/test_private_apis.py` names every private name used here, failing first when an upgrade moves one.
+`FastClient` overrides paho 2.x internals (`_sock_recv`, `_packet_read`, `_handle_publish`,
+`_packet_queue`, ...), so it lives apart from the consumer's logic. paho-mqtt is pinned exactly in
+pyproject.toml, `tests/test_private_apis.py` fails first when an upgrade moves one of these names,
+and `make_client` checks them before use: on a paho without them (or with `[ingest] fast_client =
+false`) ingest runs on paho's own client, slower, with a warning instead of a crash.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import struct
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+logger = logging.getLogger(__name__)
+
+# The paho internals FastClient relies on: methods with their parameters after self ...
+PAHO_METHODS = {
+    "_sock_recv": ["bufsize"],
+    "_packet_read": [],
+    "_loop_rc_handle": ["rc"],
+    "_handle_publish": [],
+    "_packet_queue": ["command", "packet", "mid", "qos", "info"],
+    "_update_inflight": [],
+}
+# ... and attributes set in paho's __init__.
+PAHO_ATTRIBUTES = ("_in_packet", "_protocol", "_userdata", "_in_callback_mutex", "_sock", "_msgtime_mutex",
+                   "_last_bytes_received", "_out_messages", "_inflight_messages")  # fmt: skip
 
 
-class FastClient(mqtt.Client):
+@functools.cache
+def missing_internals() -> tuple[str, ...]:
+    """The names of `PAHO_METHODS` and `PAHO_ATTRIBUTES` this paho lacks (none on the pinned version)."""
+    missing = [
+        name
+        for name, parameters in PAHO_METHODS.items()
+        if not callable(method := getattr(mqtt.Client, name, None))
+        or list(inspect.signature(method).parameters)[1:] != parameters
+    ]
+    probe = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    missing += [name for name in PAHO_ATTRIBUTES if not hasattr(probe, name)]
+    packet = getattr(probe, "_in_packet", None)
+    if "_in_packet" not in missing and not (isinstance(packet, dict) and {"command", "packet"} <= set(packet)):
+        missing.append("_in_packet")
+    return tuple(missing)
+
+
+def make_client(fast: bool, client_id: str) -> IngestClient:
+    """The MQTT 5 client for a consumer with manual acknowledgements: `FastClient` when `fast` and this
+    paho has every internal it needs, else paho's own client (with a warning when `fast` was asked)."""
+    if fast and (missing := missing_internals()):
+        logger.warning(
+            "paho-mqtt %s lacks %s, which ingest's fast client needs; using paho's own client "
+            "(about a third of the throughput); install the paho-mqtt version pyproject.toml pins",
+            getattr(mqtt, "__version__", "?"),
+            ", ".join(missing),
+        )
+        fast = False
+    elif not fast:
+        logger.info("receiving with paho's own client (fast_client = false)")
+    kind = FastClient if fast else IngestClient
+    return kind(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+
+
+class IngestClient(mqtt.Client):
+    """paho's own client, with the one thing the consumer adds: acknowledging a group commit."""
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK (success) for each QoS 1 message id, in order."""
+        for mid in mids:
+            self.ack(mid, 1)
+
+
+class FastClient(IngestClient):
     """paho's client with changes to its hot path (paho 2.x internals; see bench/ingest.py).
 
     - Reads are buffered: paho reads each packet with three or more `recv()`
@@ -167,5 +231,3 @@ class _Message(mqtt.MQTTMessage):
 
 
 _PUBACK = struct.Struct("!BBH")
-
-

@@ -121,6 +121,7 @@ class IngestSettings:
     session_expiry_s: int = 14 * 24 * 3600
     receive_maximum: int = 5000
     keepalive_s: int = 30
+    fast_client: bool = True
     reconnect_min_delay_s: int = 1
     reconnect_max_delay_s: int = 30
     spool_dir: Path | None = None

@@ -7,32 +7,34 @@ so pyproject.toml pins both exactly; when an upgrade moves one of these names th
 
 from __future__ import annotations
 
-import inspect
-
 import paho.mqtt.client as mqtt
+import pytest
 from apache_beam.options import pipeline_options
 
-# (name, its parameters after self) on paho.mqtt.client.Client; None: an attribute set in __init__.
-PAHO_METHODS = {
-    "_sock_recv": ["bufsize"],
-    "_packet_read": [],
-    "_loop_rc_handle": ["rc"],
-    "_handle_publish": [],
-    "_packet_queue": ["command", "packet", "mid", "qos", "info"],
-}
-PAHO_ATTRIBUTES = ("_in_packet", "_protocol", "_userdata", "_in_callback_mutex", "_sock")
+from ingest import fastpaho
 
 
-def test_paho_internals_the_fast_client_overrides() -> None:
-    for name, parameters in PAHO_METHODS.items():
-        method = getattr(mqtt.Client, name, None)
-        assert callable(method), f"paho's Client has no {name} any more"
-        assert list(inspect.signature(method).parameters)[1:] == parameters, name
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    for name in PAHO_ATTRIBUTES:
-        assert hasattr(client, name), f"paho's Client has no {name} any more"
-    assert isinstance(client._in_packet, dict) and {"command", "packet"} <= set(client._in_packet)
+def test_paho_has_every_internal_the_fast_client_overrides() -> None:
+    """The list `make_client` checks (ingest.fastpaho.PAHO_METHODS, PAHO_ATTRIBUTES) on the pinned paho."""
+    assert fastpaho.missing_internals() == ()
     assert mqtt.MQTTMessage()._topic == b""  # the consumer reads the raw topic bytes
+
+
+def test_without_them_ingest_falls_back_to_pahos_own_client(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on a paho whose `_sock_recv` took other parameters: a warning naming it, and paho's own client."""
+    with monkeypatch.context() as patched:
+        patched.setattr(mqtt.Client, "_sock_recv", lambda self, size, flags: b"")
+        fastpaho.missing_internals.cache_clear()
+        try:
+            client = fastpaho.make_client(True, "probe")
+        finally:
+            fastpaho.missing_internals.cache_clear()
+    assert type(client) is fastpaho.IngestClient
+    assert "lacks _sock_recv" in caplog.text
+    assert type(fastpaho.make_client(True, "probe")) is fastpaho.FastClient  # the real paho again
+    assert type(fastpaho.make_client(False, "probe")) is fastpaho.IngestClient
 
 
 def test_beam_argument_parser() -> None:

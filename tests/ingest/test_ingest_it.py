@@ -60,23 +60,29 @@ def spool_readings(stream: Path) -> list[Reading]:
     ]
 
 
-def test_published_readings_land_in_influxdb_exactly_with_self_metrics(stack: StackHandle, tmp_path: Path) -> None:
-    items = messages(3000, slot=1)
-    env = ingest_env(stack, tmp_path / "home", client_id="it-happy")
+@pytest.mark.parametrize(("fast_client", "slot"), [(True, 1), (False, 60)], ids=["fast-client", "paho-client"])
+def test_published_readings_land_in_influxdb_exactly_with_self_metrics(
+    stack: StackHandle, tmp_path: Path, fast_client: bool, slot: int
+) -> None:
+    """On both receive paths: ingest's fast paho client and paho's own (ingest/fastpaho.py)."""
+    items = messages(3000, slot=slot)
+    client_id = "it-happy" if fast_client else "it-happy-paho"
+    env = ingest_env(stack, tmp_path / "home", client_id=client_id, fast_client=str(fast_client).lower())
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
+        assert ("paho's own client" in ingest.log.read_text()) is not fast_client
         publisher = Publisher(stack)
         publisher.publish(items)
         publisher.close()
         wait_for_points(stack, items, timeout_s=30)
         assert ingest.terminate() == 0
-    stream = tmp_path / "home" / "spool" / "it-happy"
+    stream = tmp_path / "home" / "spool" / client_id
     assert not list(stream.glob("*.open")), "a clean stop closes the open segments"
     assert sorted((r.sensor_id, r.ts) for r in spool_readings(stream)) == sorted((m.sensor_id, m.ts) for m in items)
     totals = influx_query(
         stack,
         'SELECT sum(received), sum(accepted), sum(rejected), sum(write_points) FROM "raw"."ingest" '
-        "WHERE instance = 'it-happy'",
+        f"WHERE instance = '{client_id}'",
     )
     assert totals["results"][0]["series"][0]["values"][0][1:] == [3000, 3000, 0, 3000]
 
