@@ -22,7 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dashboards import build as b
+from dashboards import frame
+from dashboards.boards.air import AQI_DISTRICT_PANEL, pollutant_thresholds
+from dashboards.boards.health import SILENT_INTERVALS, silence_query, silent_panel_title
+from dashboards.boards.kinds import site_panel_title
+from dashboards.boards.operations import (
+    LOSS_PANEL,
+    OPERATIONS_FOLDER,
+    REJECT_RATIO_LIMIT,
+    REJECT_RATIO_MIN_MESSAGES,
+    REJECT_RATIO_PANEL,
+    REJECT_RATIO_WINDOW_S,
+)
 from dashboards.influxql import DATASOURCE_UID, InfluxQLQuery, literal, quote, raw_from, rollup_from
 from sensors.aqi import BANDS
 from sensors.registry import Registry
@@ -209,14 +220,14 @@ class RuleGroup:
         }
 
 
-def _find(dashboards: Sequence[b.GeneratedDashboard], uid: str) -> b.GeneratedDashboard:
+def _find(dashboards: Sequence[frame.GeneratedDashboard], uid: str) -> frame.GeneratedDashboard:
     for dashboard in dashboards:
         if dashboard.uid == uid:
             return dashboard
     raise KeyError(f"no generated dashboard {uid!r}")
 
 
-def _dashboard_with_panel(dashboards: Sequence[b.GeneratedDashboard], prefix: str, title: str) -> tuple[str, int]:
+def _dashboard_with_panel(dashboards: Sequence[frame.GeneratedDashboard], prefix: str, title: str) -> tuple[str, int]:
     """The first dashboard whose uid starts with `prefix` that has a panel titled `title`."""
     for dashboard in dashboards:
         if dashboard.uid.startswith(prefix):
@@ -227,19 +238,21 @@ def _dashboard_with_panel(dashboards: Sequence[b.GeneratedDashboard], prefix: st
     raise KeyError(f"no dashboard {prefix}* has a panel {title!r}")
 
 
-def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.GeneratedDashboard]) -> list[RuleGroup]:
+def cluster_groups(
+    registry: Registry, cluster_id: str, dashboards: Sequence[frame.GeneratedDashboard]
+) -> list[RuleGroup]:
     cluster = registry.super_clusters[cluster_id]
-    gen = b.ClusterDashboards(registry, cluster)
-    folder, folder_uid = gen.folder, b.folder_uid(cluster_id)
-    prefix = f"{b.TAG}-{cluster_id}-"
-    scope = gen.scope
+    view = frame.ClusterView(registry, cluster)
+    folder, folder_uid = view.folder, frame.folder_uid(cluster_id)
+    prefix = f"{frame.TAG}-{cluster_id}-"
+    scope = view.scope
     labels = {"super_cluster": cluster_id}
     groups: list[RuleGroup] = []
 
     # AQI, only where some kind measures AQI pollutants (otherwise no dashboard has the panel).
     aqi_rules = []
-    if any(b.pollutant_thresholds(m.name, m.unit) for kind in gen.kinds for m in kind.metrics):
-        dash_uid, panel = _dashboard_with_panel(dashboards, prefix, b.AQI_DISTRICT_PANEL)
+    if any(pollutant_thresholds(m.name, m.unit) for kind in view.kinds for m in kind.metrics):
+        dash_uid, panel = _dashboard_with_panel(dashboards, prefix, AQI_DISTRICT_PANEL)
         band = BANDS[AQI_ALERT_BAND - 1]
         query = InfluxQLQuery(
             "A",
@@ -268,14 +281,14 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
 
     # Site thresholds (flood water level): one rule per site and line, the direction from the data.
     site_rules = []
-    for kind in gen.kinds:
+    for kind in view.kinds:
         for metric in kind.site_thresholds:
-            for site_id, _ in gen.sites_of(kind):
+            for site_id, _ in view.sites_of(kind):
                 threshold = registry.threshold(site_id, metric)
                 if threshold is None:
                     continue
                 site = registry.sites[site_id]
-                dash_uid, panel = _dashboard_with_panel(dashboards, prefix, b.site_panel_title(kind, metric, site.name))
+                dash_uid, panel = _dashboard_with_panel(dashboards, prefix, site_panel_title(kind, metric, site.name))
                 rising = threshold.danger > threshold.warning
                 for level, value in (("warning", threshold.warning), ("danger", threshold.danger)):
                     query = InfluxQLQuery(
@@ -287,7 +300,7 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
                     site_rules.append(
                         AlertRule(
                             uid=short_uid(cluster_id, site_id, metric, level),
-                            title=f"{b.site_panel_title(kind, metric, site.name)}: {level}",
+                            title=f"{site_panel_title(kind, metric, site.name)}: {level}",
                             query=query,
                             lookback_s=600,
                             evaluator="gt" if rising else "lt",
@@ -312,26 +325,26 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
         groups.append(RuleGroup(f"{cluster_id}-site-thresholds", folder, folder_uid, 60, site_rules))
 
     # Silent sensors, per kind.
-    health_uid = b.dashboard_uid(cluster_id, "sensor-health")
+    health_uid = frame.dashboard_uid(cluster_id, "sensor-health")
     health = _find(dashboards, health_uid)
     silent_rules = []
-    for kind in gen.kinds:
+    for kind in view.kinds:
         silent_rules.append(
             AlertRule(
                 uid=short_uid(cluster_id, "silent", kind.id),
-                title=f"{cluster.name.en}: {kind.name.en} sensor silent for over {b.SILENT_INTERVALS} intervals",
-                query=b.silence_query(kind, [scope]),
+                title=f"{cluster.name.en}: {kind.name.en} sensor silent for over {SILENT_INTERVALS} intervals",
+                query=silence_query(kind, [scope]),
                 lookback_s=6 * 3600,
                 evaluator="lt",
                 threshold=0.01,
                 for_="0s",
                 summary=(
                     f"Sensor {{{{ $labels.sensor_id }}}} ({{{{ $labels.vendor }}}}) has sent no reading for over "
-                    f"{b.SILENT_INTERVALS * kind.interval_s} s "
-                    f"({b.SILENT_INTERVALS} x its {kind.interval_s} s interval)."
+                    f"{SILENT_INTERVALS * kind.interval_s} s "
+                    f"({SILENT_INTERVALS} x its {kind.interval_s} s interval)."
                 ),
                 dashboard_uid=health_uid,
-                panel_id=health.panel_id(b.silent_panel_title(kind)),
+                panel_id=health.panel_id(silent_panel_title(kind)),
                 labels={**labels, "smartcity_alert": "silent_sensor", "severity": "warning", "kind": kind.id},
             )
         )
@@ -339,26 +352,26 @@ def cluster_groups(registry: Registry, cluster_id: str, dashboards: Sequence[b.G
     return groups
 
 
-def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
-    ops = _find(dashboards, f"{b.TAG}-operations")
+def operations_group(dashboards: Sequence[frame.GeneratedDashboard]) -> RuleGroup:
+    ops = _find(dashboards, f"{frame.TAG}-operations")
     ingest = raw_from(schema.INGEST_MEASUREMENT)
     vendors = raw_from(schema.INGEST_VENDORS_MEASUREMENT)
-    window_s = b.REJECT_RATIO_WINDOW_S
+    window_s = REJECT_RATIO_WINDOW_S
     rules = [
         AlertRule(
             uid=short_uid("ops", "reject-ratio"),
-            title=f"A vendor's reject ratio above {b.REJECT_RATIO_LIMIT:.0%}",
+            title=f"A vendor's reject ratio above {REJECT_RATIO_LIMIT:.0%}",
             # Vendors with fewer messages in the window drop out in the outer WHERE (InfluxQL has no HAVING);
             # `* 1.0` because InfluxDB 1.6 divides integers as integers inside a subquery (measured).
             query=InfluxQLQuery(
                 "A",
                 'SELECT "ratio" FROM (SELECT sum("rejected") * 1.0 / sum("received") AS "ratio", '
                 f'sum("received") AS "received" FROM {vendors} WHERE time > now() - {window_s}s GROUP BY "vendor") '
-                f'WHERE "received" >= {b.REJECT_RATIO_MIN_MESSAGES} GROUP BY "vendor"',
+                f'WHERE "received" >= {REJECT_RATIO_MIN_MESSAGES} GROUP BY "vendor"',
             ),
             lookback_s=window_s,
             evaluator="gt",
-            threshold=b.REJECT_RATIO_LIMIT,
+            threshold=REJECT_RATIO_LIMIT,
             for_="10m",
             summary=(
                 "{{ humanizePercentage $values.B.Value }} of the messages of vendor {{ $labels.vendor }} were "
@@ -366,7 +379,7 @@ def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
                 "sensor); 'Rejects by code and vendor' on the Operations dashboard says why."
             ),
             dashboard_uid=ops.uid,
-            panel_id=ops.panel_id(b.REJECT_RATIO_PANEL),
+            panel_id=ops.panel_id(REJECT_RATIO_PANEL),
             labels={"smartcity_alert": "reject_ratio", "severity": "warning"},
         ),
         AlertRule(
@@ -398,12 +411,12 @@ def operations_group(dashboards: Sequence[b.GeneratedDashboard]) -> RuleGroup:
             for_="0s",
             summary=summary,
             dashboard_uid=ops.uid,
-            panel_id=ops.panel_id(b.LOSS_PANEL),
+            panel_id=ops.panel_id(LOSS_PANEL),
             labels={"smartcity_alert": "ingest_loss", "severity": severity, "loss": field_name},
         )
         for field_name, (title, summary, severity) in LOSS_ALERTS.items()
     ]
-    return RuleGroup("operations", b.OPERATIONS_FOLDER, f"{b.TAG}-operations", 60, rules)
+    return RuleGroup("operations", OPERATIONS_FOLDER, f"{frame.TAG}-operations", 60, rules)
 
 
 def loss_query(field_name: str) -> InfluxQLQuery:
@@ -415,7 +428,7 @@ def loss_query(field_name: str) -> InfluxQLQuery:
     )
 
 
-def build_rule_groups(registry: Registry, dashboards: Sequence[b.GeneratedDashboard]) -> list[RuleGroup]:
+def build_rule_groups(registry: Registry, dashboards: Sequence[frame.GeneratedDashboard]) -> list[RuleGroup]:
     groups: list[RuleGroup] = []
     for cluster_id in registry.super_clusters:
         groups.extend(cluster_groups(registry, cluster_id, dashboards))

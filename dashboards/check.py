@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dashboards.alerts import RuleGroup
-from dashboards.build import GeneratedDashboard, all_panels
+from dashboards.frame import GeneratedDashboard, all_panels
 from storage.errors import QueryError
 from storage.query import QueryClient, parse_results
 

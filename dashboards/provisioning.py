@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from dashboards import alerts
-from dashboards.build import GeneratedDashboard, build_dashboards
+from dashboards.build import build_dashboards
+from dashboards.frame import GeneratedDashboard
 from dashboards.influxql import DATASOURCE_TYPE, DATASOURCE_UID
 from sensors.errors import SmartcityError
 from sensors.registry import Registry

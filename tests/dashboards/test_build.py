@@ -14,7 +14,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboards import build as b
+from dashboards.boards.operations import OPERATIONS_FOLDER
+from dashboards.frame import all_panels
 from dashboards.influxql import DATASOURCE_UID, tier_bounds
 from dashboards.provisioning import (
     DEFAULT_OUT,
@@ -59,7 +60,7 @@ def test_dashboards_are_valid_grafana_models(provisioning: Provisioning) -> None
     for dashboard in provisioning.dashboards:
         model = dashboard.model
         assert model["uid"] == dashboard.uid and model["schemaVersion"] >= 39
-        panels = b.all_panels(model)
+        panels = all_panels(model)
         ids = [p["id"] for p in panels]
         assert len(ids) == len(set(ids)), dashboard.uid
         for ref in datasource_refs(model):
@@ -84,11 +85,11 @@ def test_every_super_cluster_has_its_folder_and_dashboards(provisioning: Provisi
         for slug in ("overview", "air-quality", "flood-weather", "mobility-services", "sensor-health")
     ]
     assert "Andaman · อันดามัน — Phuket" in by_folder
-    assert by_folder[b.OPERATIONS_FOLDER] == ["smartcity-operations"]
+    assert by_folder[OPERATIONS_FOLDER] == ["smartcity-operations"]
 
 
 def test_alert_rules_have_stable_uids_and_link_to_existing_panels(provisioning: Provisioning) -> None:
-    panels = {d.uid: {p["id"]: p for p in b.all_panels(d.model)} for d in provisioning.dashboards}
+    panels = {d.uid: {p["id"]: p for p in all_panels(d.model)} for d in provisioning.dashboards}
     rules = [rule for group in provisioning.rule_groups for rule in group.rules]
     uids = [rule.uid for rule in rules]
     assert len(uids) == len(set(uids)) and all(len(uid) <= 40 for uid in uids)
@@ -107,14 +108,14 @@ def test_alert_rules_have_stable_uids_and_link_to_existing_panels(provisioning: 
 
 def test_flood_panels_draw_each_sites_lines_from_the_registry(provisioning: Provisioning) -> None:
     flood = next(d for d in provisioning.dashboards if d.uid == "smartcity-lanna-flood-weather")
-    panel = next(p for p in b.all_panels(flood.model) if p["title"] == "Flood water level at Ping River at Mae Rim")
+    panel = next(p for p in all_panels(flood.model) if p["title"] == "Flood water level at Ping River at Mae Rim")
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps] == [None, 3.2, 3.9]
 
 
 def test_aqi_panels_use_the_official_band_colours(provisioning: Provisioning) -> None:
     air = next(d for d in provisioning.dashboards if d.uid == "smartcity-lanna-air-quality")
-    panel = next(p for p in b.all_panels(air.model) if p["title"] == "AQI now by district")
+    panel = next(p for p in all_panels(air.model) if p["title"] == "AQI now by district")
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [(s["value"], s["color"]) for s in steps] == [
         (None, "#00BFF3"),
@@ -182,7 +183,7 @@ def test_a_new_registry_kind_gets_its_panels_and_alerts(tmp_path: Path) -> None:
     extra.write_text(EXTRA_KIND, encoding="utf-8")
     provisioning = generate(load_registry([BUILTIN_DIR, extra]))
     soil = next(d for d in provisioning.dashboards if d.uid == "smartcity-lanna-soil-moisture")
-    queries = [t["query"] for p in b.all_panels(soil.model) for t in p.get("targets", [])]
+    queries = [t["query"] for p in all_panels(soil.model) for t in p.get("targets", [])]
     for metric in ("vwc", "soil_temperature"):
         assert any('"raw"."soil_moisture"' in q and f'("{metric}")' in q for q in queries)
         assert any('"rollup"."soil_moisture_1m"' in q and f'"{metric}_mean"' in q for q in queries)

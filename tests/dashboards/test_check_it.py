@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dashboards import check
-from dashboards.build import all_panels
+from dashboards.frame import all_panels
 from dashboards.provisioning import Provisioning, generate
 from sensors.registry import default_registry
 from storage.query import QueryClient, parse_results

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import build as b
+from dashboards.frame import folder_uid
 from dashboards.provisioning import CONTAINER_DASHBOARDS, DEFAULT_OUT, escape_env
 from sensors.registry import default_registry
 
@@ -112,7 +112,7 @@ def test_dashboard_folders_and_uids_are_valid() -> None:
     for model in mounted_dashboards()[CONTAINER_DASHBOARDS]:
         assert model["__folder"].strip() and SHORT_UID.match(model["uid"]), model["uid"]
     for cluster_id in default_registry().super_clusters:
-        assert SHORT_UID.match(b.folder_uid(cluster_id))
+        assert SHORT_UID.match(folder_uid(cluster_id))
 
 
 # ---- alert rules -------------------------------------------------------------------------------
