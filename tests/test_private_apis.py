@@ -7,9 +7,12 @@ so pyproject.toml pins both exactly; when an upgrade moves one of these names th
 
 from __future__ import annotations
 
+import types
+
 import paho.mqtt.client as mqtt
 import pytest
 from apache_beam.options import pipeline_options
+from apache_beam.options.pipeline_options import StandardOptions
 
 from ingest import fastpaho
 
@@ -41,3 +44,16 @@ def test_beam_argument_parser() -> None:
     parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
     pipeline_options.StandardOptions._add_argparse_args(parser)
     assert parser.parse_known_args(["--runner=DirectRunner", "--other"])[0].runner == "DirectRunner"
+
+
+def test_without_it_beam_options_go_unchecked_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines import options
+    from pipelines.options import beam_options, unknown_args
+
+    assert unknown_args(["--runer=DirectRunner"]) == ["--runer"]  # the pinned Beam: a typo is caught
+    monkeypatch.setattr(options, "pipeline_options", types.SimpleNamespace())  # a Beam without the parser
+    assert unknown_args(["--runer=DirectRunner"]) == []
+    assert "not checked" in caplog.text
+    assert beam_options(["--direct_num_workers=1"]).view_as(StandardOptions).runner == "FnApiRunner"
