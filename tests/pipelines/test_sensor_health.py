@@ -87,6 +87,30 @@ def test_no_sensor_is_silent_in_the_hour_still_under_way(registry: Registry) -> 
         assert_that(ended, equal_to([(T0, len(registry.sensors))]), label="EverySensorInTheEndedHour")
 
 
+def test_the_points_are_the_schemas_health_points(registry: Registry) -> None:
+    """Column-wise (`PointBatch`), the pipeline writes what `storage.schema.health_point` defines:
+    measurement, tags, field names and their types (integers stay integers in the line protocol)."""
+    from pipelines.points import PointBatch
+    from pipelines.sensor_health import SensorHealth
+    from storage.line_protocol import encode_line
+    from storage.schema import SENSOR_TAGS, health_point
+
+    sensor = registry.sensors["pkt-wl-001"]
+    tags = dict(zip(SENSOR_TAGS, (sensor.super_cluster, sensor.city, sensor.district, sensor.site, sensor.id,
+                                  sensor.vendor), strict=True))  # fmt: skip
+    expected = health_point(tags, received=60, expected=60, flatline=9, outliers=1, hour_start_ms=T0)
+    with batch_pipeline() as p:
+        points = (
+            p
+            | beam.Create(batches_of(sample(registry), registry))
+            | SensorHealth(registry, (T0, T0 + HOUR))
+            | beam.FlatMap(PointBatch.points)
+            | beam.Filter(lambda point: point.tags.get("sensor_id") == "pkt-wl-001")
+            | beam.Map(encode_line)
+        )
+        assert_that(points, equal_to([encode_line(expected)]))
+
+
 def numbered(registry: Registry) -> list[Reading]:
     """Readings with `seq`: lost numbers, a restart, a reading without seq, redelivery and disorder."""
     steady, chatty = registry.sensors["pkt-wl-001"], registry.sensors["pkt-wl-003"]
