@@ -55,7 +55,8 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.audit import HOUR, RECEIVE_SLACK, stored_points, stored_rejections
-from ingest.spool import Offsets, Position, SpoolError, segment_files, streams
+from ingest.spool import SpoolError, segment_files, streams
+from ingest.spooltail import Offsets, Position
 from sensors.reading import CorruptRecord, Reading, decode_reading
 from sensors.registry import Registry
 from sensors.seq import missing_ranges

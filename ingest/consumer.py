@@ -40,8 +40,9 @@ from ingest.fastpaho import IngestClient, make_client
 from ingest.history import History
 from ingest.metrics import Metrics
 from ingest.rejectbudget import RejectBudget
+from ingest.retention import expire_rejects
 from ingest.settings import IngestSettings
-from ingest.spool import SpoolError, StreamWriter, expire_rejects, usage_bytes
+from ingest.spool import SpoolError, StreamWriter, usage_bytes
 from sensors.contract import (
     Accepted,
     Contract,

@@ -26,17 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.metrics import Metrics, PointSink
-from ingest.spool import (
-    RAW_WRITER_LOCK,
-    Offsets,
-    Position,
-    StreamLocked,
-    StreamTail,
-    collect_garbage,
-    lock_stream,
-    next_reading,
-    streams,
-)
+from ingest.retention import collect_garbage
+from ingest.spool import RAW_WRITER_LOCK, StreamLocked, lock_stream, streams
+from ingest.spooltail import Offsets, Position, StreamTail, next_reading
 from sensors.checkpoint import Checkpoint, CheckpointError
 from sensors.reading import Reading
 from storage.errors import StorageWriteError

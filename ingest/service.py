@@ -27,8 +27,9 @@ from ingest.history import History
 from ingest.metrics import Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
 from ingest.rejectbudget import RejectBudget
+from ingest.retention import expire_rejects
 from ingest.settings import IngestSettings
-from ingest.spool import StreamWriter, expire_rejects, usage_bytes
+from ingest.spool import StreamWriter, usage_bytes
 from ingest.writerproc import WriterSupervisor
 from sensors.contract import Contract
 from sensors.home import Home

@@ -2,7 +2,8 @@
 
 The layout (stream folders, `.open` and `.seg` files, metadata, closing
 protocol) is `sensors.spool`'s, so the pipelines read what is written here
-without importing `ingest`. This module adds what only the writer needs:
+without importing `ingest`. This module adds what only the writer needs, and
+the names its followers share (segment listing, stream locks, `SpoolError`):
 
 - `StreamWriter` buffers records with an opaque token per MQTT message;
   `commit()` writes and fsyncs everything buffered (one group commit) and
@@ -13,16 +14,13 @@ without importing `ingest`. This module adds what only the writer needs:
 - `recover_stream()` runs before a stream is reopened: the torn or corrupt
   tail of an `.open` segment left by a crash is truncated (and logged), and
   the segment is closed properly. Nothing after a bad line is propagated.
-- `StreamTail` follows a stream's readings across open and closed segments
-  for the raw writer; `Offsets` keeps its position durably; `collect_garbage`
-  applies the retention.
 - `inspect_segment` checks a closed segment against its metadata (size,
   CRC-32, records) when the writer starts and when the raw writer opens it; a
   damaged one is reported once (a `.damage.json` note next to it), with the
   number of records lost, and its intact records are still written.
 
-Size: about 720 lines: the writer, its recovery, the writer's offset and tail, and retention. The
-seam is writing vs. following/retention; not yet cut because both share the segment naming and locks.
+Following a stream (`StreamTail`, `Offsets`) is `ingest.spooltail`; deleting
+old segments (`collect_garbage`, `expire_rejects`) is `ingest.retention`.
 """
 
 from __future__ import annotations
@@ -36,13 +34,13 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sensors.errors import SmartcityError
-from sensors.files import fsync_dir, write_json_atomic
+from sensors.files import fsync_dir
 from sensors.reading import (
     CorruptRecord,
     Reading,
@@ -62,7 +60,6 @@ from sensors.spool import (
     SegmentCheck,
     SegmentInfo,
     check_segment,
-    meta_path,
     read_meta,
     segment_name,
     write_meta,
@@ -71,7 +68,6 @@ from sensors.spool import (
 logger = logging.getLogger(__name__)
 
 RECORD_TYPES = (READINGS, REJECTS)
-OFFSET_FILE = "raw-writer.offset.json"
 WRITER_LOCK = "ingest.lock"  # held by the process appending to the stream
 RAW_WRITER_LOCK = "raw-writer.lock"  # held by the process writing the stream to InfluxDB
 DAMAGE_SUFFIX = ".damage.json"  # next to a closed segment found damaged: reported once, kept for inspection
@@ -113,6 +109,24 @@ def segment_files(stream_dir: Path, record_type: str) -> dict[int, Path]:
             if match and match.group(1) == record_type:
                 found[int(match.group(2))] = Path(entry.path)
     return found
+
+
+def streams(root: Path) -> list[Path]:
+    """Stream folders under a spool root."""
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
+    return []
+
+
+def usage_bytes(root: Path) -> int:
+    """Bytes used by every file of every stream under `root`."""
+    total = 0
+    for stream_dir in streams(root):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(stream_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+    return total
 
 
 @dataclass
@@ -484,240 +498,3 @@ class StreamWriter(Generic[T]):
                     self.closed.append(info)
                     del self.closed[:-100]
                     logger.debug("closed %s (%d records, %d bytes)", info.path.name, info.count, info.bytes)
-
-
-# -- reading side for the raw writer --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a reader of a stream stands: segment `seq`, byte `offset` in it (after the last record read)."""
-
-    seq: int = 0
-    offset: int = 0
-
-
-class Offsets:
-    """The raw writer's committed position in one stream, kept in an atomically replaced file."""
-
-    def __init__(self, stream_dir: Path) -> None:
-        self.path = stream_dir / OFFSET_FILE
-
-    def load(self) -> Position:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return Position(int(data["seq"]), int(data["offset"]))
-        except FileNotFoundError:
-            return Position()
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SpoolError(f"{self.path}: unreadable writer offset ({err}); delete it to rewrite the stream") from err
-
-    def save(self, position: Position) -> None:
-        write_json_atomic(
-            self.path, {"seq": position.seq, "offset": position.offset, "saved_at": int(time.time() * 1000)}
-        )
-
-
-class StreamTail:
-    """Follows the readings of one stream from a position, across its open and closed segments.
-
-    It only returns complete lines that verify; a partial last line of the open
-    segment is left for the next call. A line that does not verify in the
-    middle of a segment is logged, counted in `corrupt` and skipped.
-    """
-
-    def __init__(self, stream_dir: Path, position: Position, check: bool = True) -> None:
-        self.stream_dir = stream_dir
-        self.position = position
-        self.check = check  # inspect each closed segment opened (the raw writer; not a peek at the next reading)
-        self.corrupt = 0
-        self.damaged: list[SegmentCheck] = []  # closed segments found damaged when opened (taken by the caller)
-        self._file: BinaryIO | None = None
-        self._file_seq = -1
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _open_path(self, seq: int) -> Path:
-        return self.stream_dir / segment_name(READINGS, seq, OPEN_SUFFIX)
-
-    def _open(self) -> bool:
-        """Open the segment of the current position, or move to the next one that exists."""
-        seq = self.position.seq
-        files = segment_files(self.stream_dir, READINGS)
-        if seq not in files:
-            later = [s for s in files if s > seq]
-            if not later:
-                return False
-            seq = min(later)
-            self.position = Position(seq, 0)
-        for suffix in (CLOSED_SUFFIX, OPEN_SUFFIX, CLOSED_SUFFIX):  # it may be closed while we look
-            path = self.stream_dir / segment_name(READINGS, seq, suffix)
-            try:
-                self._file = open(path, "rb")  # noqa: SIM115
-                break
-            except FileNotFoundError:
-                continue
-        else:
-            return False
-        if suffix == CLOSED_SUFFIX and self.check:
-            check = inspect_segment(path)
-            if check is not None:
-                self.damaged.append(check)
-        self._file_seq = seq
-        self._file.seek(self.position.offset)
-        return True
-
-    def read(self, max_records: int) -> list[tuple[Reading, Position]]:
-        """Up to `max_records` readings with the position after each."""
-        out: list[tuple[Reading, Position]] = []
-        while len(out) < max_records:
-            if self._file is None and not self._open():
-                break
-            assert self._file is not None
-            line = self._file.readline()
-            if line.endswith(b"\n"):
-                offset = self.position.offset + len(line)
-                self.position = Position(self._file_seq, offset)
-                try:
-                    out.append((decode_reading(line), self.position))
-                except CorruptRecord as err:
-                    self.corrupt += 1
-                    logger.error(
-                        "%s-%012d: skipped a corrupt record at byte %d: %s",
-                        READINGS,
-                        self._file_seq,
-                        offset - len(line),
-                        err,
-                    )
-                continue
-            # End of what is written so far: a closed segment is finished, an open one may grow.
-            self._file.seek(self.position.offset)
-            if self._open_path(self._file_seq).exists():
-                break
-            if self._file.readline().endswith(b"\n"):  # written just before it was closed
-                self._file.seek(self.position.offset)
-                continue
-            self.close()
-            later = [s for s in segment_files(self.stream_dir, READINGS) if s > self._file_seq]
-            if not later:
-                self.position = Position(self._file_seq + 1, 0)
-                break
-            self.position = Position(min(later), 0)
-        return out
-
-    def lag_bytes(self) -> int:
-        """Bytes of readings in this stream after the current position."""
-        total = 0
-        for seq, path in segment_files(self.stream_dir, READINGS).items():
-            if seq >= self.position.seq:
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size - (self.position.offset if seq == self.position.seq else 0)
-        return max(total, 0)
-
-
-def next_reading(stream_dir: Path, position: Position) -> Reading | None:
-    """The first reading at or after `position`, or None when there is none (yet)."""
-    tail = StreamTail(stream_dir, position, check=False)
-    try:
-        batch = tail.read(1)
-    finally:
-        tail.close()
-    return batch[0][0] if batch else None
-
-
-def streams(root: Path) -> list[Path]:
-    """Stream folders under a spool root."""
-    with contextlib.suppress(FileNotFoundError):
-        return sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
-    return []
-
-
-def usage_bytes(root: Path) -> int:
-    """Bytes used by every file of every stream under `root`."""
-    total = 0
-    for stream_dir in streams(root):
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(stream_dir):
-                with contextlib.suppress(FileNotFoundError):
-                    total += entry.stat().st_size
-    return total
-
-
-def closed_before(stream_dir: Path, record_type: str) -> Iterator[tuple[int, Path]]:
-    """Closed segments of one type, oldest first, except the newest segment of the stream."""
-    files = segment_files(stream_dir, record_type)
-    newest = max(files, default=0)
-    for seq in sorted(files):
-        if seq != newest and files[seq].suffix == CLOSED_SUFFIX:
-            yield seq, files[seq]
-
-
-def collect_garbage(
-    stream_dir: Path,
-    retention_s: float,
-    written: Position,
-    processed_seq: int | None = None,
-    now_ms: Callable[[], int] | None = None,
-) -> list[Path]:
-    """Delete closed segments older than the retention; reading segments only once written to InfluxDB
-    and, if the pipelines keep a checkpoint, once they processed them (`processed_seq`: the highest
-    sequence number they are done with in this stream; None when there is no checkpoint).
-
-    A reading segment is written when the writer's position is in a later
-    segment. The newest segment of each type is kept, so sequence numbers never
-    restart and the writer's position stays meaningful. Returns what was deleted.
-    """
-    if retention_s <= 0:
-        return []
-    now = now_ms() if now_ms else int(time.time() * 1000)
-    deleted: list[Path] = []
-    for record_type in RECORD_TYPES:
-        for seq, path in closed_before(stream_dir, record_type):
-            if record_type == READINGS and (seq >= written.seq or (processed_seq is not None and seq > processed_seq)):
-                break
-            try:
-                info = read_meta(path)
-            except (OSError, BadMetadata) as err:
-                logger.warning("%s: unreadable metadata, kept: %s", path, err)
-                continue
-            if now - info.closed_at < retention_s * 1000:
-                break
-            path.unlink()
-            meta_path(path).unlink(missing_ok=True)
-            path.with_name(path.name + DAMAGE_SUFFIX).unlink(missing_ok=True)
-            deleted.append(path)
-    if deleted:
-        fsync_dir(stream_dir)
-        logger.info("%s: deleted %d segments past the %.0f h retention", stream_dir, len(deleted), retention_s / 3600)
-    return deleted
-
-
-def expire_rejects(stream_dir: Path, retention_s: float, now_ms: int | None = None) -> list[Path]:
-    """Delete the stream's closed reject segments closed more than `retention_s` ago (0: keep them); the
-    newest reject segment is kept, so sequence numbers never go back. Returns what was deleted."""
-    if retention_s <= 0:
-        return []
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    deleted: list[Path] = []
-    for _, path in closed_before(stream_dir, REJECTS):
-        try:
-            closed_at = read_meta(path).closed_at
-        except BadMetadata as err:
-            logger.warning("%s; kept", err)
-            continue
-        except FileNotFoundError:
-            continue
-        if now - closed_at < retention_s * 1000:
-            break  # closed in order: the rest are younger
-        path.unlink(missing_ok=True)
-        meta_path(path).unlink(missing_ok=True)
-        path.with_name(path.name + DAMAGE_SUFFIX).unlink(missing_ok=True)
-        deleted.append(path)
-    if deleted:
-        fsync_dir(stream_dir)
-        logger.info("%s: deleted %d reject segments past the %.0f h reject retention", stream_dir, len(deleted),
-                    retention_s / 3600)  # fmt: skip
-    return deleted

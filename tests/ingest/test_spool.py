@@ -15,20 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from ingest.retention import collect_garbage, expire_rejects
 from ingest.spool import (
     DAMAGE_SUFFIX,
-    Offsets,
-    Position,
     SpoolError,
     StreamLocked,
-    StreamTail,
     StreamWriter,
-    collect_garbage,
-    expire_rejects,
     inspect_segment,
     recover_stream,
     segment_files,
 )
+from ingest.spooltail import Offsets, Position, StreamTail
 from sensors.reading import Reading, Rejection, encode_reading
 from sensors.spool import (
     READINGS,

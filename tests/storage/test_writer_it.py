@@ -14,14 +14,8 @@ from storage.line_protocol import FieldValue, Point, Precision, encode
 from storage.query import QueryClient, ident
 from storage.schema import raw_point
 from storage.settings import InfluxSettings
-from storage.writer import (
-    DeadLetter,
-    Response,
-    Transport,
-    V1Transport,
-    Writer,
-    make_writer,
-)
+from storage.transports import Response, Transport, V1Transport
+from storage.writer import DeadLetter, Writer, make_writer
 from tests.servers import StackHandle
 from tests.storage.conftest import fresh_db
 from tests.storage.faulty_proxy import FaultyProxy

@@ -12,7 +12,8 @@ from storage.errors import StorageWriteError
 from storage.line_protocol import Point, encode
 from storage.query import QueryClient, ident
 from storage.settings import InfluxSettings
-from storage.writer import DeadLetter, V2Transport, make_writer
+from storage.transports import V2Transport
+from storage.writer import DeadLetter, make_writer
 from tests.storage.v2_compat_proxy import V2CompatProxy
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.spool import OFFSET_FILE
+from ingest.spooltail import OFFSET_FILE
 from sensors.checkpoint import Checkpoint
 from sensors.simulator import HOUR_MS, iso
 from sensors.spool import closed_segments
