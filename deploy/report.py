@@ -26,17 +26,16 @@ once as `plotly.min.js` beside the pages: no network is needed, and the folder
 can be copied or zipped whole. Times are shown in the report's time zone
 (default Asia/Bangkok, the pilots' local time).
 
-Size: about 930 lines: queries, charts (plotly figures) and HTML pages. The seam is three modules
-(query/figure/render); not yet cut, kept whole while the pipelines' tiers (raw vs 1 m) settle.
+The queries and the sections they fill are `deploy.report_queries`, the plotly figures
+`deploy.report_figures`; this module writes the pages and is the command.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -47,46 +46,34 @@ import plotly.io as pio
 import plotly.offline
 from rich.console import Console
 
-from sensors.aqi import BANDS, POLLUTANTS, Band, band_for
+from deploy.report_figures import figure
+from deploy.report_queries import (
+    AqiNow,
+    ClusterPage,
+    ClusterReport,
+    KindHealth,
+    Section,
+    TimeRange,
+    district_name,
+    latest_data_end,
+)
+from sensors.aqi import BANDS
 from sensors.cli import registry_from, registry_option
 from sensors.errors import SmartcityError
-from sensors.registry import Kind, Metric, Registry, SuperCluster
+from sensors.registry import Registry, SuperCluster
 from sensors.timeparse import time_option
-from storage.query import QueryClient, Series, ident
-from storage.schema import AQI_MEASUREMENT, HEALTH_MEASUREMENT, rollup_field, rollup_levels, rollup_measurement
+from storage.query import QueryClient
 from storage.settings import InfluxSettings
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_TZ = "Asia/Bangkok"
 DEFAULT_SPAN = timedelta(hours=24)
-# Up to this span the charts use the 1-minute rollups (at most 360 points a line), beyond it the hourly ones.
-MINUTE_TIER_MAX_SPAN = timedelta(hours=6)
-WINDOW_SECONDS = {"1m": 60, "1h": 3600}
-WINDOW_LABELS = {"1m": "1-minute", "1h": "Hourly"}
-# District rollup fields by metric `aggregate`: a level's mean; an amount's sum and count (see per_hour_chart).
-DISTRICT_STATS = {"mean": ("mean",), "sum": ("sum", "count")}
 PLOTLY_JS = "plotly.min.js"
 NO_DATA = "No data in range · ไม่มีข้อมูลในช่วงเวลานี้"
 POLLUTANT_LABELS = {"pm25": "PM2.5", "pm10": "PM10", "o3": "O₃", "co": "CO", "no2": "NO₂", "so2": "SO₂"}
-# SenML unit symbols as people read them; anything else is shown as written in the registry.
-UNIT_LABELS = {"ug/m3": "µg/m³", "Cel": "°C", "%RH": "% RH", "deg": "°", "count": ""}
 
 
 class ReportError(SmartcityError):
     """The report cannot be made (no data, bad range); the message says what to do."""
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    """[start, end) in UTC; `window` is the rollup tier the kind charts read."""
-
-    start: datetime
-    end: datetime
-
-    @property
-    def window(self) -> str:
-        return "1m" if self.end - self.start <= MINUTE_TIER_MAX_SPAN else "1h"
 
 
 @dataclass(frozen=True)
@@ -97,528 +84,6 @@ class Report:
     pages: dict[str, Path]
     range: TimeRange
     generated: datetime
-
-
-# -- charts -------------------------------------------------------------------------------
-
-
-@dataclass
-class Trace:
-    """One line (or the bars) of a chart; `None` values break a line."""
-
-    name: str
-    x: list[Any]
-    y: list[float | None]
-
-
-@dataclass
-class Chart:
-    id: str
-    title: str
-    note: str
-    unit: str
-    traces: list[Trace]
-    # Background bands (low, high or None for open-ended, colour) and horizontal levels (value, label, colour).
-    bands: list[tuple[float, float | None, str]] = field(default_factory=list)
-    levels: list[tuple[float, str, str]] = field(default_factory=list)
-    bar: bool = False
-    y_range: tuple[float, float] | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not any(v is not None for trace in self.traces for v in trace.y)
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    charts: list[Chart] = field(default_factory=list)
-    html: str = ""  # markup shown before the charts (cards, legends, tables)
-
-
-@dataclass
-class AqiNow:
-    """The latest hourly AQI of a district in the range (None: no AQI in range)."""
-
-    district: str
-    aqi: int | None = None
-    band: Band | None = None
-    dominant: str = ""
-    time: datetime | None = None
-
-
-@dataclass
-class ClusterPage:
-    cluster: SuperCluster
-    sections: list[Section]
-    aqi_now: list[AqiNow]
-    completeness: float | None
-    sensors: int
-    points: int
-
-
-def unit_label(unit: str) -> str:
-    return UNIT_LABELS.get(unit, unit)
-
-
-def per_hour(unit: str) -> str:
-    """The unit of a total per hour: `mm/h`, or `/h` for a count."""
-    return f"{unit_label(unit)}/h"
-
-
-def pollutant_bands(metric: Metric) -> list[tuple[float, float | None, str]]:
-    """The PCD band breakpoints of a metric that is a Thai AQI pollutant (name and unit match), else []."""
-    for pollutant in POLLUTANTS:
-        if pollutant.name == metric.name and pollutant.unit == metric.unit:
-            lows = [lo for lo, _ in pollutant.breakpoints] + [pollutant.top]
-            return [(low, high, band.colour) for low, high, band in zip(lows, [*lows[1:], None], BANDS, strict=True)]
-    return []
-
-
-def aqi_bands() -> list[tuple[float, float | None, str]]:
-    lows = [band.aqi_min for band in BANDS]
-    return [(low, high, band.colour) for low, high, band in zip(lows, [*lows[1:], None], BANDS, strict=True)]
-
-
-def with_gaps(points: Iterable[tuple[datetime, float]], step_s: int) -> tuple[list[datetime], list[float | None]]:
-    """Times and values in order, with a None after any missing window so the line breaks there."""
-    x: list[datetime] = []
-    y: list[float | None] = []
-    for when, value in sorted(points):
-        if x and (when - x[-1]).total_seconds() > 1.5 * step_s:
-            x.append(x[-1] + timedelta(seconds=step_s))
-            y.append(None)
-        x.append(when)
-        y.append(value)
-    return x, y
-
-
-def _local(when: datetime, tz: tzinfo) -> str:
-    # plotly.js has no time zones: it draws wall-clock strings as given.
-    return when.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def figure(chart: Chart, time_range: TimeRange, tz: tzinfo) -> dict[str, Any]:
-    """The plotly figure (data + layout) of a chart."""
-    values = [v for trace in chart.traces for v in trace.y if v is not None]
-    unit = unit_label(chart.unit)
-    data: list[dict[str, Any]] = []
-    for trace in chart.traces:
-        if chart.bar:
-            data.append(
-                {
-                    "type": "bar",
-                    "name": trace.name,
-                    "x": trace.x,
-                    "y": trace.y,
-                    "marker": {"color": "#2f6fab"},
-                    "texttemplate": "%{y:.1f}",
-                    "hovertemplate": f"%{{x}}: %{{y:.3~f}} {unit}<extra></extra>",
-                }
-            )
-        else:
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": trace.name,
-                    "x": [_local(t, tz) for t in trace.x],
-                    "y": trace.y,
-                    "connectgaps": False,
-                    "marker": {"size": 4},
-                    "hovertemplate": f"%{{x}}<br>%{{y:.3~f}} {unit}<extra>{html.escape(trace.name)}</extra>",
-                }
-            )
-    shapes: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    y_range = chart.y_range
-    if chart.bands or chart.levels:
-        # Fix the axis so bands and levels show; open-ended bands reach the top.
-        marks = [level for level, _, _ in chart.levels]
-        top = max([*values, *marks, chart.bands[1][0] if len(chart.bands) > 1 else 0.0]) * 1.12 or 1.0
-        bottom = min([0.0, *values, *marks])
-        y_range = y_range or (bottom, top)
-    for low, high, colour in chart.bands:
-        shapes.append(
-            {
-                "type": "rect",
-                "xref": "paper",
-                "x0": 0,
-                "x1": 1,
-                "yref": "y",
-                "y0": low,
-                "y1": high if high is not None else (y_range[1] if y_range else low),
-                "fillcolor": colour,
-                "opacity": 0.2,
-                "line": {"width": 0},
-                "layer": "below",
-            }
-        )
-    for level, label, colour in chart.levels:
-        shapes.append(
-            {
-                "type": "line",
-                "xref": "paper",
-                "x0": 0,
-                "x1": 1,
-                "yref": "y",
-                "y0": level,
-                "y1": level,
-                "line": {"color": colour, "width": 2, "dash": "dash"},
-            }
-        )
-        annotations.append(
-            {
-                "xref": "paper",
-                "x": 1,
-                "y": level,
-                "xanchor": "right",
-                "yanchor": "bottom",
-                "text": html.escape(label),
-                "showarrow": False,
-                "font": {"color": colour, "size": 11},
-            }
-        )
-    xaxis: dict[str, Any] = {"gridcolor": "#eceff3", "automargin": True}
-    if not chart.bar:
-        xaxis.update(type="date", range=[_local(time_range.start, tz), _local(time_range.end, tz)])
-    yaxis: dict[str, Any] = {"title": {"text": unit}, "gridcolor": "#eceff3", "automargin": True}
-    if y_range:
-        yaxis["range"] = list(y_range)
-    return {
-        "data": data,
-        "layout": {
-            "template": "none",
-            "height": 340,
-            "margin": {"l": 48, "r": 12, "t": 10, "b": 10},
-            "paper_bgcolor": "#ffffff",  # also keeps the toolbar light (plotly picks it by contrast)
-            "plot_bgcolor": "#ffffff",
-            "font": {"family": "system-ui, 'Noto Sans Thai', 'Noto Sans', sans-serif", "size": 12},
-            "xaxis": xaxis,
-            "yaxis": yaxis,
-            "showlegend": not chart.bar,
-            "legend": {"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"},
-            "hovermode": "closest",
-            "shapes": shapes,
-            "annotations": annotations,
-        },
-    }
-
-
-# -- data -----------------------------------------------------------------------------------
-
-# One template per shape of question; every value is a bound parameter (storage.query.render).
-AREA_ROWS = (
-    'SELECT {fields} FROM {m} WHERE "level" = {level} AND "super_cluster" = {cluster} '
-    "AND time >= {start} AND time < {end} GROUP BY {tag}"
-)
-# A sensor's 1-minute maximum straight from raw: the row its 1m rollup would hold, where none is stored.
-RAW_SENSOR_MAX = (
-    'SELECT max({metric}) AS {column} FROM {m} WHERE "super_cluster" = {cluster} '
-    'AND time >= {start} AND time < {end} GROUP BY time(1m), "sensor_id" fill(none)'
-)
-HEALTH_BY_VENDOR = (
-    'SELECT mean("completeness") AS "completeness" FROM {m} WHERE "super_cluster" = {cluster} '
-    'AND time >= {start} AND time < {end} GROUP BY time(1h), "vendor" fill(none)'
-)
-HEALTH_BY_SENSOR = (
-    'SELECT mean("completeness") AS "completeness", sum("received") AS "received", sum("expected") AS "expected", '
-    'sum("outliers") AS "outliers", sum("flatline") AS "flatline" FROM {m} WHERE "super_cluster" = {cluster} '
-    'AND time >= {start} AND time < {end} GROUP BY "sensor_id"'
-)
-LATEST = "SELECT * FROM {m} ORDER BY time DESC LIMIT 1"
-
-
-def latest_data_end(client: QueryClient, settings: InfluxSettings, registry: Registry) -> datetime | None:
-    """The end of the latest hour with AQI, rollup or health data (None: the database has none)."""
-    names = [AQI_MEASUREMENT, HEALTH_MEASUREMENT, *(rollup_measurement(kind, "1h") for kind in registry.kinds)]
-    series = client.query(LATEST, {"m": [ident(settings.rollup_rp, name) for name in names]})
-    times = [row[0] for item in series for row in item.values]
-    return max(times) + timedelta(hours=1) if times else None
-
-
-class ClusterReport:
-    """Runs the queries of one super-cluster's page and turns the answers into sections."""
-
-    def __init__(
-        self,
-        client: QueryClient,
-        settings: InfluxSettings,
-        registry: Registry,
-        cluster: SuperCluster,
-        time_range: TimeRange,
-        tz: tzinfo,
-        on_step: Callable[[str], None],
-    ) -> None:
-        self.client = client
-        self.tz = tz
-        self.settings = settings
-        self.registry = registry
-        self.cluster = cluster
-        self.range = time_range
-        self.on_step = on_step
-        self.points = 0
-        self.districts = [d for city in cluster.cities for d in city.districts]
-        self.sensors = [s for s in registry.sensors.values() if s.super_cluster == cluster.id]
-        present = {s.kind for s in self.sensors}
-        self.kinds = [kind for kind in registry.kinds.values() if kind.id in present]
-
-    def query(self, template: str, measurement: str, **params: object) -> list[Series]:
-        self.on_step(f"{self.cluster.id}: {measurement}")
-        series = self.client.query(
-            template,
-            {
-                "m": ident(self.settings.rollup_rp, measurement),
-                "cluster": self.cluster.id,
-                "start": self.range.start,
-                "end": self.range.end,
-                **params,
-            },
-        )
-        self.points += sum(len(item.values) for item in series)
-        return series
-
-    def area_rows(
-        self, measurement: str, fields: Sequence[str], level: str, tag: str
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Rows of one level of a rollup, by the value of `tag` (district or area)."""
-        series = self.query(AREA_ROWS, measurement, fields=[ident(f) for f in fields], level=level, tag=ident(tag))
-        return {item.tags.get(tag, ""): item.records() for item in series}
-
-    def raw_sensor_max(self, kind: Kind, columns: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        """Per sensor, each minute's maximum of the threshold metrics from raw, as `{metric}_max` columns."""
-        rows: dict[str, dict[Any, dict[str, Any]]] = {}
-        for metric, column in zip(kind.site_thresholds, columns, strict=True):
-            raw = ident(self.settings.raw_rp, kind.id)
-            for item in self.query(RAW_SENSOR_MAX, kind.id, m=raw, metric=ident(metric), column=ident(column)):
-                by_time = rows.setdefault(item.tags.get("sensor_id", ""), {})
-                for record in item.records():
-                    by_time.setdefault(record["time"], {"time": record["time"]})[column] = record[column]
-        return {sensor: list(by_time.values()) for sensor, by_time in rows.items()}
-
-    def district_name(self, district_id: str) -> str:
-        district = self.registry.districts.get(district_id)
-        return f"{district.name.en} · {district.name.th}" if district else district_id
-
-    def district_traces(self, rows: Mapping[str, list[dict[str, Any]]], column: str, step_s: int) -> list[Trace]:
-        """One trace per district, registry order first, districts the registry does not know after."""
-        order = [d.id for d in self.districts] + sorted(set(rows) - {d.id for d in self.districts})
-        traces = []
-        for district_id in order:
-            points = [(r["time"], float(r[column])) for r in rows.get(district_id, []) if r.get(column) is not None]
-            if points:
-                traces.append(Trace(self.district_name(district_id), *with_gaps(points, step_s)))
-        return traces
-
-    # -- sections -----------------------------------------------------------------------
-
-    def build(self) -> ClusterPage:
-        sections: list[Section] = []
-        aqi_now: list[AqiNow] = []
-        if any(pollutant_bands(metric) for kind in self.kinds for metric in kind.metrics):
-            section, aqi_now = self.aqi_section()
-            sections.append(section)
-        sections.extend(self.kind_section(kind) for kind in self.kinds)
-        health, completeness = self.health_section()
-        sections.append(health)
-        return ClusterPage(self.cluster, sections, aqi_now, completeness, len(self.sensors), self.points)
-
-    def aqi_section(self) -> tuple[Section, list[AqiNow]]:
-        rows = self.area_rows(AQI_MEASUREMENT, ["aqi", "band", "dominant"], "district", "district")
-        now: list[AqiNow] = []
-        for district in self.districts:
-            latest = max(rows.get(district.id, []), key=lambda r: r["time"], default=None)
-            if latest is None or latest.get("aqi") is None:
-                now.append(AqiNow(district.id))
-                continue
-            aqi = int(latest["aqi"])
-            now.append(AqiNow(district.id, aqi, band_for(aqi), str(latest.get("dominant") or ""), latest["time"]))
-        chart = Chart(
-            f"{self.cluster.id}-aqi",
-            "Thai AQI by district · ดัชนีคุณภาพอากาศรายอำเภอ",
-            "Hourly AQI (highest sub-index of PM2.5, PM10, O3, CO, NO2, SO2; PCD averaging periods) "
-            "on the PCD band colours.",
-            "AQI",
-            self.district_traces(rows, "aqi", 3600),
-            bands=aqi_bands(),
-        )
-        cards = "".join(self.aqi_card(item) for item in now)
-        markup = f'<div class="aqi-now">{cards}</div>{band_legend()}'
-        return Section("aqi", "Air quality, latest hour · คุณภาพอากาศชั่วโมงล่าสุด", [chart], markup), now
-
-    def aqi_card(self, item: AqiNow) -> str:
-        name = html.escape(self.district_name(item.district))
-        if item.aqi is None or item.band is None or item.time is None:
-            return (
-                f'<div class="aqi-card nodata-card"><b>{name}</b><span class="aqi">&ndash;</span>'
-                f"<span>{NO_DATA}</span></div>"
-            )
-        band = item.band
-        dominant = f" · {html.escape(POLLUTANT_LABELS.get(item.dominant, item.dominant))}" if item.dominant else ""
-        return (
-            f'<div class="aqi-card" data-band="{band.number}" style="background:{band.colour};'
-            f'color:{text_colour(band.colour)}"><b>{name}</b><span class="aqi">{item.aqi}</span>'
-            f"<span>{html.escape(band.label_th)} · {html.escape(band.label_en)}</span>"
-            f"<small>AQI{dominant} · {html.escape(item.time.astimezone(self.tz).strftime('%d %b %H:%M'))}</small></div>"
-        )
-
-    def kind_section(self, kind: Kind) -> Section:
-        window = self.range.window
-        step_s = WINDOW_SECONDS[window]
-        measurement = rollup_measurement(kind.id, window)
-        by_district = [m for m in kind.metrics if m.name not in kind.site_thresholds]
-        charts: list[Chart] = []
-        if by_district:
-            fields = [rollup_field(m.name, stat) for m in by_district for stat in DISTRICT_STATS[m.aggregate]]
-            rows = self.area_rows(measurement, fields, "district", "district")
-            for metric in by_district:
-                if metric.aggregate == "sum":
-                    charts.append(self.per_hour_chart(kind, metric, rows, window))
-                    continue
-                column = rollup_field(metric.name, "mean")
-                bands = pollutant_bands(metric)
-                note = f"{WINDOW_LABELS[window]} mean of each district's sensors, {unit_label(metric.unit) or 'count'}."
-                if bands:
-                    note += " Background: the PCD AQI bands of this pollutant (they apply to its averaging period)."
-                charts.append(
-                    Chart(
-                        f"{self.cluster.id}-{kind.id}-{metric.name}",
-                        f"{metric.description} ({metric.name})",
-                        note,
-                        metric.unit,
-                        self.district_traces(rows, column, step_s),
-                        bands=bands,
-                    )
-                )
-        if kind.site_thresholds:
-            fields = [rollup_field(name, "max") for name in kind.site_thresholds]
-            if "sensor" in rollup_levels(window, kind.interval_s):
-                rows = self.area_rows(measurement, fields, "sensor", "area")
-            else:
-                rows = self.raw_sensor_max(kind, fields)
-            for name, column in zip(kind.site_thresholds, fields, strict=True):
-                charts.extend(self.site_charts(kind, name, column, rows, window))
-        return Section(kind.id, f"{kind.name.en} · {kind.name.th}", charts)
-
-    def per_hour_chart(
-        self, kind: Kind, metric: Metric, rows: Mapping[str, list[dict[str, Any]]], window: str
-    ) -> Chart:
-        """An amount since the previous reading (`aggregate: sum`) per hour: the district's mean reading times
-        the readings an hour holds, i.e. the mean of its sensors' hourly totals (as the dashboards chart it)."""
-        total, count = rollup_field(metric.name, "sum"), rollup_field(metric.name, "count")
-        per_hour_rows = {
-            district: [
-                {"time": r["time"], "per_hour": r[total] / r[count] * 3600 / kind.interval_s}
-                for r in records
-                if r.get(total) is not None and r.get(count)
-            ]
-            for district, records in rows.items()
-        }
-        unit = per_hour(metric.unit)
-        return Chart(
-            f"{self.cluster.id}-{kind.id}-{metric.name}",
-            f"{metric.description} ({metric.name}), per hour",
-            f"Per hour ({unit}), from the {WINDOW_LABELS[window].lower()} rollups: each district's mean reading "
-            f"times the {3600 / kind.interval_s:g} readings an hour holds (its sensors' hourly total, averaged).",
-            unit,
-            self.district_traces(per_hour_rows, "per_hour", WINDOW_SECONDS[window]),
-        )
-
-    def site_charts(
-        self, kind: Kind, metric_name: str, column: str, rows: Mapping[str, list[dict[str, Any]]], window: str
-    ) -> list[Chart]:
-        """A chart per site with sensors of `kind`: each sensor's maximum against the site's thresholds."""
-        metric = kind.metric(metric_name)
-        assert metric is not None  # the registry checks site_thresholds against the metrics
-        unit = unit_label(metric.unit)
-        by_site: dict[str, list[str]] = {}
-        for sensor in self.sensors:
-            if sensor.kind == kind.id:
-                by_site.setdefault(sensor.site, []).append(sensor.id)
-        charts = []
-        for site_id in (s for s in self.registry.sites if s in by_site):
-            site = self.registry.sites[site_id]
-            threshold = self.registry.threshold(site_id, metric_name)
-            traces = []
-            for sensor_id in by_site[site_id]:
-                points = [(r["time"], float(r[column])) for r in rows.get(sensor_id, []) if r.get(column) is not None]
-                if points:
-                    traces.append(Trace(sensor_id, *with_gaps(points, WINDOW_SECONDS[window])))
-            levels = []
-            if threshold is not None:
-                levels = [
-                    (threshold.warning, f"warning · เฝ้าระวัง {threshold.warning:g} {unit}", "#E08A00"),
-                    (threshold.danger, f"danger · อันตราย {threshold.danger:g} {unit}", "#CD0000"),
-                ]
-            district = self.district_name(self.registry.district_of_site[site_id])
-            charts.append(
-                Chart(
-                    f"{self.cluster.id}-{kind.id}-{metric_name}-{site_id}",
-                    f"{site.name}: {metric.description}",
-                    f"{district}. {WINDOW_LABELS[window]} maximum of each gauge, {unit}; "
-                    "dashed: the site's warning and danger levels (registry).",
-                    metric.unit,
-                    traces,
-                    levels=levels,
-                )
-            )
-        return charts
-
-    def health_section(self) -> tuple[Section, float | None]:
-        by_vendor = self.query(HEALTH_BY_VENDOR, HEALTH_MEASUREMENT)
-        vendor_traces = []
-        for item in sorted(by_vendor, key=lambda s: s.tags.get("vendor", "")):
-            vendor_id = item.tags.get("vendor", "")
-            vendor = self.registry.vendors.get(vendor_id)
-            points = [
-                (r["time"], 100 * float(r["completeness"])) for r in item.records() if r["completeness"] is not None
-            ]
-            vendor_traces.append(Trace(vendor.name if vendor else vendor_id, *with_gaps(points, 3600)))
-        vendor_chart = Chart(
-            f"{self.cluster.id}-health-vendor",
-            "Completeness by vendor · ความครบถ้วนของข้อมูลตามผู้จำหน่าย",
-            "Hourly mean over each vendor's sensors of readings received / expected (from the kind's interval).",
-            "%",
-            vendor_traces,
-            y_range=(0, 105),
-        )
-        # Per kind: sums over its sensors, and each sensor's mean hourly completeness (capped at 1 per hour,
-        # so a sensor reporting too often cannot hide a silent one).
-        totals: dict[str, dict[str, float]] = {}
-        ratios_of: dict[str, list[float]] = {}
-        for item in self.query(HEALTH_BY_SENSOR, HEALTH_MEASUREMENT):
-            sensor = self.registry.sensors.get(item.tags.get("sensor_id", ""))
-            kind_id = sensor.kind if sensor else "unknown"
-            for record in item.records():
-                kind_totals = totals.setdefault(
-                    kind_id, {"received": 0, "expected": 0, "outliers": 0, "flatline": 0, "silent": 0}
-                )
-                for key in ("received", "expected", "outliers", "flatline"):
-                    kind_totals[key] += float(record.get(key) or 0)
-                kind_totals["silent"] += not record.get("received")
-                ratios_of.setdefault(kind_id, []).append(float(record.get("completeness") or 0))
-        kinds = [k for k in self.registry.kinds if k in totals] + sorted(set(totals) - set(self.registry.kinds))
-        names = [self.kind_name(k) for k in kinds]
-        ratios = [sum(ratios_of[k]) / len(ratios_of[k]) for k in kinds]
-        kind_chart = Chart(
-            f"{self.cluster.id}-health-kind",
-            "Completeness by kind · ความครบถ้วนของข้อมูลตามประเภทเซนเซอร์",
-            "Mean over the kind's sensors of their hourly readings received / expected, over the range.",
-            "%",
-            [Trace("completeness", names, [100 * r for r in ratios])] if kinds else [],
-            bar=True,
-            y_range=(0, 105),
-        )
-        every_sensor = [r for k in kinds for r in ratios_of[k]]
-        overall = sum(every_sensor) / len(every_sensor) if every_sensor else None
-        table = health_table([(name, totals[k], ratio) for k, name, ratio in zip(kinds, names, ratios, strict=True)])
-        section = Section("health", "Sensor health · สถานะเซนเซอร์", [vendor_chart, kind_chart], table)
-        return section, overall
-
-    def kind_name(self, kind_id: str) -> str:
-        kind = self.registry.kinds.get(kind_id)
-        return f"{kind.name.en} · {kind.name.th}" if kind else kind_id
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -692,7 +157,24 @@ def band_legend() -> str:
     return f'<div class="legend" aria-label="Thai AQI bands (PCD)">{title}{"".join(items)}</div>'
 
 
-def health_table(rows: Sequence[tuple[str, Mapping[str, float], float]]) -> str:
+def aqi_card(item: AqiNow, registry: Registry, tz: tzinfo) -> str:
+    name = html.escape(district_name(registry, item.district))
+    if item.aqi is None or item.band is None or item.time is None:
+        return (
+            f'<div class="aqi-card nodata-card"><b>{name}</b><span class="aqi">&ndash;</span>'
+            f"<span>{NO_DATA}</span></div>"
+        )
+    band = item.band
+    dominant = f" · {html.escape(POLLUTANT_LABELS.get(item.dominant, item.dominant))}" if item.dominant else ""
+    return (
+        f'<div class="aqi-card" data-band="{band.number}" style="background:{band.colour};'
+        f'color:{text_colour(band.colour)}"><b>{name}</b><span class="aqi">{item.aqi}</span>'
+        f"<span>{html.escape(band.label_th)} · {html.escape(band.label_en)}</span>"
+        f"<small>AQI{dominant} · {html.escape(item.time.astimezone(tz).strftime('%d %b %H:%M'))}</small></div>"
+    )
+
+
+def health_table(rows: Sequence[KindHealth]) -> str:
     if not rows:
         return ""
     head = (
@@ -706,6 +188,16 @@ def health_table(rows: Sequence[tuple[str, Mapping[str, float], float]]) -> str:
         for name, t, ratio in rows
     )
     return f'<div class="table-wrap"><table>{head}{body}</table></div>'
+
+
+def section_lead(section: Section, registry: Registry, tz: tzinfo) -> str:
+    """The markup shown before a section's charts."""
+    if section.aqi_now is not None:
+        cards = "".join(aqi_card(item, registry, tz) for item in section.aqi_now)
+        return f'<div class="aqi-now">{cards}</div>{band_legend()}'
+    if section.health is not None:
+        return health_table(section.health)
+    return ""
 
 
 def page(title: str, header: str, body: str, figures: Mapping[str, Any] | None = None) -> str:
@@ -765,13 +257,14 @@ def render_cluster(
                 plot = f'<div class="nodata" data-chart="{html.escape(chart.id)}">{NO_DATA}</div>'
             else:
                 plot = f'<div class="chart" id="{html.escape(chart.id)}"></div>'
-                figures[chart.id] = figure(chart, time_range, tz)
+                figures[chart.id] = figure(chart, time_range.start, time_range.end, tz)
             cards.append(
                 f'<figure class="card"><h3>{html.escape(chart.title)}</h3>'
                 f'<p class="note">{html.escape(chart.note)}</p>{plot}</figure>'
             )
         parts.append(
-            f'<section id="{html.escape(section.id)}"><h2>{html.escape(section.title)}</h2>{section.html}'
+            f'<section id="{html.escape(section.id)}"><h2>{html.escape(section.title)}</h2>'
+            f"{section_lead(section, registry, tz)}"
             f'<div class="grid">{"".join(cards)}</div></section>'
         )
     # Validates every figure against plotly's schema (a wrong attribute fails here, not in a reader's browser).
@@ -787,8 +280,7 @@ def render_index(
         cluster = item.cluster
         worst = max((a for a in item.aqi_now if a.aqi is not None), key=lambda a: a.aqi or 0, default=None)
         if worst is not None and worst.band is not None:
-            district = registry.districts.get(worst.district)
-            where = f"{district.name.en} · {district.name.th}" if district else worst.district
+            where = district_name(registry, worst.district)
             aqi = (
                 f'<p><span class="aqi-card" style="display:inline-flex;background:{worst.band.colour};'
                 f'color:{text_colour(worst.band.colour)}"><b>AQI {worst.aqi}</b></span> '
@@ -855,7 +347,7 @@ def write_report(
         time_range = TimeRange(start.astimezone(UTC), end.astimezone(UTC))
         pages = []
         for cluster in registry.super_clusters.values():
-            pages.append(ClusterReport(client, settings, registry, cluster, time_range, tz, on_step).build())
+            pages.append(ClusterReport(client, settings, registry, cluster, time_range, on_step).build())
     if not any(p.points for p in pages):
         raise ReportError(
             f"no data between {range_text(time_range, tz)} in database {settings.db!r} "

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from deploy.report import NO_DATA, TimeRange, range_text
+from deploy.report import NO_DATA, range_text
+from deploy.report_queries import TimeRange
 from sensors.aqi import BANDS, band_for
 from sensors.registry import BUILTIN_DIR, Registry, default_registry, load_registry
 from storage import schema
