@@ -3,6 +3,7 @@
 ingest/fastpaho.py (`FastClient`) overrides paho's packet read and PUBLISH handling for speed, and
 pipelines/options.py builds Beam's options with Beam's own argument parser. Neither is public API,
 so pyproject.toml pins both exactly; when an upgrade moves one of these names this test says which.
+Without them the product still runs, slower or less checked: the fallbacks are tested here too.
 """
 
 from __future__ import annotations
