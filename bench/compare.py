@@ -401,6 +401,7 @@ def wait_idle(bench: Bench, timeout_s: float = 60.0) -> None:
 
 # The default process again, connected as vendors are (MQTT over TLS on the vendors' listener): TLS's cost.
 TLS_LABEL = "smartcity ingest, over TLS"
+PAHO_LABEL = "smartcity ingest, paho's own client (fast_client = false)"
 
 
 def drain_setups(bench: Bench, registry: Registry, node: str, round_no: int) -> list[Consumer]:
@@ -414,6 +415,8 @@ def drain_setups(bench: Bench, registry: Registry, node: str, round_no: int) -> 
         Ingest(bench, "smartcity ingest, 1 process per city", f"drain_cities_{r}", by_city),
         Ingest(bench, "smartcity ingest, --role consume + --role write", f"drain_split_{r}", split),
         Ingest(bench, TLS_LABEL, f"drain_tls_{r}", [{"client_id": f"bench-tls-{r}", **bench.tls_settings()}]),
+        # The fallback when paho's internals moved (ingest/fastpaho.py): what the fast client is worth.
+        Ingest(bench, PAHO_LABEL, f"drain_paho_{r}", [{"client_id": f"bench-paho-{r}", "fast_client": "false"}]),
     ]
 
 

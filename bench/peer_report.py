@@ -147,6 +147,7 @@ def report(
     live_ours = next(r for r in lives if r.consumer == "smartcity ingest")
     live_peer = next(r for r in lives if r.consumer == peer.consumer)
     tls = next((r for r in drains if r.consumer.endswith("over TLS")), None)
+    stock = next((r for r in drains if "paho's own client" in r.consumer), None)
     live_tls = next((r for r in lives if r.consumer.endswith("over TLS")), None)
     out += [
         "",
@@ -167,6 +168,12 @@ def report(
             f"- over TLS (the vendors' listener): drain {tls.rate:,.0f} msg/s ({tls.rate / ours.rate:.2f}x plain), "
             f"{tls.cpu_s:.1f} CPU s for the stream (plain {ours.cpu_s:.1f}); at {args.rate:,.0f} msg/s p50 "
             f"{live_tls.p50_ms:,.0f} ms, p99 {live_tls.p99_ms:,.0f} ms."
+        )
+    if stock is not None:
+        out.append(
+            f"- paho's own client (the fallback, `fast_client = false`): drain {stock.rate:,.0f} msg/s "
+            f"({stock.rate / ours.rate:.2f}x the fast client), {stock.cpu_s:.1f} CPU s for the stream "
+            f"(fast {ours.cpu_s:.1f})."
         )
     out += [
         "",
