@@ -85,18 +85,18 @@ from bench.peer_report import DOC, PLOT, Row, fmt, machine, plot, report, versio
 from bench.peer_rollups import rollups
 from deploy.broker_auth import INGEST_USER
 from deploy.servers import find_binary
+from sensors.broker_url import BrokerAddress
 from sensors.errors import SmartcityError
 from sensors.faults import parse_faults
+from sensors.publisher import Publisher
 from sensors.registry import Registry, default_registry
 from sensors.simulator import (
     DUPLICATE,
     GOOD,
     HOUR_MS,
     STORED,
-    BrokerAddress,
     Message,
     Plan,
-    Publisher,
     Simulation,
     Token,
     natural_rate,

@@ -8,7 +8,7 @@ whole built-in fleet (610 sensors, `--hours` of readings, `--faults default`):
 - publishing alone: the same messages, pre-generated, through `Publisher`
   (one MQTT 5 connection per vendor, QoS 1, PUBACKs counted);
 - the whole run as `smartcity simulate --from ... --speed max` does it
-  (`simulator.run`: generate, publish, count), without and with a QoS 1
+  (`publisher.run`: generate, publish, count), without and with a QoS 1
   subscriber on smartcity/v1/# (`mosquitto_sub`, as ingest would be).
 
 Prints a markdown table for docs/benchmarks.md and the command that made it.
@@ -32,9 +32,11 @@ from pathlib import Path
 
 from deploy.acl import write_broker_files
 from deploy.servers import Mosquitto, find_binary, free_port
+from sensors.broker_url import BrokerAddress
 from sensors.faults import DEFAULT_FAULTS
+from sensors.publisher import Publisher, Tally, run
 from sensors.registry import default_registry
-from sensors.simulator import BrokerAddress, Message, Plan, Publisher, Simulation, Tally, run, select_sensors
+from sensors.simulator import Message, Plan, Simulation, select_sensors
 
 START_MS = 1_773_900_000_000  # 2026-03-19T06:00:00Z
 

@@ -23,7 +23,8 @@ import msgspec
 
 from sensors.cli import registry_from, registry_option
 from sensors.contract import DEFAULT_MAX_AGE_MS, Accepted, Contract, reject_topic
-from sensors.contract_spec import ContractSpecError, reject_message, render_doc, spec_files
+from sensors.contract_guide import render_doc
+from sensors.contract_spec import ContractSpecError, reject_message, spec_files
 from sensors.timeparse import time_option
 
 _DURATION = re.compile(r"^([1-9][0-9]*)(ms|s|m|h|d|w)$")

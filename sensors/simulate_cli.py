@@ -23,28 +23,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sensors.broker_url import BrokerAddress
 from sensors.cli import home_option, registry_from, registry_option
 from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS, format_window
 from sensors.faults import FaultSpecError, format_faults, parse_faults
 from sensors.home import Home
-from sensors.simulator import (
-    MIN_PERIOD_MS,
-    BrokerAddress,
-    Plan,
-    Publisher,
-    Simulation,
-    SimulatorError,
-    Tally,
-    iso,
-    load_passwords,
-    natural_rate,
-    run,
-    select_sensors,
-    write_manifest,
-)
-from sensors.simulator import (
-    Progress as RunProgress,
-)
+from sensors.publisher import Progress as RunProgress
+from sensors.publisher import Publisher, Tally, iso, load_passwords, run, write_manifest
+from sensors.simulator import MIN_PERIOD_MS, Plan, Simulation, SimulatorError, natural_rate, select_sensors
 from sensors.timeparse import time_option
 
 

@@ -50,8 +50,8 @@ def test_ingest_loads_no_other_package_commands() -> None:
     code = (
         "import sys; from deploy.cli import app; app.get_command(__import__('click').Context(app), 'ingest'); "
         "print(' '.join(sorted(m for m in ('plotly', 'grafana_foundation_sdk', 'deploy.report', "
-        "'deploy.report_queries', 'deploy.report_figures', 'sensors.simulator', 'apache_beam', 'cryptography') "
-        "if m in sys.modules)))"
+        "'deploy.report_queries', 'deploy.report_figures', 'sensors.simulator', 'sensors.publisher', "
+        "'apache_beam', 'cryptography') if m in sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -19,14 +19,12 @@ from hypothesis import strategies as st
 
 from deploy.cli import main
 from sensors.contract import MALFORMED_REJECT_TOPIC, Accepted, Contract, RejectCode
+from sensors.contract_examples import ACCEPTED, examples
+from sensors.contract_guide import guide_examples, render_doc
 from sensors.contract_spec import (
-    ACCEPTED,
     SCHEMA_LIMITS,
     asyncapi_document,
-    examples,
-    guide_examples,
     object_schema,
-    render_doc,
     schema_files,
     senml_schema,
     spec_files,

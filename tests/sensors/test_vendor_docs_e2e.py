@@ -31,11 +31,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensors.contract import MALFORMED_REJECT_TOPIC, Accepted, Contract, parse_topic, reject_topic
-from sensors.contract_spec import (
-    ACCEPTED,
+from sensors.contract_examples import ACCEPTED, EXAMPLE_RECEIVED_MS
+from sensors.contract_guide import (
     BROKER_HOST_PLACEHOLDER,
     CA_FILE_NAME,
-    EXAMPLE_RECEIVED_MS,
     MQTTS_PORT,
     PASSWORD_PLACEHOLDER,
     GuideExample,

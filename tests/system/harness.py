@@ -1,6 +1,6 @@
 """What the system scenarios share: a fleet load with its manifest, fault bookkeeping, InfluxDB dumps.
 
-- `Load` replays the simulator's fleet (`sensors.simulator`) through the real
+- `Load` replays the simulator's fleet (`sensors.simulator`, `sensors.publisher`) through the real
   broker at a steady rate from a thread, with each vendor's own account, and
   writes the manifest `deploy.audit` joins with InfluxDB and the reject store.
   It remembers when the broker acknowledged each message, so a scenario knows
@@ -33,24 +33,12 @@ from typing import Any
 from deploy.audit import AuditResult, audit, load_manifest
 from deploy.servers import basic_auth
 from deploy.stack import INFLUX_ADMIN
+from sensors.broker_url import BrokerAddress
 from sensors.faults import Fault
+from sensors.publisher import Publisher, Tally, iso, load_passwords, write_manifest
 from sensors.reading import verify_line
 from sensors.registry import Registry, default_registry
-from sensors.simulator import (
-    DUPLICATE,
-    HOUR_MS,
-    STORED,
-    BrokerAddress,
-    Message,
-    Plan,
-    Publisher,
-    Simulation,
-    Tally,
-    iso,
-    load_passwords,
-    select_sensors,
-    write_manifest,
-)
+from sensors.simulator import DUPLICATE, HOUR_MS, STORED, Message, Plan, Simulation, select_sensors
 from sensors.spool import iter_lines
 from storage import schema
 from storage.settings import InfluxSettings

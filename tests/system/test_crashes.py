@@ -27,7 +27,8 @@ import pytest
 
 from ingest.spooltail import OFFSET_FILE
 from sensors.checkpoint import Checkpoint
-from sensors.simulator import HOUR_MS, iso
+from sensors.publisher import iso
+from sensors.simulator import HOUR_MS
 from sensors.spool import closed_segments
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
 from tests.servers import StackHandle

@@ -33,21 +33,18 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.audit import stored_rejections
+from sensors.broker_url import BrokerAddress
 from sensors.contract import MAX_PAYLOAD_BYTES, Accepted, Contract, RejectCode, Rejected, parse_topic, reject_topic
+from sensors.publisher import Publisher, Tally, iso, write_manifest
 from sensors.registry import Registry, Sensor, default_registry
 from sensors.simulator import (
     GATEWAY_ACCOUNT,
     GATEWAY_VENDOR,
     HOUR_MS,
-    BrokerAddress,
     Plan,
-    Publisher,
     SensorInfo,
     Simulation,
-    Tally,
-    iso,
     select_sensors,
-    write_manifest,
 )
 from storage import schema
 from tests.ingest.helpers import IngestProcess, ingest_env
