@@ -24,8 +24,6 @@ registry_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.opti
 )
 
 
-
-
 def home_option(what: str = "spool, secrets, local stack data") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--home`: the state folder every command shares (default ./.smartcity, env SMARTCITY_HOME)."""
     return click.option(

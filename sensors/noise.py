@@ -77,5 +77,3 @@ def bump(x: F64, centre: float | F64, width: float | F64, period: float) -> F64:
     """A Gaussian bump on a circle (hour of day, day of year): 1 at `centre`."""
     distance = np.abs((x - centre + period / 2) % period - period / 2)
     return np.exp(-0.5 * (distance / width) ** 2)
-
-
