@@ -42,6 +42,7 @@ from tests.system.harness import (
     differences,
     dump,
     end_fault,
+    influxql,
     seeded,
     tmpfs,
     until,
@@ -246,6 +247,18 @@ def test_influxdb_down_for_60_s_under_load(
         time.sleep(OUTAGE_S)
         influx.start(detach=True)
         end_fault(fault, load, private_stack, timeout_s=120)
+        # The outage shows in ingest's self-metrics, written once InfluxDB is back: what the lag alert watches.
+        until(lambda: self_metrics()[0] >= OUTAGE_S / 3, 30, "the spool lag of the outage in ingest's metrics")
+        assert self_metrics()[1] >= 1  # write retries
+
+    def self_metrics() -> tuple[float, float]:
+        """(max spool_lag_s, sum write_retries) of the scenario's ingest, as InfluxDB holds them."""
+        found = influxql(
+            private_stack,
+            'SELECT max("spool_lag_s"), sum("write_retries") FROM "raw"."ingest" WHERE "instance" = \'sys-servers\'',
+        )
+        _, lag, retries = found[0]["values"][0] if found else (0, 0, 0)
+        return float(lag or 0), float(retries or 0)
 
     load, faults, writes, lost, log = server_faults(
         private_stack, tmp_path, seed, stop_influxdb, rate=300, duration_s=90
