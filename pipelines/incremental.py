@@ -67,18 +67,15 @@ _SENSOR_ID = SENSOR_TAGS.index("sensor_id")
 class Touched:
     """The rows a cycle writes: `(measurement, tag row, time ms)` cells, and sensor-hours for anomalies.
 
-    Health rows of sensors without readings (received 0) are kept for hours that
-    ended before `ended_ms`: a silent sensor has no reading to touch its row.
+    Health rows of sensors without readings (received 0) are kept: a silent sensor has no reading
+    to touch its row (`SensorHealth` names silent sensors only in hours that have ended).
     """
 
     cells: frozenset[tuple[str, tuple[str, ...], int]]
     sensor_hours: frozenset[tuple[tuple[str, ...], int]]
-    ended_ms: int
 
     @classmethod
-    def of(
-        cls, batches: Iterable[ReadingBatch], registry: Registry, aqi_kinds: Iterable[str], ended_ms: int
-    ) -> Touched:
+    def of(cls, batches: Iterable[ReadingBatch], registry: Registry, aqi_kinds: Iterable[str]) -> Touched:
         cells: set[tuple[str, tuple[str, ...], int]] = set()
         sensor_hours: set[tuple[tuple[str, ...], int]] = set()
         aqi = frozenset(aqi_kinds)
@@ -106,7 +103,7 @@ class Touched:
             # The reading may be the reference of a rate of rise in the next hour's first quarter.
             shifted = dataclasses.replace(batch, ts=batch.ts + RISE_SPAN_MS)
             sensor_hours.update((tuple(batch.series[s]), h) for s, h in _pairs(shifted, HOUR_MS))
-        return cls(frozenset(cells), frozenset(sensor_hours), ended_ms)
+        return cls(frozenset(cells), frozenset(sensor_hours))
 
     def keep(self, batch: PointBatch) -> PointBatch:
         """The rows of `batch` this cycle writes."""
@@ -123,7 +120,7 @@ class Touched:
             m = batch.measurement
             mask = [(m, tuple(table[r]), t) in self.cells for r, t in zip(rows, times, strict=True)]
             if m == HEALTH_MEASUREMENT:
-                silent = (batch.fields["received"] == 0) & (batch.time_ms + HOUR_MS <= self.ended_ms)
+                silent = batch.fields["received"] == 0
                 mask = [a or b for a, b in zip(mask, silent.tolist(), strict=True)]
         return batch.take(np.array(mask, dtype=bool))
 

@@ -327,7 +327,6 @@ def run_cycle(
     beam_args: Sequence[str],
     influx: InfluxSettings | None,
     state: AqiHours,
-    now_ms: int,
     keep_from_ms: int,
 ) -> list[RunReport]:
     """Run a follow cycle's plan, slice by slice, writing the rows its `fresh` readings touch.
@@ -336,7 +335,7 @@ def run_cycle(
     there; otherwise it reads the look-back from the spool, and `state` is complete from then on. The
     hourly means each slice computes go into `state` (hours before `keep_from_ms` are dropped).
     """
-    touched = Touched.of(fresh, registry, thai_aqi.pollutants_of(registry), floor_to(now_ms, HOUR_MS))
+    touched = Touched.of(fresh, registry, thai_aqi.pollutants_of(registry))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     export = Path(tempfile.mkdtemp(prefix=".aqi-hours-", dir=settings.state_dir))
     reports = []
@@ -393,7 +392,7 @@ def follow(
             fresh = [b for s in new for b in load_segment(s, decoder, settings.cache_dir).batches]
             watermark = max([checkpoint.watermark_ms or 0, *(s.max_ts for s in new if s.max_ts is not None)])
             keep_from = floor_to(watermark - settings.allowed_lateness_s * 1000, HOUR_MS) - thai_aqi.LOOKBACK_MS
-            for report in run_cycle(plan, fresh, settings, registry, beam_args, influx, state, now_ms, keep_from):
+            for report in run_cycle(plan, fresh, settings, registry, beam_args, influx, state, keep_from):
                 on_report(report)
             state.save(settings.aqi_state_path)  # before the checkpoint: a crash repeats the cycle, never skips it
         if plan is not None or new:

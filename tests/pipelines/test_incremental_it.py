@@ -167,7 +167,7 @@ def test_a_follow_cycle_clears_the_anomalies_of_its_sensor_hours_only(stack: Sta
 
     with make_writer(influx, rp=influx.rollup_rp) as writer:
         writer.write([spike(one.id, T0 + 7), spike(other.id, T0 + 8), spike(one.id, T0 + HOUR + 9)])
-    touched = Touched.of(batches_of([reading(one, T0 + 5 * MINUTE, {"pm25": 10.0})], registry), registry, (), T0)
+    touched = Touched.of(batches_of([reading(one, T0 + 5 * MINUTE, {"pm25": 10.0})], registry), registry, ())
     clear_sensor_anomalies(influx, touched, Plan(PIPELINES, T0, T0 + 2 * HOUR, T0 + 2 * HOUR))
     left = {(k[1], k[2]) for k in query_rows(stack, "anomalies", db="incremental_anomalies")}
     assert {(dict(tags)["sensor_id"], t) for tags, t in left} == {(other.id, T0 + 8), (one.id, T0 + HOUR + 9)}
