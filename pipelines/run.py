@@ -65,6 +65,7 @@ from sensors.checkpoint import Checkpoint
 from sensors.errors import SmartcityError
 from sensors.registry import Registry
 from sensors.spool import READINGS, SegmentInfo, closed_segments
+from storage.errors import StorageError
 from storage.query import QueryClient, ident, regex
 from storage.schema import ANOMALY_MEASUREMENT
 from storage.settings import InfluxSettings
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 # Longest single run: a day of the fleet is a few hundred MB of columns on a local runner.
 SLICE_HOURS = 24
+# Longest wait between retries of a follow cycle that InfluxDB failed.
+FOLLOW_RETRY_MAX_S = 60.0
 
 
 class PipelineRunError(SmartcityError):
@@ -370,37 +373,76 @@ def follow(
 
     Per cycle: the new readings name the rows to write (`Touched`); the AQI's hourly means of the
     hours a slice does not read come from `AqiHours` (saved next to the checkpoint, before it).
+    A cycle that InfluxDB fails (down, full, refusing) is retried with back-off from the same
+    checkpoint and saved state, so an outage longer than the writer's retries pauses the pipelines
+    rather than stopping them.
     """
     checkpoint = Checkpoint.load(settings.checkpoint_path)
-    # The AQI state belongs to the checkpoint: without one (a reset), the first cycle reads its look-back again.
-    state = AqiHours.load(settings.aqi_state_path) if settings.checkpoint_path.exists() else AqiHours()
+    state = _saved_aqi_hours(settings)
     decoder = SegmentDecoder(metrics_by_kind(registry))
     if checkpoint.hours_done_ms is None:  # health of clock hours starts now; earlier hours come from data
         checkpoint.hours_done_ms = floor_to(int(clock() * 1000), HOUR_MS)
+    failures = 0
     while not stop.is_set():
-        now_ms = int(clock() * 1000)
-        segments = closed_segments(settings.spool_root, READINGS)
-        new = [s for s in segments if not checkpoint.is_done(s)]
-        plan, too_late = plan_cycle(new, checkpoint, now_ms, settings.allowed_lateness_s * 1000)
-        if too_late:
-            logger.warning(
-                "%s readings are older than the allowed lateness and were not re-aggregated; "
-                "backfill them with 'smartcity pipeline run --from ... --to ...'",
-                too_late,
+        try:
+            _follow_cycle(settings, registry, beam_args, influx, checkpoint, state, decoder, on_report, clock)
+        except StorageError as err:
+            failures += 1
+            wait_s = min(settings.poll_interval_s * 2**failures, FOLLOW_RETRY_MAX_S)
+            logger.error(
+                "follow cycle failed: %s; nothing of it is checkpointed, retrying in %.1f s (attempt %d)",
+                err,
+                wait_s,
+                failures,
             )
-        if plan is not None:
-            fresh = [b for s in new for b in load_segment(s, decoder, settings.cache_dir).batches]
-            watermark = max([checkpoint.watermark_ms or 0, *(s.max_ts for s in new if s.max_ts is not None)])
-            keep_from = floor_to(watermark - settings.allowed_lateness_s * 1000, HOUR_MS) - thai_aqi.LOOKBACK_MS
-            for report in run_cycle(plan, fresh, settings, registry, beam_args, influx, state, keep_from):
-                on_report(report)
-            state.save(settings.aqi_state_path)  # before the checkpoint: a crash repeats the cycle, never skips it
-        if plan is not None or new:
-            checkpoint.mark_done(new)
-            if plan is not None and "health" in plan.pipelines:
-                done = min(plan.end_ms, floor_to(now_ms, HOUR_MS))
-                checkpoint.hours_done_ms = max(checkpoint.hours_done_ms, done)
-            checkpoint.save(settings.checkpoint_path)
-            if settings.cache_dir is not None:
-                prune_cache(settings.cache_dir, segments)
+            state = _saved_aqi_hours(settings)  # the failed cycle may have updated it in memory
+            stop.wait(wait_s)
+            continue
+        if failures:
+            logger.info("follow cycle succeeded after %d failed attempts", failures)
+            failures = 0
         stop.wait(settings.poll_interval_s)
+
+
+def _saved_aqi_hours(settings: PipelineSettings) -> AqiHours:
+    # The AQI state belongs to the checkpoint: without one (a reset), the first cycle reads its look-back again.
+    return AqiHours.load(settings.aqi_state_path) if settings.checkpoint_path.exists() else AqiHours()
+
+
+def _follow_cycle(
+    settings: PipelineSettings,
+    registry: Registry,
+    beam_args: Sequence[str],
+    influx: InfluxSettings | None,
+    checkpoint: Checkpoint,
+    state: AqiHours,
+    decoder: SegmentDecoder,
+    on_report: Callable[[RunReport], None],
+    clock: Callable[[], float],
+) -> None:
+    """One cycle of `follow`; `checkpoint` changes (and is saved) only once every point is written."""
+    now_ms = int(clock() * 1000)
+    segments = closed_segments(settings.spool_root, READINGS)
+    new = [s for s in segments if not checkpoint.is_done(s)]
+    plan, too_late = plan_cycle(new, checkpoint, now_ms, settings.allowed_lateness_s * 1000)
+    if too_late:
+        logger.warning(
+            "%s readings are older than the allowed lateness and were not re-aggregated; "
+            "backfill them with 'smartcity pipeline run --from ... --to ...'",
+            too_late,
+        )
+    if plan is not None:
+        fresh = [b for s in new for b in load_segment(s, decoder, settings.cache_dir).batches]
+        watermark = max([checkpoint.watermark_ms or 0, *(s.max_ts for s in new if s.max_ts is not None)])
+        keep_from = floor_to(watermark - settings.allowed_lateness_s * 1000, HOUR_MS) - thai_aqi.LOOKBACK_MS
+        for report in run_cycle(plan, fresh, settings, registry, beam_args, influx, state, keep_from):
+            on_report(report)
+        state.save(settings.aqi_state_path)  # before the checkpoint: a crash repeats the cycle, never skips it
+    if plan is not None or new:
+        checkpoint.mark_done(new)
+        if plan is not None and "health" in plan.pipelines:
+            done = min(plan.end_ms, floor_to(now_ms, HOUR_MS))
+            checkpoint.hours_done_ms = max(checkpoint.hours_done_ms or 0, done)
+        checkpoint.save(settings.checkpoint_path)
+        if settings.cache_dir is not None:
+            prune_cache(settings.cache_dir, segments)
