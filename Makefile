@@ -16,6 +16,7 @@ system-deps:
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
