@@ -5,7 +5,7 @@ below (`raw_point`, `rollup_point`, `health_point`, ...) are each measurement's
 definition, one point at a time: ingest writes raw and self-metric points with
 them, tests and fixtures the others. The pipelines write the same measurements
 column-wise (`pipelines.points.PointBatch`, for speed); tests/pipelines checks
-their health lines against `health_point`. `rollup_point` writes every statistic,
+their health and AQI points against `health_point` and `aqi_point`. `rollup_point` writes every statistic,
 where the pipelines write `rollup_stats` only (readers take nothing else).
 
 - `{kind}` (RP raw): tags super_cluster, city, district, site, sensor_id, vendor;

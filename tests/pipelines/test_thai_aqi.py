@@ -103,3 +103,28 @@ def test_area_means_weight_each_sensor_equally(registry: Registry) -> None:
         *[(last, lv, a, {"aqi": 50, "band": 2, "dominant": "pm25", "pm25_aqi": 50}) for lv, a in AREAS],
     ]
     run_aqi(registry, readings, (last, last + HOUR), expected)
+
+
+def test_the_points_are_the_schemas_aqi_points(registry: Registry) -> None:
+    """Column-wise (`PointBatch`), the pipeline writes what `storage.schema.aqi_point` defines:
+    measurement, tags, field names and their types (AQI, band and sub-indices stay integers)."""
+    from pipelines.points import PointBatch
+    from storage.line_protocol import Point
+    from storage.schema import aqi_point
+
+    def typed(point: Point) -> tuple[Any, ...]:  # field order is free in line protocol; types are not
+        fields = {name: (type(value).__name__, value) for name, value in point.fields.items()}
+        return point.measurement, dict(point.tags), fields, point.time, point.precision
+
+    readings = every(registry.sensors["pkt-aq-001"], T0, T0 + HOUR, MINUTE, {"no2": 30.0})
+    expected = aqi_point(PKT_AQ_001, aqi=13, band=1, dominant="no2", sub_indices={"no2": 13}, hour_start_ms=T0)
+    with batch_pipeline() as p:
+        points = (
+            p
+            | beam.Create(batches_of(readings, registry))
+            | ThaiAQI(registry, hours=(T0, T0 + HOUR))
+            | beam.FlatMap(PointBatch.points)
+            | beam.Filter(lambda point: point.tags.get("level") == "sensor")
+            | beam.Map(typed)
+        )
+        assert_that(points, equal_to([typed(expected)]))
