@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from sensors.reading import Reading, Rejection
 from sensors.registry import Registry, Sensor
@@ -67,6 +68,8 @@ SENML_RELATIVE_LIMIT_S = 2**28
 SEQ_MAX = 2**63 - 1
 # Epoch milliseconds before 2001-09-09 look like a vendor sending seconds by mistake.
 EPOCH_SECONDS_HINT_BELOW = 10**12
+# An object payload's `ts` beyond this many epoch milliseconds (year 33658) is `invalid_ts`.
+MAX_EPOCH_MS = 10**15
 
 _SENSOR_ID = re.compile(SENSOR_ID_PATTERN)
 _FRACTION = re.compile(r"\.\d+")
@@ -146,9 +149,50 @@ def reject_topic(topic: str) -> str:
     return f"{REJECT_PREFIX}{parts.city}/{parts.kind}/{parts.sensor_id}"
 
 
+# The fast path's payload shapes. Unknown fields are refused, not skipped: msgspec skips a field without
+# checking its UTF-8 or number range, where the general path refuses such a payload as `invalid_json`.
+class _ObjectPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """An object payload as the fast path takes it (`Contract._fast`): any other shape, `null` included, fails
+    to decode and goes the general way."""
+
+    ts: int | float | str
+    values: dict[str, float]
+    seq: int | UnsetType = UNSET
+    sensor_id: str | UnsetType = UNSET
+
+
+class _SenmlRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """A SenML record as the fast path takes it (a `null` fails to decode: it is not the same as absent)."""
+
+    bn: str | UnsetType = UNSET
+    bt: float | UnsetType = UNSET
+    bu: str | UnsetType = UNSET
+    bv: float | UnsetType = UNSET
+    n: str | UnsetType = UNSET
+    u: str | UnsetType = UNSET
+    t: float | UnsetType = UNSET
+    v: float | UnsetType = UNSET
+
+
+_decode_object = msgspec.json.Decoder(_ObjectPayload).decode
+_decode_senml = msgspec.json.Decoder(list[_SenmlRecord]).decode
+# What a typed decode raises on a payload of another shape (it then goes the general way).
+_NOT_FAST = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, _Reject)
+
+
+class _Fallback(Exception):
+    """The fast path cannot decide this message: the general path does, and names the reason."""
+
+
 class Contract:
     """Decodes messages against a registry. Readings older than `max_age_ms` when received are refused
-    (`ts_too_old`): the acceptance window, at most the raw retention."""
+    (`ts_too_old`): the acceptance window, at most the raw retention.
+
+    Each message first goes a fast path (`_fast`) that only accepts: a typed decode of the usual payload
+    shapes and the checks in a few lines. Anything it does not accept, it hands to the general path,
+    which decides the reject code and its detail; the fast path never decides a rejection, so a
+    rejection's reason is the general path's alone (tests/sensors checks both agree on accepted ones).
+    """
 
     def __init__(self, registry: Registry, max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
         self.registry = registry
@@ -157,9 +201,33 @@ class Contract:
         self._required = {
             kind.id: [metric.name for metric in kind.metrics if metric.required] for kind in registry.kinds.values()
         }
+        # For the fast path: each kind's metric -> (min, max, unit), and the sensor of each topic that passes
+        # the topic checks (a sensor has one topic, so this is as large as the fleet).
+        self._bounds = {
+            kind.id: {metric.name: (metric.min, metric.max, metric.unit) for metric in kind.metrics}
+            for kind in registry.kinds.values()
+        }
+        self._topics = {
+            sensor.topic: sensor
+            for sensor in registry.sensors.values()
+            if parse_topic(sensor.topic) == TopicParts(sensor.city, sensor.kind, sensor.id)
+        }
 
     def decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
         """Never raises on any input: returns the readings or one reject code with a human detail."""
+        sensor = self._topics.get(topic)
+        if sensor is not None and len(payload) <= MAX_PAYLOAD_BYTES:
+            try:
+                samples = self._fast(payload, sensor, received_ms)
+            except _Fallback:
+                pass
+            else:
+                reading = sensor.reading
+                return Accepted([reading(ts, values, seq, received_ms) for ts, values, seq in samples], sensor)
+        return self._decode(topic, payload, received_ms)
+
+    def _decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
+        """The general path: every check in the contract's order, the first failure decides the code."""
         sensor: Sensor | None = None
         try:
             parts = self._topic_parts(topic)
@@ -190,6 +258,108 @@ class Contract:
         except _Reject as reject:
             return Rejected(reject.code, reject.detail, sensor)
         return Accepted(readings, sensor)
+
+    # -- fast path --------------------------------------------------------------------
+
+    def _fast(self, payload: bytes, sensor: Sensor, received_ms: int) -> list[tuple[int, dict[str, float], int | None]]:
+        """The samples of a payload the general path accepts, with the same values; raises `_Fallback` for any
+        other (a rejection, or a shape it does not take). Its topic names `sensor` and it is not too large."""
+        start = payload[:1]
+        try:
+            if start == b"{":
+                return self._fast_object(_decode_object(payload), sensor, received_ms)
+            if start == b"[":
+                return self._fast_senml(_decode_senml(payload), sensor, received_ms)
+        except _NOT_FAST:
+            pass
+        raise _Fallback
+
+    def _fast_object(
+        self, document: _ObjectPayload, sensor: Sensor, received_ms: int
+    ) -> list[tuple[int, dict[str, float], int | None]]:
+        if document.sensor_id is not UNSET and document.sensor_id != sensor.id:
+            raise _Fallback
+        raw_ts = document.ts
+        # An int up to 1e15 is used as it is (exact as a float too); anything else as the general path reads it.
+        ts = raw_ts if type(raw_ts) is int and -MAX_EPOCH_MS <= raw_ts <= MAX_EPOCH_MS else _object_ts(raw_ts)
+        if not received_ms - self.max_age_ms <= ts <= received_ms + MAX_FUTURE_MS:
+            raise _Fallback
+        values = document.values
+        seq = document.seq
+        if not values or (seq is not UNSET and not 0 <= seq <= SEQ_MAX):
+            raise _Fallback
+        self._fast_values(sensor.kind, values)
+        return [(ts, values, None if seq is UNSET else seq)]
+
+    def _fast_senml(
+        self, pack: list[_SenmlRecord], sensor: Sensor, received_ms: int
+    ) -> list[tuple[int, dict[str, float], int | None]]:
+        if not pack:
+            raise _Fallback
+        own = sensor.id + ":"
+        bounds = self._bounds[sensor.kind]
+        earliest, latest = received_ms - self.max_age_ms, received_ms + MAX_FUTURE_MS
+        base_name, base_time, base_unit = "", 0.0, None
+        has_time = False
+        by_time: dict[int, dict[str, float]] = {}
+        for index, record in enumerate(pack):
+            if record.bn is not UNSET:
+                base_name = record.bn
+            if record.bt is not UNSET:
+                base_time, has_time = record.bt, True
+            if record.bu is not UNSET:
+                base_unit = record.bu
+            value = record.v
+            # A base value is added to `v` (rare: the general path does the sum as the vendor wrote it).
+            if value is UNSET or (record.bv is not UNSET and record.bv):
+                raise _Fallback
+            n = "" if record.n is UNSET else record.n
+            if (base_name == own or not base_name) and n and ":" not in n and "/" not in n:
+                metric = n  # the usual `{sensor_id}:` + metric, or the metric alone
+            else:
+                metric = self._senml_metric(base_name + n, sensor, index)
+            if record.t is UNSET:
+                if not has_time:
+                    raise _Fallback
+                seconds = base_time
+            else:
+                seconds = base_time + record.t
+            if not SENML_RELATIVE_LIMIT_S <= abs(seconds) <= 1e12:
+                raise _Fallback
+            ts = math.floor(seconds * 1000)
+            if not earliest <= ts <= latest:
+                raise _Fallback
+            unit = base_unit if record.u is UNSET else record.u
+            limits = bounds.get(metric)
+            if limits is None or (unit is not None and unit != limits[2]) or not limits[0] <= value <= limits[1]:
+                raise _Fallback
+            sample = by_time.get(ts)
+            if sample is None:
+                by_time[ts] = {metric: value}
+            elif metric in sample:
+                raise _Fallback
+            else:
+                sample[metric] = value
+        required = self._required[sensor.kind]
+        for values in by_time.values():
+            for name in required:
+                if name not in values:
+                    raise _Fallback
+        if len(by_time) == 1:
+            [(ts, values)] = by_time.items()
+            return [(ts, values, None)]
+        return [(ts, values, None) for ts, values in sorted(by_time.items())]
+
+    def _fast_values(self, kind: str, values: dict[str, float]) -> None:
+        """Known metrics, each within its range (decoded as floats, so finite), and the required ones."""
+        bounds = self._bounds[kind]
+        for name, value in values.items():
+            limits = bounds.get(name)
+            if limits is None or not limits[0] <= value <= limits[1]:
+                raise _Fallback
+        for name in self._required[kind]:
+            if name not in values:
+                raise _Fallback
 
     # -- topic ------------------------------------------------------------------------
 
@@ -400,7 +570,7 @@ def _object_ts(raw: Any) -> int:
         raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is neither epoch milliseconds nor RFC 3339")
     if isinstance(raw, int | float):
         ms = _finite(raw)
-        if ms is None or abs(ms) > 1e15:
+        if ms is None or abs(ms) > MAX_EPOCH_MS:
             raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is not a usable epoch milliseconds value")
         return int(ms)
     if isinstance(raw, str):
