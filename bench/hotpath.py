@@ -50,7 +50,6 @@ from ingest.settings import IngestSettings
 from ingest.spool import StreamWriter
 from ingest.spooltail import Position, StreamTail
 from sensors.contract import Contract, RejectCode, Rejected
-from sensors.reading import Reading
 from sensors.registry import default_registry
 from storage.line_protocol import Encoder, Point
 from storage.schema import raw_point
@@ -126,7 +125,7 @@ def bench_consume(contract: Contract, stream: Stream, home: Path) -> tuple[Calla
 
 def bench_writer(segment: Path, part: str) -> Callable[[], int]:
     """The raw writer's work per reading on a closed segment: `part` is read, point, encode or all of them."""
-    readings: list[Reading] = [r for r, _ in StreamTail(segment.parent, Position(1, 0), check=False).read(10**9)]
+    readings = StreamTail(segment.parent, Position(1, 0), check=False).read(10**9)
     points: list[Point] = [raw_point(r) for r in readings]
     batch = 5000  # [ingest] write_batch_points
 
@@ -157,7 +156,7 @@ def bench_writer(segment: Path, part: str) -> Callable[[], int]:
         count = 0
         while got := tail.read(batch):
             out: dict[str, list[str]] = {}
-            encoder.add_lines([raw_point(r) for r, _ in got], out)
+            encoder.add_lines([raw_point(r) for r in got], out)
             "\n".join(out["ms"]).encode()
             count += len(got)
         tail.close()

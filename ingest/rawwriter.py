@@ -167,7 +167,7 @@ class RawWriter:
             self.metrics.count_damaged(stream.tail.damaged)
             stream.tail.damaged = []
             if batch:
-                if not self._write([self.to_point(reading) for reading, _ in batch]):
+                if not self._write([self.to_point(reading) for reading in batch]):
                     # Not acknowledged (shutting down): reread from the saved position next time.
                     stream.tail.close()
                     stream.tail = StreamTail(stream.dir, stream.saved)
