@@ -16,9 +16,9 @@ late and out-of-order readings). Each path is timed over the whole stream,
   to the pending batch), with a group commit whenever `flush_max_kib` are
   pending (its fsync is I/O, not counted; no acknowledgement is sent);
 - `writer`: the raw writer's path per reading, over the segment `consume`
-  wrote: `StreamTail.read` (read the line, verify and decode the record), the
-  writer's `to_point` (`raw_point`) and line protocol (`Encoder.add_lines`,
-  joined as one request body), and `read`, `point`, `encode` on their own.
+  wrote: `StreamTail.read` (read the line, verify and decode the record) and
+  line protocol (`RawLines.lines`, joined as one request body, as
+  `storage.writer` sends it), and `read` and `lines` on their own.
 
 The rejected messages of the stream are checked against their simulator
 category, so a faster path that decides differently fails here too.
@@ -51,8 +51,7 @@ from ingest.spool import StreamWriter
 from ingest.spooltail import Position, StreamTail
 from sensors.contract import Contract, RejectCode, Rejected
 from sensors.registry import default_registry
-from storage.line_protocol import Encoder, Point
-from storage.schema import raw_point
+from storage.schema import RawLines
 
 PATHS = ("decode", "consume", "writer")
 
@@ -124,9 +123,8 @@ def bench_consume(contract: Contract, stream: Stream, home: Path) -> tuple[Calla
 
 
 def bench_writer(segment: Path, part: str) -> Callable[[], int]:
-    """The raw writer's work per reading on a closed segment: `part` is read, point, encode or all of them."""
+    """The raw writer's work per reading on a closed segment: `part` is read, lines or both."""
     readings = StreamTail(segment.parent, Position(1, 0), check=False).read(10**9)
-    points: list[Point] = [raw_point(r) for r in readings]
     batch = 5000  # [ingest] write_batch_points
 
     def read() -> int:
@@ -137,32 +135,29 @@ def bench_writer(segment: Path, part: str) -> Callable[[], int]:
         tail.close()
         return count
 
-    def point() -> int:
-        for reading in readings:
-            raw_point(reading)
+    def lines() -> int:
+        raw_lines = RawLines()
+        for start in range(0, len(readings), batch):
+            body(raw_lines.lines(readings[start : start + batch])[0])
         return len(readings)
 
-    def encode() -> int:
-        encoder = Encoder()
-        for start in range(0, len(points), batch):
-            out: dict[str, list[str]] = {}
-            encoder.add_lines(points[start : start + batch], out)
-            "\n".join(out["ms"]).encode()
-        return len(points)
-
     def whole() -> int:
-        encoder = Encoder()
+        raw_lines = RawLines()
         tail = StreamTail(segment.parent, Position(1, 0), check=False)
         count = 0
         while got := tail.read(batch):
-            out: dict[str, list[str]] = {}
-            encoder.add_lines([raw_point(r) for r in got], out)
-            "\n".join(out["ms"]).encode()
+            body(raw_lines.lines(got)[0])
             count += len(got)
         tail.close()
         return count
 
-    return {"read": read, "point": point, "encode": encode, "all": whole}[part]
+    return {"read": read, "lines": lines, "all": whole}[part]
+
+
+def body(lines: list[str]) -> bytes:
+    """The request body of a batch, as `storage.writer` makes it."""
+    lines.append("")
+    return "\n".join(lines).encode()
 
 
 def profile(run: Callable[[], int], top: int) -> None:
@@ -203,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.profile:
                     profile(consume, 25)
             if "writer" in paths:
-                for part in ("all", "read", "point", "encode"):
+                for part in ("all", "read", "lines"):
                     run = bench_writer(segments[0], part)
                     results[f"writer {part} us/reading"] = best_us(run, args.rounds)
                     if args.profile and part == "all":
