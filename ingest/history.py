@@ -135,11 +135,13 @@ class History:
                 if self._vview[i] != value:
                     return reading
                 continue  # the same reading again: an idempotent duplicate
-            entries.append((key, value))
-        for key, value in entries:
+            entries.append((key, value, i))
+        for key, value, i in entries:
             if (self._count + 1) > MAX_LOAD * self.slots:
                 self._resize(now_ms if now_ms is not None else int(time.time() * 1000))
-            i = self._slot(key)
+                i = self._slot(key)
+            elif self._kview[i]:  # taken by an entry before it: probe on (a slot is never emptied here)
+                i = self._slot(key)
             if not self._kview[i]:
                 self._kview[i] = key
                 self._vview[i] = value

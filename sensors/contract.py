@@ -296,40 +296,38 @@ class Contract:
     ) -> list[tuple[int, dict[str, float], int | None]]:
         if not pack:
             raise _Fallback
+        unset = UNSET
         own = sensor.id + ":"
         bounds = self._bounds[sensor.kind]
-        earliest, latest = received_ms - self.max_age_ms, received_ms + MAX_FUTURE_MS
-        base_name, base_time, base_unit = "", 0.0, None
-        has_time = False
+        window = (received_ms - self.max_age_ms, received_ms + MAX_FUTURE_MS)
+        base_name, base_time, base_ts, base_unit = "", 0.0, None, None
+        plain = True  # the base name is `{sensor_id}:` or empty: a metric's own name is the metric
         by_time: dict[int, dict[str, float]] = {}
-        for index, record in enumerate(pack):
-            if record.bn is not UNSET:
+        for record in pack:
+            if record.bn is not unset:
                 base_name = record.bn
-            if record.bt is not UNSET:
-                base_time, has_time = record.bt, True
-            if record.bu is not UNSET:
+                plain = base_name == own or not base_name
+            if record.bt is not unset:
+                base_time = record.bt
+                base_ts = _fast_senml_ts(base_time, window)
+            if record.bu is not unset:
                 base_unit = record.bu
             value = record.v
             # A base value is added to `v` (rare: the general path does the sum as the vendor wrote it).
-            if value is UNSET or (record.bv is not UNSET and record.bv):
+            if value is unset or record.bv:
                 raise _Fallback
-            n = "" if record.n is UNSET else record.n
-            if (base_name == own or not base_name) and n and ":" not in n and "/" not in n:
-                metric = n  # the usual `{sensor_id}:` + metric, or the metric alone
+            n = record.n
+            if plain and n in bounds:  # metric names have no ':' or '/' (registry identifiers)
+                metric = n
             else:
-                metric = self._senml_metric(base_name + n, sensor, index)
-            if record.t is UNSET:
-                if not has_time:
-                    raise _Fallback
-                seconds = base_time
+                metric = self._senml_metric(base_name + ("" if n is unset else n), sensor, 0)
+            if record.t is not unset:
+                ts = _fast_senml_ts(base_time + record.t, window)
+            elif base_ts is None:
+                raise _Fallback
             else:
-                seconds = base_time + record.t
-            if not SENML_RELATIVE_LIMIT_S <= abs(seconds) <= 1e12:
-                raise _Fallback
-            ts = math.floor(seconds * 1000)
-            if not earliest <= ts <= latest:
-                raise _Fallback
-            unit = base_unit if record.u is UNSET else record.u
+                ts = base_ts
+            unit = base_unit if record.u is unset else record.u
             limits = bounds.get(metric)
             if limits is None or (unit is not None and unit != limits[2]) or not limits[0] <= value <= limits[1]:
                 raise _Fallback
@@ -587,6 +585,16 @@ def _object_ts(raw: Any) -> int:
             raise _Reject(RejectCode.INVALID_TS, f"ts {raw[:60]!r} is not a valid date and time") from None
         return _epoch_ms(moment)
     raise _Reject(RejectCode.INVALID_TS, f"ts is a JSON {_json_type(raw)}; expected a number or a string")
+
+
+def _fast_senml_ts(seconds: float, window: tuple[int, int]) -> int:
+    """`_senml_ts` and `_check_time` of the fast path: the time in ms, or `_Fallback`."""
+    if not SENML_RELATIVE_LIMIT_S <= abs(seconds) <= 1e12:
+        raise _Fallback
+    ts = math.floor(seconds * 1000)
+    if not window[0] <= ts <= window[1]:
+        raise _Fallback
+    return ts
 
 
 def _senml_ts(base_time: Any, offset: Any, index: int) -> int:
