@@ -96,14 +96,13 @@ class RejectCode(StrEnum):
     CONFLICT = "conflict"
 
 
-@dataclass(frozen=True)
-class Accepted:
+# Structs, not frozen dataclasses: one of them is made per message, and a Struct costs a fifth as much.
+class Accepted(msgspec.Struct, frozen=True):
     readings: list[Reading]
     sensor: Sensor
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True):
     code: RejectCode
     detail: str
     sensor: Sensor | None = None
@@ -288,7 +287,15 @@ class Contract:
         seq = document.seq
         if not values or (seq is not UNSET and not 0 <= seq <= SEQ_MAX):
             raise _Fallback
-        self._fast_values(sensor.kind, values)
+        # Known metrics, each within its range (decoded as floats, so finite), and the required ones.
+        bounds = self._bounds[sensor.kind]
+        for name, value in values.items():
+            limits = bounds.get(name)
+            if limits is None or not limits[0] <= value <= limits[1]:
+                raise _Fallback
+        for name in self._required[sensor.kind]:
+            if name not in values:
+                raise _Fallback
         return [(ts, values, None if seq is UNSET else seq)]
 
     def _fast_senml(
@@ -347,17 +354,6 @@ class Contract:
             [(ts, values)] = by_time.items()
             return [(ts, values, None)]
         return [(ts, values, None) for ts, values in sorted(by_time.items())]
-
-    def _fast_values(self, kind: str, values: dict[str, float]) -> None:
-        """Known metrics, each within its range (decoded as floats, so finite), and the required ones."""
-        bounds = self._bounds[kind]
-        for name, value in values.items():
-            limits = bounds.get(name)
-            if limits is None or not limits[0] <= value <= limits[1]:
-                raise _Fallback
-        for name in self._required[kind]:
-            if name not in values:
-                raise _Fallback
 
     # -- topic ------------------------------------------------------------------------
 
