@@ -234,7 +234,9 @@ class RawLines:
         refused: list[tuple[Reading, LineProtocolError]] = []
         for r in readings:
             key = (r.kind, r.super_cluster, r.city, r.district, r.site, r.sensor_id, r.vendor)
-            head = heads[key] if key in heads else self._head(key, r)
+            head = heads.get(key, "")  # "" (no head is empty): not seen yet
+            if head == "":
+                head = self._head(key, r)
             ts = r.ts
             try:
                 if head is None or not r.values or ts.__class__ is not int or not -max_ms <= ts <= max_ms:
