@@ -217,12 +217,9 @@ class Contract:
         sensor = self._topics.get(topic)
         if sensor is not None and len(payload) <= MAX_PAYLOAD_BYTES:
             try:
-                samples = self._fast(payload, sensor, received_ms)
+                return Accepted(self._fast(payload, sensor, received_ms), sensor)
             except _Fallback:
                 pass
-            else:
-                reading = sensor.reading
-                return Accepted([reading(ts, values, seq, received_ms) for ts, values, seq in samples], sensor)
         return self._decode(topic, payload, received_ms)
 
     def _decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
@@ -260,8 +257,8 @@ class Contract:
 
     # -- fast path --------------------------------------------------------------------
 
-    def _fast(self, payload: bytes, sensor: Sensor, received_ms: int) -> list[tuple[int, dict[str, float], int | None]]:
-        """The samples of a payload the general path accepts, with the same values; raises `_Fallback` for any
+    def _fast(self, payload: bytes, sensor: Sensor, received_ms: int) -> list[Reading]:
+        """The readings of a payload the general path accepts, with the same values; raises `_Fallback` for any
         other (a rejection, or a shape it does not take). Its topic names `sensor` and it is not too large."""
         start = payload[:1]
         try:
@@ -273,9 +270,7 @@ class Contract:
             pass
         raise _Fallback
 
-    def _fast_object(
-        self, document: _ObjectPayload, sensor: Sensor, received_ms: int
-    ) -> list[tuple[int, dict[str, float], int | None]]:
+    def _fast_object(self, document: _ObjectPayload, sensor: Sensor, received_ms: int) -> list[Reading]:
         if document.sensor_id is not UNSET and document.sensor_id != sensor.id:
             raise _Fallback
         raw_ts = document.ts
@@ -296,11 +291,9 @@ class Contract:
         for name in self._required[sensor.kind]:
             if name not in values:
                 raise _Fallback
-        return [(ts, values, None if seq is UNSET else seq)]
+        return [sensor.reading(ts, values, None if seq is UNSET else seq, received_ms)]
 
-    def _fast_senml(
-        self, pack: list[_SenmlRecord], sensor: Sensor, received_ms: int
-    ) -> list[tuple[int, dict[str, float], int | None]]:
+    def _fast_senml(self, pack: list[_SenmlRecord], sensor: Sensor, received_ms: int) -> list[Reading]:
         if not pack:
             raise _Fallback
         unset = UNSET
@@ -352,8 +345,8 @@ class Contract:
                     raise _Fallback
         if len(by_time) == 1:
             [(ts, values)] = by_time.items()
-            return [(ts, values, None)]
-        return [(ts, values, None) for ts, values in sorted(by_time.items())]
+            return [sensor.reading(ts, values, None, received_ms)]
+        return [sensor.reading(ts, values, None, received_ms) for ts, values in sorted(by_time.items())]
 
     # -- topic ------------------------------------------------------------------------
 
