@@ -127,19 +127,22 @@ class History:
         """The first reading whose (sensor_id, ts) is stored with other values (nothing is recorded then:
         a message is accepted or rejected whole); otherwise record the new ones and return None."""
         entries = []
+        kview = self._kview
         for reading in readings:
             key = self._key(reading.sensor_id, reading.ts)
             value = values_hash(reading.values)
             i = self._slot(key)
-            if self._kview[i]:
+            if kview[i]:
                 if self._vview[i] != value:
                     return reading
                 continue  # the same reading again: an idempotent duplicate
-            entries.append((key, value))
-        for key, value in entries:
-            if (self._count + 1) > MAX_LOAD * self.slots:
+            entries.append((key, value, i))
+        for key, value, i in entries:
+            if (self._count + 1) > MAX_LOAD * (self._mask + 1):
                 self._resize(now_ms if now_ms is not None else int(time.time() * 1000))
-            i = self._slot(key)
+                i = self._slot(key)
+            elif self._kview[i]:  # taken by an entry before it: probe on (a slot is never emptied here)
+                i = self._slot(key)
             if not self._kview[i]:
                 self._kview[i] = key
                 self._vview[i] = value

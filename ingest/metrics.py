@@ -15,13 +15,13 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sensors.contract import Accepted, RejectCode, Rejected
 from sensors.spool import SegmentCheck
-from storage.line_protocol import FieldValue, Point
+from storage.line_protocol import FieldValue, Point, Precision
 from storage.schema import UNKNOWN_VENDOR, ingest_point, ingest_reject_point, ingest_vendor_point
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,12 @@ class PointSink(Protocol):
     def write(self, points: Iterable[Point]) -> Any: ...
 
     def close(self) -> None: ...
+
+
+class LineSink(PointSink, Protocol):
+    """A `PointSink` that also takes encoded lines (the raw writer's): `storage.writer.Writer`."""
+
+    def write_encoded(self, lines: Sequence[str], precision: Precision = "ns") -> Any: ...
 
 
 @dataclass

@@ -22,18 +22,16 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from ingest.metrics import Metrics, PointSink
+from ingest.metrics import LineSink, Metrics
 from ingest.retention import collect_garbage
 from ingest.spool import RAW_WRITER_LOCK, StreamLocked, lock_stream, streams
 from ingest.spooltail import Offsets, Position, StreamTail, next_reading
 from sensors.checkpoint import Checkpoint, CheckpointError
 from sensors.reading import Reading
 from storage.errors import StorageWriteError
-from storage.line_protocol import LineProtocolError, Point, encode_line
-from storage.schema import raw_point
+from storage.schema import RawLines
 from storage.writer import WriteStats
 
 logger = logging.getLogger(__name__)
@@ -80,7 +78,7 @@ class RawWriter:
         self,
         spool_root: Path,
         stream_names: list[str] | None,
-        sink: PointSink,
+        sink: LineSink,
         metrics: Metrics,
         *,
         batch_points: int,
@@ -88,7 +86,6 @@ class RawWriter:
         retry_max_delay_s: float,
         retention_s: float,
         pipeline_checkpoint: Path | None = None,
-        to_point: Callable[[Reading], Point] = raw_point,
     ) -> None:
         self.spool_root = spool_root
         self.stream_names = stream_names
@@ -99,7 +96,7 @@ class RawWriter:
         self.retry_max_delay_s = retry_max_delay_s
         self.retention_s = retention_s
         self.pipeline_checkpoint = pipeline_checkpoint
-        self.to_point = to_point
+        self.raw_lines = RawLines()  # readings -> line protocol, each sensor's series key escaped once
         self._streams: dict[str, _Stream] = {}
         self._skipped: set[str] = set()  # written by another process; looked at again every GC interval
         self._waiting: set[str] = set()  # own streams another process still writes (logged once)
@@ -167,7 +164,7 @@ class RawWriter:
             self.metrics.count_damaged(stream.tail.damaged)
             stream.tail.damaged = []
             if batch:
-                if not self._write([self.to_point(reading) for reading, _ in batch]):
+                if not self._write(self._lines(batch)):
                     # Not acknowledged (shutting down): reread from the saved position next time.
                     stream.tail.close()
                     stream.tail = StreamTail(stream.dir, stream.saved)
@@ -207,16 +204,22 @@ class RawWriter:
                 "writing stream %s to InfluxDB from segment %d, byte %d", name, stream.saved.seq, stream.saved.offset
             )
 
-    def _write(self, points: list[Point]) -> bool:
+    def _lines(self, readings: list[Reading]) -> list[str]:
+        """The line protocol of the readings; one it cannot carry is dropped and logged (validated
+        readings should never be such)."""
+        lines, refused = self.raw_lines.lines(readings)
+        for reading, err in refused:
+            self.metrics.dead_letters += 1
+            logger.error("dropped a reading InfluxDB cannot store (%s): %r", err, reading)
+        return lines
+
+    def _write(self, lines: list[str]) -> bool:
         """Write until InfluxDB acknowledges; False only if stopping passed its deadline first."""
         delay = RETRY_MIN_DELAY_S
         while True:
             started = time.monotonic()
             try:
-                result = self.sink.write(points)
-            except LineProtocolError as err:
-                points = self._representable(points, err)
-                continue
+                result = self.sink.write_encoded(lines, "ms")
             except StorageWriteError as err:
                 self.metrics.write_retries += 1
                 wait = min(delay, self.retry_max_delay_s) * random.uniform(0.8, 1.2)
@@ -225,7 +228,7 @@ class RawWriter:
                     return False
                 logger.warning(
                     "writing %d points to InfluxDB failed (%s); retrying in %.1f s, the spool keeps them",
-                    len(points),
+                    len(lines),
                     err,
                     wait,
                 )
@@ -237,23 +240,8 @@ class RawWriter:
                 continue
             dead = len(getattr(result, "dead_letters", ()))
             self.metrics.dead_letters += dead
-            self.metrics.observe_write(len(points) - dead, (time.monotonic() - started) * 1000)
+            self.metrics.observe_write(len(lines) - dead, (time.monotonic() - started) * 1000)
             return True
-
-    def _representable(self, points: list[Point], err: LineProtocolError) -> list[Point]:
-        """Drop the points line protocol cannot carry (validated readings should never be such)."""
-        kept = []
-        for point in points:
-            try:
-                encode_line(point)
-            except LineProtocolError as point_err:
-                self.metrics.dead_letters += 1
-                logger.error("dropped a point InfluxDB cannot store (%s): %r", point_err, point)
-            else:
-                kept.append(point)
-        if len(kept) == len(points):
-            raise err
-        return kept
 
     def _collect_garbage(self) -> None:
         if self.retention_s <= 0:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from ingest.consumer import Consumer, Pending
 from ingest.history import History
-from ingest.metrics import Metrics, PointSink, Reporter, consumer_field, writer_field
+from ingest.metrics import LineSink, Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
 from ingest.rejectbudget import RejectBudget
 from ingest.retention import expire_rejects
@@ -57,7 +57,7 @@ class IngestService:
         self,
         settings: IngestSettings,
         contract: Contract | None,
-        sink_factory: Callable[[], PointSink],
+        sink_factory: Callable[[], LineSink],
         on_report: Callable[[dict[str, FieldValue]], None] | None = None,
         metrics_sink_factory: Callable[[], PointSink] | None = None,
         *,

@@ -108,19 +108,23 @@ class StreamTail:
         self._file.seek(self.position.offset)
         return True
 
-    def read(self, max_records: int) -> list[tuple[Reading, Position]]:
-        """Up to `max_records` readings with the position after each."""
-        out: list[tuple[Reading, Position]] = []
+    def read(self, max_records: int) -> list[Reading]:
+        """Up to `max_records` readings; `position` is then after the last one."""
+        out: list[Reading] = []
         while len(out) < max_records:
             if self._file is None and not self._open():
                 break
             assert self._file is not None
-            line = self._file.readline()
-            if line.endswith(b"\n"):
-                offset = self.position.offset + len(line)
-                self.position = Position(self._file_seq, offset)
+            readline = self._file.readline
+            offset = self.position.offset  # one Position per call, not per line (the writer's hot path)
+            line = b""
+            while len(out) < max_records:
+                line = readline()
+                if not line.endswith(b"\n"):
+                    break
+                offset += len(line)
                 try:
-                    out.append((decode_reading(line), self.position))
+                    out.append(decode_reading(line))
                 except CorruptRecord as err:
                     self.corrupt += 1
                     logger.error(
@@ -130,7 +134,9 @@ class StreamTail:
                         offset - len(line),
                         err,
                     )
-                continue
+            self.position = Position(self._file_seq, offset)
+            if line.endswith(b"\n"):
+                continue  # `max_records` read
             # End of what is written so far: a closed segment is finished, an open one may grow.
             self._file.seek(self.position.offset)
             if self._open_path(self._file_seq).exists():
@@ -163,4 +169,4 @@ def next_reading(stream_dir: Path, position: Position) -> Reading | None:
         batch = tail.read(1)
     finally:
         tail.close()
-    return batch[0][0] if batch else None
+    return batch[0] if batch else None

@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from sensors.reading import Reading, Rejection
 from sensors.registry import Registry, Sensor
@@ -67,6 +68,8 @@ SENML_RELATIVE_LIMIT_S = 2**28
 SEQ_MAX = 2**63 - 1
 # Epoch milliseconds before 2001-09-09 look like a vendor sending seconds by mistake.
 EPOCH_SECONDS_HINT_BELOW = 10**12
+# An object payload's `ts` beyond this many epoch milliseconds (year 33658) is `invalid_ts`.
+MAX_EPOCH_MS = 10**15
 
 _SENSOR_ID = re.compile(SENSOR_ID_PATTERN)
 _FRACTION = re.compile(r"\.\d+")
@@ -93,14 +96,13 @@ class RejectCode(StrEnum):
     CONFLICT = "conflict"
 
 
-@dataclass(frozen=True)
-class Accepted:
+# Structs, not frozen dataclasses: one of them is made per message, and a Struct costs a fifth as much.
+class Accepted(msgspec.Struct, frozen=True):
     readings: list[Reading]
     sensor: Sensor
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True):
     code: RejectCode
     detail: str
     sensor: Sensor | None = None
@@ -146,9 +148,50 @@ def reject_topic(topic: str) -> str:
     return f"{REJECT_PREFIX}{parts.city}/{parts.kind}/{parts.sensor_id}"
 
 
+# The fast path's payload shapes. Unknown fields are refused, not skipped: msgspec skips a field without
+# checking its UTF-8 or number range, where the general path refuses such a payload as `invalid_json`.
+class _ObjectPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """An object payload as the fast path takes it (`Contract._fast`): any other shape, `null` included, fails
+    to decode and goes the general way."""
+
+    ts: int | float | str
+    values: dict[str, float]
+    seq: int | UnsetType = UNSET
+    sensor_id: str | UnsetType = UNSET
+
+
+class _SenmlRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """A SenML record as the fast path takes it (a `null` fails to decode: it is not the same as absent)."""
+
+    bn: str | UnsetType = UNSET
+    bt: float | UnsetType = UNSET
+    bu: str | UnsetType = UNSET
+    bv: float | UnsetType = UNSET
+    n: str | UnsetType = UNSET
+    u: str | UnsetType = UNSET
+    t: float | UnsetType = UNSET
+    v: float | UnsetType = UNSET
+
+
+_decode_object = msgspec.json.Decoder(_ObjectPayload).decode
+_decode_senml = msgspec.json.Decoder(list[_SenmlRecord]).decode
+# What a typed decode raises on a payload of another shape (it then goes the general way).
+_NOT_FAST = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, _Reject)
+
+
+class _Fallback(Exception):
+    """The fast path cannot decide this message: the general path does, and names the reason."""
+
+
 class Contract:
     """Decodes messages against a registry. Readings older than `max_age_ms` when received are refused
-    (`ts_too_old`): the acceptance window, at most the raw retention."""
+    (`ts_too_old`): the acceptance window, at most the raw retention.
+
+    Each message first goes a fast path (`_fast`) that only accepts: a typed decode of the usual payload
+    shapes and the checks in a few lines. Anything it does not accept, it hands to the general path,
+    which decides the reject code and its detail; the fast path never decides a rejection, so a
+    rejection's reason is the general path's alone (tests/sensors checks both agree on accepted ones).
+    """
 
     def __init__(self, registry: Registry, max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
         self.registry = registry
@@ -157,9 +200,30 @@ class Contract:
         self._required = {
             kind.id: [metric.name for metric in kind.metrics if metric.required] for kind in registry.kinds.values()
         }
+        # For the fast path: each kind's metric -> (min, max, unit), and the sensor of each topic that passes
+        # the topic checks (a sensor has one topic, so this is as large as the fleet).
+        self._bounds = {
+            kind.id: {metric.name: (metric.min, metric.max, metric.unit) for metric in kind.metrics}
+            for kind in registry.kinds.values()
+        }
+        self._topics = {
+            sensor.topic: sensor
+            for sensor in registry.sensors.values()
+            if parse_topic(sensor.topic) == TopicParts(sensor.city, sensor.kind, sensor.id)
+        }
 
     def decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
         """Never raises on any input: returns the readings or one reject code with a human detail."""
+        sensor = self._topics.get(topic)
+        if sensor is not None and len(payload) <= MAX_PAYLOAD_BYTES:
+            try:
+                return Accepted(self._fast(payload, sensor, received_ms), sensor)
+            except _Fallback:
+                pass
+        return self._decode(topic, payload, received_ms)
+
+    def _decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
+        """The general path: every check in the contract's order, the first failure decides the code."""
         sensor: Sensor | None = None
         try:
             parts = self._topic_parts(topic)
@@ -190,6 +254,99 @@ class Contract:
         except _Reject as reject:
             return Rejected(reject.code, reject.detail, sensor)
         return Accepted(readings, sensor)
+
+    # -- fast path --------------------------------------------------------------------
+
+    def _fast(self, payload: bytes, sensor: Sensor, received_ms: int) -> list[Reading]:
+        """The readings of a payload the general path accepts, with the same values; raises `_Fallback` for any
+        other (a rejection, or a shape it does not take). Its topic names `sensor` and it is not too large."""
+        start = payload[:1]
+        try:
+            if start == b"{":
+                return self._fast_object(_decode_object(payload), sensor, received_ms)
+            if start == b"[":
+                return self._fast_senml(_decode_senml(payload), sensor, received_ms)
+        except _NOT_FAST:
+            pass
+        raise _Fallback
+
+    def _fast_object(self, document: _ObjectPayload, sensor: Sensor, received_ms: int) -> list[Reading]:
+        if document.sensor_id is not UNSET and document.sensor_id != sensor.id:
+            raise _Fallback
+        raw_ts = document.ts
+        # An int up to 1e15 is used as it is (exact as a float too); anything else as the general path reads it.
+        ts = raw_ts if type(raw_ts) is int and -MAX_EPOCH_MS <= raw_ts <= MAX_EPOCH_MS else _object_ts(raw_ts)
+        if not received_ms - self.max_age_ms <= ts <= received_ms + MAX_FUTURE_MS:
+            raise _Fallback
+        values = document.values
+        seq = document.seq
+        if not values or (seq is not UNSET and not 0 <= seq <= SEQ_MAX):
+            raise _Fallback
+        # Known metrics, each within its range (decoded as floats, so finite), and the required ones.
+        bounds = self._bounds[sensor.kind]
+        for name, value in values.items():
+            limits = bounds.get(name)
+            if limits is None or not limits[0] <= value <= limits[1]:
+                raise _Fallback
+        for name in self._required[sensor.kind]:
+            if name not in values:
+                raise _Fallback
+        return [sensor.reading(ts, values, None if seq is UNSET else seq, received_ms)]
+
+    def _fast_senml(self, pack: list[_SenmlRecord], sensor: Sensor, received_ms: int) -> list[Reading]:
+        if not pack:
+            raise _Fallback
+        unset = UNSET
+        own = sensor.id + ":"
+        bounds = self._bounds[sensor.kind]
+        window = (received_ms - self.max_age_ms, received_ms + MAX_FUTURE_MS)
+        base_name, base_time, base_ts, base_unit = "", 0.0, None, None
+        plain = True  # the base name is `{sensor_id}:` or empty: a metric's own name is the metric
+        by_time: dict[int, dict[str, float]] = {}
+        for record in pack:
+            if record.bn is not unset:
+                base_name = record.bn
+                plain = base_name == own or not base_name
+            if record.bt is not unset:
+                base_time = record.bt
+                base_ts = _fast_senml_ts(base_time, window)
+            if record.bu is not unset:
+                base_unit = record.bu
+            value = record.v
+            # A base value is added to `v` (rare: the general path does the sum as the vendor wrote it).
+            if value is unset or record.bv:
+                raise _Fallback
+            n = record.n
+            if plain and n in bounds:  # metric names have no ':' or '/' (registry identifiers)
+                metric = n
+            else:
+                metric = self._senml_metric(base_name + ("" if n is unset else n), sensor, 0)
+            if record.t is not unset:
+                ts = _fast_senml_ts(base_time + record.t, window)
+            elif base_ts is None:
+                raise _Fallback
+            else:
+                ts = base_ts
+            unit = base_unit if record.u is unset else record.u
+            limits = bounds.get(metric)
+            if limits is None or (unit is not None and unit != limits[2]) or not limits[0] <= value <= limits[1]:
+                raise _Fallback
+            sample = by_time.get(ts)
+            if sample is None:
+                by_time[ts] = {metric: value}
+            elif metric in sample:
+                raise _Fallback
+            else:
+                sample[metric] = value
+        required = self._required[sensor.kind]
+        for values in by_time.values():
+            for name in required:
+                if name not in values:
+                    raise _Fallback
+        if len(by_time) == 1:
+            [(ts, values)] = by_time.items()
+            return [sensor.reading(ts, values, None, received_ms)]
+        return [sensor.reading(ts, values, None, received_ms) for ts, values in sorted(by_time.items())]
 
     # -- topic ------------------------------------------------------------------------
 
@@ -400,7 +557,7 @@ def _object_ts(raw: Any) -> int:
         raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is neither epoch milliseconds nor RFC 3339")
     if isinstance(raw, int | float):
         ms = _finite(raw)
-        if ms is None or abs(ms) > 1e15:
+        if ms is None or abs(ms) > MAX_EPOCH_MS:
             raise _Reject(RejectCode.INVALID_TS, f"ts {_show(raw)} is not a usable epoch milliseconds value")
         return int(ms)
     if isinstance(raw, str):
@@ -417,6 +574,16 @@ def _object_ts(raw: Any) -> int:
             raise _Reject(RejectCode.INVALID_TS, f"ts {raw[:60]!r} is not a valid date and time") from None
         return _epoch_ms(moment)
     raise _Reject(RejectCode.INVALID_TS, f"ts is a JSON {_json_type(raw)}; expected a number or a string")
+
+
+def _fast_senml_ts(seconds: float, window: tuple[int, int]) -> int:
+    """`_senml_ts` and `_check_time` of the fast path: the time in ms, or `_Fallback`."""
+    if not SENML_RELATIVE_LIMIT_S <= abs(seconds) <= 1e12:
+        raise _Fallback
+    ts = math.floor(seconds * 1000)
+    if not window[0] <= ts <= window[1]:
+        raise _Fallback
+    return ts
 
 
 def _senml_ts(base_time: Any, offset: Any, index: int) -> int:

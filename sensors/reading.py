@@ -77,7 +77,7 @@ def _frame(body: bytes) -> bytes:
 
 
 def _unframe(line: bytes) -> bytes:
-    if len(line) < 11 or line[8:9] != b" " or not line.endswith(b"\n"):
+    if len(line) < 11 or line[8] != 0x20 or line[-1] != 0x0A:  # a space after the checksum, a newline at the end
         raise CorruptRecord(f"not a framed spool line: {line[:40]!r}")
     body = line[9:-1]
     try:

@@ -57,7 +57,9 @@ RESERVED_KEYS = frozenset({"time", "_measurement", "_field"})
 _FIELD_KEY_SEPARATOR_BYTES = 4
 
 _BAD_BACKSLASH = re.compile(r'\\(?=[ ,="]|\Z)')
-_SERIES_CACHE_MAX = 200_000
+SERIES_CACHE_MAX = 200_000
+# A series key longer than MAX_KEY_BYTES less this has each field key's length checked too.
+MAX_FIELD_KEY_BYTES = 260
 _FLOAT_CACHE_MAX = 100_000
 
 
@@ -197,7 +199,7 @@ class Encoder:
         size = len(prefix.encode())
         if size > MAX_KEY_BYTES:
             raise LineProtocolError(f"series key of {measurement!r} is {size} bytes, over {MAX_KEY_BYTES}")
-        if len(self._series) >= _SERIES_CACHE_MAX:
+        if len(self._series) >= SERIES_CACHE_MAX:
             self._series.clear()
         result = (prefix, size)
         self._series[(measurement, items)] = result
@@ -212,6 +214,17 @@ class Encoder:
             if len(self._field_keys) < 10_000:
                 self._field_keys[key] = escaped
         return escaped
+
+    def float_fields(self, fields: Mapping[str, float]) -> str:
+        """The fields part of a line, each value written as a float (`float(value)`, as `raw_point` does),
+        with the field key and value caches of `add_lines`."""
+        floats_get = self._floats.get
+        field_keys = self._field_keys
+        try:
+            # An int or bool value finds the text of the float it equals (1 and True find "1.0").
+            return ",".join([field_keys[k] + (floats_get(v) or self._value_text(float(v))) for k, v in fields.items()])
+        except KeyError:
+            return ",".join([self.field_key(k) + self._value_text(float(v)) for k, v in fields.items()])
 
     def line(self, point: Point) -> str:
         """One line without the trailing newline; time stays in the point's own precision."""
@@ -258,7 +271,7 @@ class Encoder:
                 body = self._fields_slow(measurement, fields)
             if not body:
                 raise LineProtocolError(f"point of {measurement!r} has no fields")
-            if cached[1] > MAX_KEY_BYTES - 260:
+            if cached[1] > MAX_KEY_BYTES - MAX_FIELD_KEY_BYTES:
                 self._check_field_key_sizes(cached[1], fields)
             if precision is not current_precision:
                 if precision not in NS_PER_UNIT:

@@ -40,11 +40,21 @@ written empty (InfluxDB cannot store an empty tag value; InfluxQL's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from sensors.reading import Reading
-from storage.line_protocol import FieldValue, Point
+from storage.line_protocol import (
+    MAX_FIELD_KEY_BYTES,
+    MAX_KEY_BYTES,
+    MAX_TIME_NS,
+    NS_PER_UNIT,
+    SERIES_CACHE_MAX,
+    Encoder,
+    FieldValue,
+    LineProtocolError,
+    Point,
+)
 from storage.settings import DEFAULT_DB, RAW_RETENTION, RAW_RP, ROLLUP_RETENTION, ROLLUP_RP
 
 __all__ = [
@@ -82,6 +92,7 @@ __all__ = [
     "UNKNOWN_VENDOR",
     "WINDOWS",
     "WINDOW_SECONDS",
+    "RawLines",
     "RollupStats",
     "anomaly_point",
     "aqi_point",
@@ -196,6 +207,57 @@ def raw_point(reading: Reading) -> Point:
         reading.ts,
         "ms",
     )
+
+
+class RawLines:
+    """The lines of readings' raw points, as `raw_point` and `Encoder` write them, without building `Point`s.
+
+    The raw writer's hot path: each sensor's escaped series key is found by the reading's own tag
+    fields (no tag dict, no `Point`, per reading), and the fields go through the encoder's caches.
+    A reading line protocol cannot carry is refused with the encoder's reason. Not thread-safe.
+    """
+
+    _MAX_MS = MAX_TIME_NS // NS_PER_UNIT["ms"]
+
+    def __init__(self, encoder: Encoder | None = None) -> None:
+        self.encoder = encoder if encoder is not None else Encoder()
+        # (kind, super_cluster, city, district, site, sensor_id, vendor) -> `measurement,tags ` (None: a series
+        # key so long that its field keys need checking; such a reading goes through `raw_point`)
+        self._heads: dict[tuple[str, ...], str | None] = {}
+
+    def lines(self, readings: Iterable[Reading]) -> tuple[list[str], list[tuple[Reading, LineProtocolError]]]:
+        """The line of each reading (millisecond times), and the readings refused with the reason."""
+        heads = self._heads
+        fields = self.encoder.float_fields
+        max_ms = self._MAX_MS
+        out: list[str] = []
+        refused: list[tuple[Reading, LineProtocolError]] = []
+        for r in readings:
+            key = (r.kind, r.super_cluster, r.city, r.district, r.site, r.sensor_id, r.vendor)
+            head = heads.get(key, "")  # "" (no head is empty): not seen yet
+            if head == "":
+                head = self._head(key, r)
+            ts = r.ts
+            try:
+                if head is None or not r.values or ts.__class__ is not int or not -max_ms <= ts <= max_ms:
+                    out.append(self.encoder.line(raw_point(r)))  # says what is wrong, or writes it
+                else:
+                    out.append(f"{head}{fields(r.values)} {ts}")
+            except LineProtocolError as err:
+                refused.append((r, err))
+        return out, refused
+
+    def _head(self, key: tuple[str, ...], reading: Reading) -> str | None:
+        if len(self._heads) >= SERIES_CACHE_MAX:
+            self._heads.clear()
+        point = raw_point(reading)
+        try:
+            prefix, size = self.encoder.series_key(point.measurement, point.tags)
+        except LineProtocolError:
+            head = None  # not cached: each reading of it is refused with the reason
+        else:
+            head = self._heads[key] = prefix + " " if size <= MAX_KEY_BYTES - MAX_FIELD_KEY_BYTES else None
+        return head
 
 
 def rollup_measurement(kind: str, window: str) -> str:

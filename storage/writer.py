@@ -3,6 +3,7 @@
     with make_writer(settings) as writer:             # returns once InfluxDB acknowledged
         result = writer.write(points)                 # or raises StorageWriteError
         writer.write_lines(encoded, precision="ms")   # already line protocol (the pipelines' sink)
+        writer.write_encoded(lines, precision="ms")   # lines of `Encoder`/`RawLines` (the raw writer)
 
 One retry policy for both APIs: a request that fails with 5xx, 429, a timeout
 or a connection error is retried with exponential backoff and jitter, at most
@@ -302,6 +303,16 @@ class Writer:
         chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
         batches = [_Batch(bytes(chunk), precision, _count_lines(bytes(chunk))) for chunk in chunks if chunk]
         return self._write_batches(batches)
+
+    def write_encoded(self, lines: Sequence[str], precision: Precision = "ns") -> WriteResult:
+        """Write lines encoded by `storage.line_protocol` (e.g. `storage.schema.RawLines`; one point each,
+        no newline), in batches of `batch_size`; bisected like `write()`'s if InfluxDB refuses some."""
+        if precision not in PRECISIONS:
+            raise LineProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        size = self.settings.batch_size
+        return self._write_batches(
+            [_Batch.of_lines(list(lines[start : start + size]), precision) for start in range(0, len(lines), size)]
+        )
 
     def close(self) -> None:
         """Stop retrying (a write in progress fails) and close the connection."""

@@ -230,23 +230,23 @@ def test_tail_follows_open_and_closed_segments_and_never_returns_a_partial_line(
     for i in range(20):
         spool.append_readings([reading(i)], i)
         spool.commit()
-        got += [r for r, _ in tail.read(3)]
+        got += tail.read(3)
     segment = spool._segments[READINGS]
     assert segment is not None
     with open(segment.path, "ab") as handle:  # a record being written
         handle.write(encode_reading(reading(20))[:30])
     while batch := tail.read(7):
-        got += [r for r, _ in batch]
+        got += batch
     assert got == [reading(i) for i in range(20)]
     position = tail.position
     assert segment_files(stream, READINGS)[position.seq].suffix == ".open"
     with open(segment.path, "ab") as handle:
         handle.write(encode_reading(reading(20))[30:])
-    assert [r for r, _ in tail.read(10)] == [reading(20)]
+    assert tail.read(10) == [reading(20)]
     tail.close()
     # A new tail from a saved position resumes right after it.
     resumed = StreamTail(stream, position)
-    assert [r for r, _ in resumed.read(10)] == [reading(20)]
+    assert resumed.read(10) == [reading(20)]
     resumed.close()
 
 

@@ -23,8 +23,10 @@ from sensors.contract import (
     reject_topic,
     rejection_record,
 )
+from sensors.faults import parse_faults
 from sensors.reading import Reading, decode_reading, encode_reading
 from sensors.registry import default_registry
+from sensors.simulator import Plan, Simulation, select_sensors
 
 NOW = 1_795_600_000_000  # 2026-11-25T09:46:40Z
 NOW_S = NOW // 1000
@@ -287,3 +289,115 @@ def test_decoder_never_raises_and_answers_with_readings_or_one_code(topic: str, 
             metric = metric_names[name]
             assert math.isfinite(value) and metric.min <= value <= metric.max
     assert datetime.fromtimestamp(result.readings[0].ts / 1000, UTC).year >= 2026
+
+
+# -- the fast path --------------------------------------------------------------------------
+# `Contract.decode` first tries a fast path that only accepts; the general path (`_decode`) decides
+# every rejection. Both must give the same answer, with byte-identical spool records.
+
+
+def assert_same_answer(topic: str, payload: bytes, now: int = NOW) -> Accepted | Rejected:
+    fast, general = contract.decode(topic, payload, now), contract._decode(topic, payload, now)
+    if isinstance(general, Rejected):
+        assert fast == general
+    else:
+        assert isinstance(fast, Accepted), (payload, fast)
+        assert fast.sensor == general.sensor
+        assert [encode_reading(r) for r in fast.readings] == [encode_reading(r) for r in general.readings]
+    return general
+
+
+aq_values = st.dictionaries(
+    st.sampled_from(["pm25", "pm10", "o3", "co", "no2", "so2", "level"]),
+    st.floats(-1, 2100) | st.integers(-1, 2100) | st.sampled_from([0.0, -0.0, 1e308, 2**53 + 1]) | json_values,
+    max_size=7,
+)
+near_valid_objects = st.fixed_dictionaries(
+    {
+        "ts": st.integers(NOW - 73 * 3_600_000, NOW + 400_000)
+        | st.floats(NOW - 80 * 3_600_000, NOW + 400_000)
+        | st.sampled_from(["2026-11-25T09:46:40+07:00", "2026-11-25T02:46:40.123456789Z", None, True]),
+        "values": aq_values,
+    },
+    optional={
+        "seq": st.integers(-1, 2**64) | st.sampled_from([None, True, 1.0]),
+        "sensor_id": st.sampled_from(["pkt-aq-001", "pkt-aq-002", None]),
+        "note": st.text(max_size=5),
+    },
+)
+near_valid_senml = st.lists(
+    st.fixed_dictionaries(
+        {"n": st.sampled_from(["pm25", "pm10", "o3", "co", "bad", "", "pkt-aq-001:pm10", "x/pm25"])},
+        optional={
+            "bn": st.sampled_from(["pkt-aq-001:", "pkt-aq-002:", "", "urn:dev:pkt-aq-001:", "x/pkt-aq-001/", 7]),
+            "bt": st.integers(NOW_S - 73 * 3600, NOW_S + 400) | st.floats(0, 2e12) | st.sampled_from([None, "1"]),
+            "t": st.integers(-3600, 3600) | st.floats(-1, 1) | st.none(),
+            "u": st.sampled_from(["ug/m3", "ppb", "ppm", "mg/m3", None]),
+            "bu": st.sampled_from(["ug/m3", "ppb", None]),
+            "v": st.floats(-1, 2100) | st.integers(-1, 2100) | st.sampled_from([None, True, "1"]),
+            "bv": st.sampled_from([0, 0.5, 1, None]),
+            "vs": st.just("x"),
+        },
+    ),
+    max_size=5,
+)
+
+
+GOOD_OBJECT = b'{"ts": %d, "values": {"pm25": 12.5}' % NOW
+GOOD_RECORD = b'{"bn": "pkt-aq-001:", "bt": %d, "n": "pm25", "u": "ug/m3", "v": 12.5' % NOW_S
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        # msgspec skips an unknown field without checking its UTF-8: the fast path must not skip it.
+        (GOOD_OBJECT + b', "note": "\xc3\x28"}', "invalid_json"),
+        (b"[" + GOOD_RECORD + b', "x": "\xff"}]', "invalid_json"),
+        (GOOD_OBJECT + b', "note": 1e999}', None),  # not a metric: the general path reads it as infinity
+        (GOOD_OBJECT + b', "seq": null}', None),
+        (GOOD_OBJECT + b', "seq": true}', "invalid_value"),
+        (GOOD_OBJECT + b', "sensor_id": null}', None),
+        (b'{"ts": %d, "values": {"pm25": 1e999}}' % NOW, "invalid_value"),
+        (b'{"ts": %d.9, "values": {"pm25": 1}}' % NOW, None),
+        (b"[" + GOOD_RECORD + b', "u": null}]', None),  # an explicit null unit is no unit
+        (b"[" + GOOD_RECORD + b', "t": null}]', "invalid_ts"),
+        (b"[" + GOOD_RECORD + b', "bv": 2}]', None),
+        (b"[" + GOOD_RECORD + b"}, " + GOOD_RECORD + b"}]", "invalid_value"),  # the metric twice
+        (b'[{"bn": "pkt-aq-001:", "n": "pm25", "v": 1}]', "missing_ts"),
+    ],
+)
+def test_fast_path_edge_cases(payload: bytes, code: str | None) -> None:
+    answer = assert_same_answer(AQ, payload)
+    assert (answer.code.value if isinstance(answer, Rejected) else None) == code
+
+
+@pytest.mark.parametrize("ts", [10**15, 10**15 + 1, -(10**15) - 1, 2**53 + 1])
+def test_fast_path_keeps_the_ts_limit(ts: int) -> None:
+    """A clock far in the future (received at `ts`): beyond 1e15 ms is `invalid_ts`, not the window's."""
+    answer = assert_same_answer(AQ, obj(ts=ts, values={"pm25": 1}), now=ts)
+    assert (answer.code if isinstance(answer, Rejected) else None) == (
+        RejectCode.INVALID_TS if abs(ts) > 10**15 else None
+    )
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.one_of(payloads, near_valid_objects.map(json.dumps), near_valid_senml.map(json.dumps)))
+def test_fast_path_answers_as_the_general_path(payload: bytes | str) -> None:
+    data = payload.encode() if isinstance(payload, str) else payload
+    assert_same_answer(AQ, data)
+    assert_same_answer(AQ, b" " + data)  # not the fast path's shape: the general path alone
+
+
+def test_fast_path_answers_as_the_general_path_on_the_simulated_fleet() -> None:
+    """Every payload format and fault of the simulator, on every kind of the registry."""
+    registry = default_registry()
+    start = NOW - 3_600_000
+    faults = parse_faults(
+        "default,malformed_json=0.02,out_of_range=0.02,unit_mismatch=0.02,ts_in_future=0.02,ts_too_old=0.02,"
+        "unknown_sensor=0.02"
+    )
+    plan = Plan(start, start + 600_000, 3, faults, wall_origin_ms=NOW, speed=float("inf"))
+    messages = list(Simulation(registry, select_sensors(registry), plan).messages())
+    answers = [assert_same_answer(m.topic, m.payload, NOW) for m in messages]
+    accepted = sum(isinstance(a, Accepted) for a in answers)
+    assert 0.8 * len(messages) < accepted < len(messages)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from sensors.reading import Reading
-from storage.line_protocol import encode_line
+from storage.line_protocol import LineProtocolError, encode_line
 from storage.schema import (
     ANOMALY_TAGS,
     LEVELS,
     SENSOR_TAGS,
+    RawLines,
     anomaly_point,
     aqi_point,
     health_point,
@@ -44,6 +46,36 @@ def test_raw_point_of_a_reading() -> None:
         "air_quality,city=chiang-mai,district=mueang,sensor_id=cnx-aq-007,site=nimman,super_cluster=northern,"
         "vendor=acme pm25=41.0,pm10=55.5 1764028800000"
     )
+
+
+def test_raw_lines_are_the_lines_of_raw_points() -> None:
+    """RawLines writes what `raw_point` + the encoder write, and refuses what they refuse, with their reason."""
+    odd = msgspec.structs.replace
+    readings = [
+        READING,
+        odd(READING, values={"pm25": 41.0, "pm10": 55.5}),  # the same line as ints 41 and 55.5
+        odd(READING, ts=READING.ts + 1, values={"pm25": True, "pm10": 0, "o3": -0.0, "co": 1e-7, "no2": 1e22}),
+        odd(READING, site="old town, east=1", district="a\\b", values={"pm25 x": 1.5}),  # escaped
+        odd(READING, sensor_id="cnx-aq-008", vendor="ü"),
+        odd(READING, values={}),  # no fields
+        odd(READING, values={"pm25": float("nan")}),
+        odd(READING, values={"time": 1.0}),  # a reserved key
+        odd(READING, ts=2**63),  # outside what InfluxDB stores
+        odd(READING, site="x\n"),  # a newline in a tag value: every reading of the series is refused
+        odd(READING, site="x\n", ts=READING.ts + 2),
+        odd(READING, site="s" * 65_300),  # a series key near the limit: the field keys are checked too
+        READING,
+    ]
+    lines, refused = RawLines().lines(readings)
+    expected, reasons = [], []
+    for reading in readings:
+        try:
+            expected.append(encode_line(raw_point(reading)))
+        except LineProtocolError as err:
+            reasons.append((reading, str(err)))
+    assert lines == expected
+    assert [(reading, str(err)) for reading, err in refused] == reasons
+    assert len(refused) == 6
 
 
 def test_rollups_store_only_what_readers_use() -> None:

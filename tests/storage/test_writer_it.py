@@ -90,6 +90,21 @@ def test_pre_encoded_lines_are_written_as_given(influx: InfluxSettings) -> None:
     assert count(influx, "pre") == 300
 
 
+def test_encoded_lines_are_batched_and_refused_ones_dead_lettered(influx: InfluxSettings) -> None:
+    """`write_encoded` (the raw writer's): lines of the encoder in batches; a refused one is bisected out."""
+    lines = encode(points(2_500, "enc")).decode().splitlines()
+    lines[7] = lines[7].replace("seq=7i", "seq=7.5")  # a type conflict: 400 partial write
+    letters: list[DeadLetter] = []
+    with make_writer(dataclasses.replace(influx, batch_size=1_000), on_dead_letter=letters.append) as writer:
+        writer.write(points(1, "enc"))  # fixes the type of field seq: integer
+        result = writer.write_encoded(lines, "ms")
+        last_batch = writer.stats.snapshot().batch_points_last
+    assert result.points == 2_499
+    assert [letter.line for letter in result.dead_letters] == [lines[7].encode()]
+    assert last_batch == 500  # 2,500 lines in batches of 1,000
+    assert count(influx, "enc", "seq") == 2_499
+
+
 def test_refused_points_are_bisected_out_and_the_rest_is_written(influx: InfluxSettings) -> None:
     batch = points(1_000, "bis")
     with make_writer(influx) as writer:
