@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 SCALE = 10
 FOLLOW_DB, BATCH_DB, PILOT_DB = "scale_follow", "scale_batch", "scale_follow_pilot"
-# Cycle 3's readings: the last minutes of a sensor of every kind (ids of the pilot fleet, so also in it).
+# Cycle 3's readings: the last minutes of a sensor of each kind but waste bins (every 10 min); pilot ids.
 HANDFUL = frozenset(
     {"pkt-aq-002", "cnx-aq-005", "pkt-wx-003", "cnx-wl-002", "pkt-tf-004", "cnx-nz-001", "pkt-pk-002", "cnx-en-003"}
 )
