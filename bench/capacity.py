@@ -5,8 +5,9 @@ on free ports in a temp dir, broker accounts and ACLs for the run's registry):
 
 1. The registry is the built-in one with every fleet rule's count times N (same kinds,
    districts, sites and vendors, spread round-robin as the pilot's; explicit sensors are
-   copied with an `-xNN` suffix), plus `--aqi-probes` air-quality sensors only this bench
-   publishes. It is written to a temp folder and validated with `load_registry`.
+   copied with an `-xNN` suffix; `sensors/registry/scaled.py`, which the fleet-scale tests
+   share), plus `--aqi-probes` air-quality sensors only this bench publishes. It is written
+   to a temp folder and validated with `load_registry`.
 2. `smartcity ingest` and `smartcity pipeline run --follow` (polling every `--poll-interval-s`)
    run on it as black boxes, and `smartcity simulate --duration` publishes the fleet live,
    each sensor at its kind's interval_s, for `--minutes`.
@@ -78,7 +79,8 @@ from pipelines.settings import PipelineSettings
 from pipelines.thai_aqi import MIN_HOUR_COVERAGE
 from pipelines.timing import HOUR_MS, MINUTE_MS, floor_to
 from sensors.contract import Accepted, Contract
-from sensors.registry import BUILTIN_DIR, Registry, default_registry, load_registry
+from sensors.registry import Registry, default_registry, load_registry
+from sensors.registry.scaled import write_scaled_registry
 from sensors.simulator import select_sensors
 from storage.query import QueryClient, ident, regex
 from storage.schema import AQI_MEASUREMENT, rollup_measurement
@@ -104,18 +106,8 @@ Key = tuple[str, int]  # (sensor_id, ts ms) of a reading; (sensor_id, hour ms) o
 def scaled_registry(folder: Path, n: int, aqi_probes: int) -> tuple[Path, Path]:
     """Write N x the pilot fleet to folder/fleet and the AQI probe sensors to folder/probes."""
     fleet_dir, probe_dir = folder / "fleet", folder / "probes"
-    fleet_dir.mkdir(parents=True)
+    write_scaled_registry(fleet_dir, n)
     probe_dir.mkdir()
-    for file in BUILTIN_DIR.glob("*.yaml"):
-        if file.name != "fleet.yaml":
-            shutil.copyfile(file, fleet_dir / file.name)
-    pilot = yaml.safe_load((BUILTIN_DIR / "fleet.yaml").read_text())
-    # Scaling the rules keeps the pilot's spread over sites and vendors, and a file every process parses fast.
-    rules = [{**rule, "count": rule["count"] * n} for rule in pilot.get("fleet") or []]
-    extra = [{**s, "id": f"{s['id']}-x{k:02d}" if k else s["id"]} for k in range(n) for s in pilot.get("sensors") or []]
-    text = yaml.safe_dump({"fleet": rules, "sensors": extra}, sort_keys=False)
-    (fleet_dir / "fleet.yaml").write_text(f"# bench/capacity.py: the pilot fleet x {n}\n{text}")
-
     base = default_registry()
     sites = [(city, site.id) for city in base.cities.values() for d in city.districts for site in d.sites]
     vendor = base.sensors_of(kind="air_quality")[0].vendor
@@ -124,10 +116,6 @@ def scaled_registry(folder: Path, n: int, aqi_probes: int) -> tuple[Path, Path]:
         city, site = sites[i % len(sites)]
         probes.append({"id": f"{city.code}-aq-probe-{i:03d}", "kind": "air_quality", "vendor": vendor, "site": site})
     (probe_dir / "probes.yaml").write_text(yaml.safe_dump({"sensors": probes}, sort_keys=False))
-
-    fleet = load_registry([fleet_dir])
-    if len(fleet.sensors) != n * len(base.sensors):
-        raise SystemExit(f"bench: the x{n} registry has {len(fleet.sensors)} sensors, not {n * len(base.sensors)}")
     return fleet_dir, probe_dir
 
 

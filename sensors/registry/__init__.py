@@ -8,6 +8,7 @@ rollups, dashboards, alert rules, the simulator) is derived from it, so adding
 a kind or a metric is a data edit only.
 
 A broken file is reported as `file:line: what is wrong` (`RegistryError`).
+`sensors.registry.scaled` writes the pilot fleet times N (capacity runs, fleet-scale tests).
 """
 
 from __future__ import annotations

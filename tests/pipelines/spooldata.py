@@ -68,28 +68,31 @@ def fleet_readings(
     sensors: Iterable[Sensor],
     start_ms: int,
     end_ms: int,
-    rng: random.Random,
+    rng: random.Random | None,
     *,
     drop: float = 0.0,
 ) -> list[Reading]:
     """A reading per sensor every `interval_s` of its kind in [start_ms, end_ms), in time order.
 
     Values are random within a plausible part of each metric's range; a fraction `drop`
-    of readings is left out, and optional metrics are sometimes missing.
+    of readings is left out, and optional metrics are sometimes missing. With `rng` None each
+    sensor draws from a generator seeded with its id, so its readings are the same whichever
+    fleet it is generated with (a pilot sensor in the 10x registry reads as in the pilot).
     """
     out = []
     for sensor in sensors:
         kind = registry.kinds[sensor.kind]
+        draw = random.Random(sensor.id) if rng is None else rng
         step = kind.interval_s * 1000
-        jitter = rng.randrange(0, min(step, 30_000))
+        jitter = draw.randrange(0, min(step, 30_000))
         for ts in range(start_ms + jitter, end_ms, step):
-            if rng.random() < drop:
+            if draw.random() < drop:
                 continue
             values = {}
             for metric in kind.metrics:
-                if metric.required or rng.random() < 0.95:
+                if metric.required or draw.random() < 0.95:
                     span = min(metric.max - metric.min, 200.0)
-                    values[metric.name] = round(metric.min + rng.random() * span * 0.5, 3)
+                    values[metric.name] = round(metric.min + draw.random() * span * 0.5, 3)
             if values:
                 out.append(reading(sensor, ts, values))
     out.sort(key=lambda r: (r.ts, r.sensor_id))

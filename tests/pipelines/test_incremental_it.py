@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def stored(stack: StackHandle, db: str, measurements: list[str], end_ms: int) ->
     return rows
 
 
+def follow_once(
+    settings: PipelineSettings, registry: Registry, influx: InfluxSettings, clock: Callable[[], float] = time.time
+) -> list[RunReport]:
+    """The reports of one follow cycle (in this process) over the segments closed since the checkpoint."""
+    stop, reports = threading.Event(), []
+
+    def record(report: RunReport) -> None:
+        reports.append(report)
+        stop.set()  # ends the loop after this cycle
+
+    follow(settings, registry, [], influx, stop=stop, on_report=record, clock=clock)
+    return reports
+
+
 def wait_for_checkpoint(path: Path, seq: int, process: subprocess.Popen[str], timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -86,6 +101,18 @@ def wait_for_checkpoint(path: Path, seq: int, process: subprocess.Popen[str], ti
     pytest.fail(f"the follow process did not checkpoint segment {seq} in {timeout_s} s")
 
 
+def follow_until_checkpoint_then_kill_9(env: dict[str, str], seq: int) -> None:
+    """Run `smartcity pipeline run --follow` in `env` until its checkpoint holds segment `seq`, then SIGKILL it."""
+    checkpoint = PipelineSettings.from_env(env).checkpoint_path
+    command = [sys.executable, "-m", "deploy.cli", "pipeline", "run", "--follow", "--poll-interval", "0.2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(checkpoint, seq, process)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
 def test_follow_cycles_with_a_kill_9_write_exactly_the_points_of_a_bounded_run(
     stack: StackHandle, registry: Registry, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -97,34 +124,17 @@ def test_follow_cycles_with_a_kill_9_write_exactly_the_points_of_a_bounded_run(
     influx = InfluxSettings.from_env(stack.env(), db=FOLLOW_DB)
     bootstrap(influx)
 
-    def one_cycle() -> list[RunReport]:
-        stop, reports = threading.Event(), []
-
-        def record(report: RunReport) -> None:
-            reports.append(report)
-            stop.set()  # ends the loop after this cycle
-
-        follow(settings, registry, [], influx, stop=stop, on_report=record)
-        return reports
-
     write_segment(spool, 1, steps[0])
-    one_cycle()
+    follow_once(settings, registry, influx)
     # The second step is taken by a `smartcity pipeline run --follow` process, killed once it checkpointed.
     write_segment(spool, 2, steps[1])
-    env = {**cli_env, "SMARTCITY_HOME": str(home), "SMARTCITY_INFLUX_DB": FOLLOW_DB}
-    command = [sys.executable, "-m", "deploy.cli", "pipeline", "run", "--follow", "--poll-interval", "0.2"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_checkpoint(settings.checkpoint_path, 2, process)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(30)
+    follow_until_checkpoint_then_kill_9({**cli_env, "SMARTCITY_HOME": str(home), "SMARTCITY_INFLUX_DB": FOLLOW_DB}, 2)
     assert settings.aqi_state_path.exists()
     for seq, step in enumerate(steps[2:4], start=3):
         write_segment(spool, seq, step)
-        one_cycle()
+        follow_once(settings, registry, influx)
     write_segment(spool, 5, steps[4])
-    [live] = one_cycle()
+    [live] = follow_once(settings, registry, influx)
     assert live.plan.start_ms == t0 + (HOURS - 1) * HOUR and not live.plan.aqi_lookback  # the AQI's day from the state
     per_reading = live.points_written / len(steps[4])
     print(f"live cycle: {len(steps[4])} new readings, {live.points_written} points ({per_reading:.2f} per reading)")

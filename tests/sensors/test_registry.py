@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sensors.registry import BUILTIN_DIR, RegistryError, default_registry, load_registry
+from sensors.registry.scaled import write_scaled_registry
 
 NEW_KIND = """
 kinds:
@@ -61,6 +62,17 @@ def test_fleet_is_deterministic_and_consistent() -> None:
     # Flood gauges only stand where the site defines warning and danger levels.
     for sensor in registry.sensors_of(kind="water_level"):
         assert registry.threshold(sensor.site, "level") is not None
+
+
+def test_the_fleet_times_n_keeps_the_pilot_sensors_where_they_are(tmp_path: Path) -> None:
+    """Fleet-scale tests compare a pilot sensor in the scaled fleet with itself in the pilot fleet."""
+    pilot = default_registry()
+    scaled = write_scaled_registry(tmp_path / "x3", 3)
+    assert len(scaled.sensors) == 3 * len(pilot.sensors)
+    assert (scaled.kinds.keys(), scaled.sites.keys()) == (pilot.kinds.keys(), pilot.sites.keys())
+    assert all(scaled.sensors[s.id] == s for s in pilot.sensors.values())
+    for kind in pilot.kinds:
+        assert len(scaled.sensors_of(kind=kind)) == 3 * len(pilot.sensors_of(kind=kind)), kind
 
 
 def test_an_extra_file_adds_a_kind_without_code(tmp_path: Path) -> None:
