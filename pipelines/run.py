@@ -52,7 +52,7 @@ from pipelines import anomalies, thai_aqi
 from pipelines.anomalies import Anomalies
 from pipelines.batch import ReadingBatch
 from pipelines.columns import SegmentDecoder, load_segment, metrics_by_kind, prune_cache
-from pipelines.incremental import AqiHours, Incremental, Touched, load_exported
+from pipelines.incremental import AqiHours, Incremental, KeepTouched, Touched, load_exported
 from pipelines.options import beam_options
 from pipelines.read_spool import ReadSpool
 from pipelines.sensor_health import SensorHealth
@@ -224,7 +224,7 @@ def run_plan(
     skipped: list[str] = []  # segments whose metadata is unreadable
     for name, points in build(pipeline, plan, settings, registry, skipped, incremental).items():
         if incremental is not None:
-            points = points | f"Touched{name.title()}" >> beam.Map(incremental.touched.keep)
+            points = points | f"Touched{name.title()}" >> beam.ParDo(KeepTouched(incremental.touched_file))
         points | f"Write{name.title()}" >> WriteToInflux(influx)
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -343,12 +343,15 @@ def run_cycle(
     export = Path(tempfile.mkdtemp(prefix=".aqi-hours-", dir=settings.state_dir))
     reports = []
     try:
+        touched_file = touched.save(export / "touched.pickle")
         for part in slices(plan):
             prior = None
             if "aqi" in part.pipelines and state.covers(part.start_ms - thai_aqi.LOOKBACK_MS):
                 part = replace(part, aqi_lookback=False)
                 prior = state.prior(part.start_ms - thai_aqi.LOOKBACK_MS, part.aqi_end_ms, (part.start_ms, part.end_ms))
-            reports.append(run_plan(part, settings, registry, beam_args, influx, Incremental(touched, prior, export)))
+            reports.append(
+                run_plan(part, settings, registry, beam_args, influx, Incremental(touched, prior, export, touched_file))
+            )
             if "aqi" in part.pipelines:
                 since = None if prior is not None else part.start_ms - thai_aqi.LOOKBACK_MS
                 state.update(load_exported(export), since, keep_from_ms)
