@@ -86,22 +86,21 @@ class Touched:
                 continue
             kind = registry.kinds.get(batch.kind)
             interval_s = kind.interval_s if kind is not None else 1
+            areas = [tuple(tuple(area) for area in areas_of(series)) for series in batch.series]
             for name in WINDOWS:
                 width = WINDOW_SECONDS[name] * 1000
                 levels = rollup_levels(name, interval_s)
                 measurement = rollup_measurement(batch.kind, name)
+                level_areas = [tuple(a for a in row if a[0] in levels) for row in areas]
                 for sensor, start in _pairs(batch, width):
-                    for area in areas_of(batch.series[sensor]):
-                        if area.level in levels:
-                            cells.add((measurement, tuple(area), start))
+                    cells.update((measurement, area, start) for area in level_areas[sensor])
             for sensor, hour in _pairs(batch, HOUR_MS):
-                series = batch.series[sensor]
-                cells.add((HEALTH_MEASUREMENT, tuple(series), hour))
-                sensor_hours.add((tuple(series), hour))
+                series = tuple(batch.series[sensor])
+                cells.add((HEALTH_MEASUREMENT, series, hour))
+                sensor_hours.add((series, hour))
                 if batch.kind in aqi:
-                    for area in areas_of(series):
-                        for later in range(AQI_REACH_HOURS):
-                            cells.add((AQI_MEASUREMENT, tuple(area), hour + later * HOUR_MS))
+                    for later in range(AQI_REACH_HOURS):
+                        cells.update((AQI_MEASUREMENT, area, hour + later * HOUR_MS) for area in areas[sensor])
             # The reading may be the reference of a rate of rise in the next hour's first quarter.
             shifted = dataclasses.replace(batch, ts=batch.ts + RISE_SPAN_MS)
             sensor_hours.update((tuple(batch.series[s]), h) for s, h in _pairs(shifted, HOUR_MS))
@@ -141,8 +140,10 @@ class Touched:
 
 def _pairs(batch: ReadingBatch, width_ms: int) -> list[tuple[int, int]]:
     """The distinct (series index, window start) of a batch's readings."""
-    keys = np.unique(np.stack([batch.sensor.astype(np.int64), batch.ts // width_ms * width_ms], axis=1), axis=0)
-    return [(int(s), int(t)) for s, t in keys.tolist()]
+    series = max(len(batch.series), 1)
+    keys = np.unique(batch.ts // width_ms * series + batch.sensor.astype(np.int64))  # one int per pair: a 1-d sort
+    starts, sensors = np.divmod(keys, series)
+    return list(zip(sensors.tolist(), (starts * width_ms).tolist(), strict=True))
 
 
 @dataclass
