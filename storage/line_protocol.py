@@ -181,6 +181,9 @@ class Encoder:
         self._series: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, int]] = {}
         self._field_keys: dict[str, str] = {}
         self._floats: dict[float, str] = {}
+        # Escaped tag keys and values: a fleet's series share a few keys and repeat their places' names.
+        self._tag_keys: dict[str, str] = {}
+        self._tag_values: dict[str, str] = {}
 
     def series_key(self, measurement: str, tags: Mapping[str, str]) -> tuple[str, int]:
         """The escaped `measurement,tag=value,...` prefix and its length in bytes (computed and cached)."""
@@ -192,7 +195,7 @@ class Encoder:
         for key, value in items:
             if not isinstance(value, str):
                 raise LineProtocolError(f"tag {key!r} value must be a str, got {type(value).__name__}: {value!r}")
-            escaped.append((_escape_tag_key(key), escape_key(f"tag {key!r} value", value)))
+            escaped.append((self._tag_key(key), self._tag_value(key, value)))
         escaped.sort(key=lambda kv: kv[0].encode())
         parts.extend(f"{k}={v}" for k, v in escaped)
         prefix = ",".join(parts)
@@ -204,6 +207,23 @@ class Encoder:
         result = (prefix, size)
         self._series[(measurement, items)] = result
         return result
+
+    def _tag_key(self, key: str) -> str:
+        escaped = self._tag_keys.get(key)
+        if escaped is None:
+            escaped = _escape_tag_key(key)
+            if len(self._tag_keys) < 10_000:
+                self._tag_keys[key] = escaped
+        return escaped
+
+    def _tag_value(self, key: str, value: str) -> str:
+        escaped = self._tag_values.get(value)
+        if escaped is None:  # a value is checked once; one that cannot be written is never cached
+            escaped = escape_key(f"tag {key!r} value", value)
+            if len(self._tag_values) >= SERIES_CACHE_MAX:
+                self._tag_values.clear()
+            self._tag_values[value] = escaped
+        return escaped
 
     def field_key(self, key: str) -> str:
         escaped = self._field_keys.get(key)
