@@ -64,10 +64,10 @@ class SensorHealth(beam.PTransform):
         super().__init__()
         self.metrics = metrics_by_kind(registry)
         self.expected = {kind.id: 3600 // kind.interval_s for kind in registry.kinds.values()}
-        self.sensors: dict[str, tuple[Series, ...]] = {}
+        by_kind: dict[str, list[Series]] = {}
         for s in registry.sensors.values():
-            series = Series(s.super_cluster, s.city, s.district, s.site, s.id, s.vendor)
-            self.sensors[s.kind] = (*self.sensors.get(s.kind, ()), series)
+            by_kind.setdefault(s.kind, []).append(Series(s.super_cluster, s.city, s.district, s.site, s.id, s.vendor))
+        self.sensors: dict[str, tuple[Series, ...]] = {kind: tuple(series) for kind, series in by_kind.items()}
         self.hours = hours
         self.allowed_lateness_s = allowed_lateness_s
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
