@@ -22,7 +22,7 @@ typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
 pytest: $(INSTALLED) system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test: lint typecheck pytest
 

@@ -39,6 +39,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         handle.down()
 
 
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
+    """A stack of the module's own, for checks that need a database no other module writes to: the
+    session stack's content depends on which modules ran before on the same worker (`make test` runs two)."""
+    handle = start_stack(tmp_path_factory.mktemp("own-stack"))
+    try:
+        yield handle
+    finally:
+        handle.down()
+
+
 @pytest.fixture
 def private_stack(tmp_path: Path) -> Iterator[StackHandle]:
     """A stack of the test's own, for tests that stop, kill or restart servers."""

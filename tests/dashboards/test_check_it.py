@@ -24,6 +24,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
+def stack(own_stack: StackHandle) -> StackHandle:
+    """This module checks exact contents of the database: a stack no other module writes to."""
+    return own_stack
+
+
+@pytest.fixture(scope="module")
 def settings(stack: StackHandle) -> InfluxSettings:
     settings = InfluxSettings.from_env(stack.env())
     write_data_set(default_registry(), settings)

@@ -61,6 +61,12 @@ class Ingested:
 
 
 @pytest.fixture(scope="module")
+def stack(own_stack: StackHandle) -> StackHandle:
+    """This module checks exact contents of the database: a stack no other module writes to."""
+    return own_stack
+
+
+@pytest.fixture(scope="module")
 def ingested(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingested]:
     a, b, c, d = SENSORS
     clean = two_hours(a, CLEAN)
