@@ -2,7 +2,8 @@
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`sensor_health_1h`)
 
-Concepts: hourly event-time `FixedWindows`; the registry as the list of sensors
+Concepts: hourly event-time `FixedWindows` (`pipelines.hours.GroupIntoHours`, which
+`pipeline run` shares with the rollups and the AQI); the registry as the list of sensors
 that should report (a silent sensor produces no readings, so it can only be
 found by name); empty marker elements make every hour of a bounded range fire,
 even one in which nothing arrived; `ACCUMULATING` late panes.
@@ -35,15 +36,15 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms import window
 
-from pipelines.batch import NO_SEQ, ReadingBatch, Series, empty_batch
+from pipelines.batch import NO_SEQ, ReadingBatch, Series
 from pipelines.columns import metrics_by_kind
+from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, stamped_windows, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, window_start_ms
 from sensors.registry import Registry
 from storage.schema import HEALTH_MEASUREMENT, SENSOR_TAGS
 
@@ -73,33 +74,34 @@ class SensorHealth(beam.PTransform):
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        parts = batches | "SplitIntoHours" >> beam.FlatMap(stamped_windows, 3600)
-        if self.hours is not None:
-            start, end = floor_to(self.hours[0], HOUR_MS), ceil_to(self.hours[1], HOUR_MS)
-            every_hour = [(kind, hour) for kind in sorted(self.metrics) for hour in range(start, end, HOUR_MS)]
-            markers = (
-                batches.pipeline
-                | "ListHours" >> beam.Create(every_hour)
-                | "MarkHours" >> beam.Map(_marker, self.metrics)
-            )
-            parts = (parts, markers) | "AddEveryHour" >> beam.Flatten()
+        mark = None if self.hours is None else (self.metrics, self.hours)
         return (
-            parts
-            | "WindowIntoHours"
-            >> beam.WindowInto(
-                window.FixedWindows(3600),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
-            )
-            | "GroupByHour" >> beam.GroupByKey()
-            | "AssessHour" >> beam.ParDo(AssessHour(self.expected, self.sensors, self.now_ms))
+            batches
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s, mark=mark)
+            | "AssessHours" >> self.from_hours()
+        )
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours`, marked with every hour to report) -> PCollection[PointBatch]."""
+        return _AssessHours(self.expected, self.sensors, self.now_ms)
+
+
+class _AssessHours(beam.PTransform):
+    def __init__(self, expected: Mapping[str, int], sensors: Mapping[str, tuple[Series, ...]], now_ms: int) -> None:
+        super().__init__()
+        self.assess = AssessHour(expected, sensors, now_ms)
+
+    def expand(self, hours: beam.PCollection) -> beam.PCollection:
+        return (
+            hours
+            | "SplitKinds" >> beam.FlatMap(_kinds)
+            | "AssessHour" >> beam.ParDo(self.assess)
         )
 
 
-def _marker(kind_hour: tuple[str, int], metrics: Mapping[str, tuple[str, ...]]) -> TimestampedValue:
-    kind, hour_ms = kind_hour
-    return TimestampedValue((kind, empty_batch(kind, metrics[kind])), hour_ms / 1000)
+def _kinds(hour: Hour) -> Iterator[tuple[str, list[ReadingBatch]]]:
+    for batch in hour[1]:
+        yield batch.kind, [batch]
 
 
 class AssessHour(beam.DoFn):
