@@ -1,9 +1,11 @@
 """The pipelines: rollups, Thai AQI, sensor health and anomalies, from the spool into InfluxDB.
 
-    ReadSpool -> WindowedStats -> WriteToInflux
-              -> ThaiAQI       -> WriteToInflux
-              -> SensorHealth  -> WriteToInflux
-              -> Anomalies     -> WriteToInflux
+    ReadSpool -> GroupIntoHours -> WindowedStats -> WriteToInflux
+                                -> ThaiAQI       -> WriteToInflux
+                                -> SensorHealth  -> WriteToInflux
+              -> Anomalies                       -> WriteToInflux
+
+(the rollups, the AQI and health share one grouping into hours, `pipelines.hours`).
 
 A bounded run covers whole hours `[start, end)`: a range given with minutes is
 widened to the hours around it, so no window is cut by the range and written
