@@ -5,8 +5,9 @@
 Concepts: batches split per hour (`timing.stamped_windows`) before `WindowInto`, so an hour
 holds one element per segment and kind; hourly event-time `FixedWindows` with the pipelines'
 trigger (on time, then a late pane per late element, `ACCUMULATING`); one `GroupByKey` with
-a single key, so every kind of an hour meets in one element; optional empty marker batches
-that make chosen (kind, hour)s fire even when nothing arrived in them.
+a single key, so every kind of an hour meets in one element. Nothing else is flattened into
+the readings: on the local runner a `Flatten` of outputs of different stages copies every
+reading once more (sensor health names its silent hours by other means).
 
 The rollups, the AQI and sensor health all start from an hour's deduplicated readings, so
 `pipeline run` groups them once and hands the same hours to the three (`run.build`); each of
@@ -17,21 +18,20 @@ three times, that was about a fifth of a day's backfill (docs/benchmarks.md).
 `Anomalies` groups on its own: it needs the quarter before each hour as well.
 
 An `Hour` is `(start ms, batches)`: one `ReadingBatch` per kind, in kind order, deduplicated
-(`ReadingBatch.deduplicated`: one reading per (sensor, ts), sorted by sensor then time), empty
-for a kind that only a marker named.
+(`ReadingBatch.deduplicated`: one reading per (sensor, ts), sorted by sensor then time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.batch import ReadingBatch, by_kind, empty_batch
+from pipelines.batch import ReadingBatch, by_kind
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, stamped_windows, window_start_ms
+from pipelines.timing import WINDOW, stamped_windows, window_start_ms
 
 HOUR_S = 3600
 # One key: every kind of an hour is grouped together (an hour is the unit of work and of firing).
@@ -41,8 +41,7 @@ Hour = tuple[int, tuple[ReadingBatch, ...]]
 
 
 class GroupIntoHours(beam.PTransform):
-    """Hours of the readings of `kinds` (None: all); `mark=(metrics by kind, (start_ms, end_ms))` makes
-    each of those kinds appear in every hour of that range, with an empty batch if nothing arrived.
+    """Hours of the readings of `kinds` (None: all).
 
     `early_firing_s` (streaming only) re-fires an hour that often, in processing time, until it is complete.
     """
@@ -52,30 +51,15 @@ class GroupIntoHours(beam.PTransform):
         allowed_lateness_s: int = ALLOWED_LATENESS_S,
         *,
         kinds: Collection[str] | None = None,
-        mark: tuple[Mapping[str, tuple[str, ...]], tuple[int, int]] | None = None,
         early_firing_s: int | None = None,
     ) -> None:
         super().__init__()
         self.allowed_lateness_s = allowed_lateness_s
         self.kinds = None if kinds is None else frozenset(kinds)
-        self.mark = mark
         self.early_firing_s = early_firing_s
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         parts = batches | "SplitIntoHours" >> beam.FlatMap(_hour_parts, self.kinds)
-        if self.mark is not None:
-            metrics, (start, end) = self.mark
-            every_hour = [
-                (kind, hour)
-                for kind in sorted(metrics)
-                for hour in range(floor_to(start, HOUR_MS), ceil_to(end, HOUR_MS), HOUR_MS)
-            ]
-            markers = (
-                batches.pipeline
-                | "ListHours" >> beam.Create(every_hour)
-                | "MarkHours" >> beam.Map(_marker, dict(metrics))
-            )
-            parts = (parts, markers) | "AddEveryHour" >> beam.Flatten()
         early = None if self.early_firing_s is None else trigger.AfterProcessingTime(self.early_firing_s)
         return (
             parts
@@ -94,11 +78,6 @@ class GroupIntoHours(beam.PTransform):
 def _hour_parts(batch: ReadingBatch, kinds: frozenset[str] | None) -> Iterator[TimestampedValue]:
     if kinds is None or batch.kind in kinds:
         yield from stamped_windows(batch, HOUR_S, key=_KEY)
-
-
-def _marker(kind_hour: tuple[str, int], metrics: Mapping[str, tuple[str, ...]]) -> TimestampedValue:
-    kind, hour_ms = kind_hour
-    return TimestampedValue((_KEY, empty_batch(kind, metrics[kind])), hour_ms / 1000)
 
 
 class Deduplicate(beam.DoFn):

@@ -171,11 +171,8 @@ def build(
     hourly = [name for name in plan.pipelines if name in ("rollup", "aqi", "health")]
     hours = None
     if hourly:
-        hours = readings | "GroupIntoHours" >> GroupIntoHours(
-            lateness,
-            kinds=frozenset(thai_aqi.pollutants_of(registry)) if hourly == ["aqi"] else None,
-            mark=(metrics_by_kind(registry), in_range) if "health" in hourly else None,
-        )
+        kinds = frozenset(thai_aqi.pollutants_of(registry)) if hourly == ["aqi"] else None
+        hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds)
     aqi_hours = (read_start, read_end) if plan.aqi_lookback else in_range
 
     def of_hours(label: str, hours_range: tuple[int, int], transform: beam.PTransform) -> beam.PCollection:

@@ -5,8 +5,9 @@
 Concepts: hourly event-time `FixedWindows` (`pipelines.hours.GroupIntoHours`, which
 `pipeline run` shares with the rollups and the AQI); the registry as the list of sensors
 that should report (a silent sensor produces no readings, so it can only be
-found by name); empty marker elements make every hour of a bounded range fire,
-even one in which nothing arrived; `ACCUMULATING` late panes.
+found by name), and with `hours` every kind in every hour of that range, an hour in
+which nothing arrived at all named from a side input of the hours seen; `ACCUMULATING`
+late panes.
 
 Fields per sensor-hour (tags: the raw measurement's sensor tags):
 - `received`: readings in the hour, duplicates (same sensor_id and ts) once;
@@ -36,15 +37,16 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.batch import NO_SEQ, ReadingBatch, Series
+from pipelines.batch import NO_SEQ, ReadingBatch, Series, empty_batch
 from pipelines.columns import metrics_by_kind
 from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, window_start_ms
 from sensors.registry import Registry
 from storage.schema import HEALTH_MEASUREMENT, SENSOR_TAGS
 
@@ -74,34 +76,83 @@ class SensorHealth(beam.PTransform):
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        mark = None if self.hours is None else (self.metrics, self.hours)
         return (
             batches
-            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s, mark=mark)
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s)
             | "AssessHours" >> self.from_hours()
         )
 
     def from_hours(self) -> beam.PTransform:
-        """PCollection[Hour] (`GroupIntoHours`, marked with every hour to report) -> PCollection[PointBatch]."""
-        return _AssessHours(self.expected, self.sensors, self.now_ms)
+        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]."""
+        return _AssessHours(self)
 
 
 class _AssessHours(beam.PTransform):
-    def __init__(self, expected: Mapping[str, int], sensors: Mapping[str, tuple[Series, ...]], now_ms: int) -> None:
+    """Each hour's kinds assessed; with `hours`, every kind in every hour of the range.
+
+    An hour in which nothing at all arrived has no element: its silent sensors are named from
+    the list of the range's hours, less those seen (a side input). Marker elements flattened
+    into the readings would do the same, but a Flatten of outputs of different stages makes the
+    local runner copy every reading once more (about a tenth of a backfill).
+    """
+
+    def __init__(self, spec: SensorHealth) -> None:
         super().__init__()
-        self.assess = AssessHour(expected, sensors, now_ms)
+        self.spec = spec
 
     def expand(self, hours: beam.PCollection) -> beam.PCollection:
-        return (
+        spec = self.spec
+        assess = AssessHour(spec.expected, spec.sensors, spec.now_ms)
+        if spec.hours is None:
+            return hours | "SplitKinds" >> beam.FlatMap(_kinds) | "AssessHour" >> beam.ParDo(assess)
+        start, end = floor_to(spec.hours[0], HOUR_MS), ceil_to(spec.hours[1], HOUR_MS)
+        every = tuple(sorted(spec.metrics))
+        assessed = (
             hours
-            | "SplitKinds" >> beam.FlatMap(_kinds)
-            | "AssessHour" >> beam.ParDo(self.assess)
+            | "SplitKinds" >> beam.FlatMap(_kinds, (start, end), every, spec.metrics)
+            | "AssessHour" >> beam.ParDo(assess)
         )
+        seen = (
+            hours
+            | "HourStarts" >> beam.Map(lambda hour: hour[0])
+            | "AllHoursSeen" >> beam.WindowInto(window.GlobalWindows())
+        )
+        silent = (
+            hours.pipeline
+            | "ListHours" >> beam.Create(list(range(start, end, HOUR_MS)))
+            | "AssessSilentHours" >> beam.FlatMap(_silent_hour, every, assess, seen=beam.pvalue.AsList(seen))
+            | "WindowIntoHours"
+            >> beam.WindowInto(
+                window.FixedWindows(3600),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=spec.allowed_lateness_s,
+            )
+        )
+        return (assessed, silent) | "WithSilentHours" >> beam.Flatten()
 
 
-def _kinds(hour: Hour) -> Iterator[tuple[str, list[ReadingBatch]]]:
-    for batch in hour[1]:
-        yield batch.kind, [batch]
+def _kinds(
+    hour: Hour,
+    hours: tuple[int, int] = (0, 0),
+    every: tuple[str, ...] = (),
+    metrics: Mapping[str, tuple[str, ...]] | None = None,
+) -> Iterator[tuple[str, list[ReadingBatch]]]:
+    """(kind, [its readings]) of each kind of the hour; in `hours`, also of each kind of `every` without any."""
+    batches = {batch.kind: batch for batch in hour[1]}
+    if metrics is not None and hours[0] <= hour[0] < hours[1]:
+        for kind in every:
+            batches.setdefault(kind, empty_batch(kind, metrics[kind]))
+    for kind in sorted(batches):
+        yield kind, [batches[kind]]
+
+
+def _silent_hour(hour: int, kinds: tuple[str, ...], assess: AssessHour, seen: list[int]) -> Iterator[TimestampedValue]:
+    """The health points of an hour in which nothing arrived (one not in `seen`), stamped with the hour."""
+    if hour not in seen:
+        for kind in kinds:
+            for points in assess.assess(kind, empty_batch(kind, ()), hour):
+                yield TimestampedValue(points, hour / 1000)
 
 
 class AssessHour(beam.DoFn):
@@ -116,8 +167,10 @@ class AssessHour(beam.DoFn):
         self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
     ) -> Iterator[PointBatch]:
         kind, parts = element
-        batch = ReadingBatch.concat(parts).deduplicated()
-        hour = window_start_ms(win)
+        yield from self.assess(kind, ReadingBatch.concat(parts).deduplicated(), window_start_ms(win))
+
+    def assess(self, kind: str, batch: ReadingBatch, hour: int) -> Iterator[PointBatch]:
+        """The health point of every sensor of `kind` in `hour`, from its deduplicated readings."""
         ended = hour + HOUR_MS <= self.now_ms
         silent = self.sensors.get(kind, ()) if ended else ()
         counts: dict[Series, tuple[int, int, int, int]] = dict.fromkeys(silent, (0, 0, 0, 0))
