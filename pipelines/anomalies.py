@@ -2,10 +2,11 @@
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`anomalies`)
 
-Concepts: `SlidingWindows` of 75 minutes every hour with an offset, i.e. each
-hour plus the 15 minutes before it, so a rate at the start of an hour still
-has readings to compare with; batches are split into 15-minute parts first so
-each part falls in whole windows; `ACCUMULATING` late panes.
+Concepts: the readings grouped into hours (`pipelines.hours.GroupIntoHours`, which
+`pipeline run` shares with the other pipelines); each hour's last 15 minutes are
+re-stamped into the next hour and regrouped per kind, so an hour's window holds the
+hour plus the 15 minutes before it and a rate at the start of an hour still has
+readings to compare with; `ACCUMULATING` late panes.
 
 Two kinds of anomaly, both data-driven (no kind is named in code):
 - `spike`: a value whose modified z-score within its sensor's readings of the
@@ -33,12 +34,14 @@ from collections.abc import Iterable, Iterator, Mapping
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.batch import ReadingBatch
+from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, stamped_windows, window_end_ms, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, window_end_ms, window_start_ms
 from sensors.registry import Registry
 from storage.schema import (
     ANOMALY_FIELDS,
@@ -78,17 +81,47 @@ class Anomalies(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "SplitIntoQuarters" >> beam.FlatMap(stamped_windows, RISE_SPAN_S)
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s)
+            | "DetectInHours" >> self.from_hours()
+        )
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]; needs the hour before the first judged."""
+        return _DetectInHours(self)
+
+
+class _DetectInHours(beam.PTransform):
+    """Each hour's readings with the last quarter of the hour before (regrouped per kind), judged."""
+
+    def __init__(self, spec: Anomalies) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, hours: beam.PCollection) -> beam.PCollection:
+        return (
+            hours
+            | "AddQuarterBefore" >> beam.FlatMap(_with_next_hour_quarter)
             | "WindowIntoHours"
             >> beam.WindowInto(
-                window.SlidingWindows(3600 + RISE_SPAN_S, 3600, offset=3600 - RISE_SPAN_S),
+                window.FixedWindows(3600),
                 trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
+                allowed_lateness=self.spec.allowed_lateness_s,
             )
             | "GroupByHour" >> beam.GroupByKey()
-            | "DetectAnomalies" >> beam.ParDo(DetectAnomalies(self.limits, self.emit))
+            | "DetectAnomalies" >> beam.ParDo(DetectAnomalies(self.spec.limits, self.spec.emit))
         )
+
+
+def _with_next_hour_quarter(hour: Hour) -> Iterator[tuple[str, ReadingBatch] | TimestampedValue]:
+    """(kind, readings) of the hour, in its own window; its last `RISE_SPAN_S` also into the next hour's."""
+    start, batches = hour
+    end = start + HOUR_MS
+    for batch in batches:
+        yield batch.kind, batch
+        last = batch.between(end - RISE_SPAN_S * 1000, end)
+        if len(last):
+            yield TimestampedValue((batch.kind, last), end / 1000)
 
 
 class DetectAnomalies(beam.DoFn):

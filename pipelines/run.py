@@ -166,27 +166,22 @@ def build(
     )
     rollup = WindowedStats(registry, allowed_lateness_s=lateness)
     health = SensorHealth(registry, hours=in_range, allowed_lateness_s=lateness)
-    # The rollups, the AQI and health share one grouping of the readings into hours (`pipelines.hours`);
-    # each takes the hours it covers: the range, and for the AQI its look-back and the hours after it.
-    hourly = [name for name in plan.pipelines if name in ("rollup", "aqi", "health")]
-    hours = None
-    if hourly:
-        kinds = frozenset(thai_aqi.pollutants_of(registry)) if hourly == ["aqi"] else None
-        hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds)
+    rises = Anomalies(registry, emit=in_range, allowed_lateness_s=lateness)
+    # The four pipelines share one grouping of the readings into hours (`pipelines.hours`); each
+    # takes the hours it needs: the range; the AQI also its look-back and the hours after the range
+    # whose averaging periods hold it; the anomalies also the hour before (its last quarter).
+    kinds = frozenset(thai_aqi.pollutants_of(registry)) if plan.pipelines == ("aqi",) else None
+    hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds)
     aqi_hours = (read_start, read_end) if plan.aqi_lookback else in_range
 
     def of_hours(label: str, hours_range: tuple[int, int], transform: beam.PTransform) -> beam.PCollection:
-        assert hours is not None
         return hours | f"{label}Hours" >> beam.Filter(in_hours, *hours_range) | label >> transform
 
     steps = {  # one per pipeline of the catalog (pipelines.settings.CATALOG); a test checks both agree
         "rollup": lambda: of_hours("WindowedStats", in_range, rollup.from_hours()),
         "aqi": lambda: of_hours("ThaiAQI", aqi_hours, aqi.from_hours()),
         "health": lambda: of_hours("SensorHealth", in_range, health.from_hours()),
-        "anomalies": lambda: (
-            readings
-            | "Anomalies" >> Anomalies(registry, emit=in_range, allowed_lateness_s=lateness)
-        ),
+        "anomalies": lambda: of_hours("Anomalies", (plan.start_ms - HOUR_MS, plan.end_ms), rises.from_hours()),
     }
     return {name: steps[name]() for name in plan.pipelines}
 
