@@ -129,6 +129,7 @@ class DetectAnomalies(beam.DoFn):
 
     def __init__(self, limits: Mapping[tuple[str, str], float], emit: tuple[int, int] | None) -> None:
         self.limits = dict(limits)
+        self.limited = frozenset(metric for _, metric in self.limits)  # metrics some site has thresholds for
         self.emit = emit
 
     def process(
@@ -147,7 +148,8 @@ class DetectAnomalies(beam.DoFn):
             positions = np.flatnonzero(in_hour)
             found.extend((positions[i], j, ANOMALY_SPIKE, z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
             for j, metric in enumerate(batch.metrics):
-                found.extend(self._rises(batch, j, metric, judged, win))
+                if metric in self.limited:
+                    found.extend(self._rises(batch, j, metric, judged, win))
         if found:
             yield self._points(kind, batch, found)
 
