@@ -119,7 +119,7 @@ class _AssessHours(beam.PTransform):
         )
         silent = (
             hours.pipeline
-            | "ListHours" >> beam.Create(list(range(start, end, HOUR_MS)))
+            | "ListHours" >> beam.Create(list(range(start, end, HOUR_MS)), reshuffle=False)  # a few ints
             | "AssessSilentHours" >> beam.FlatMap(_silent_hour, every, assess, seen=beam.pvalue.AsList(seen))
             | "WindowIntoHours"
             >> beam.WindowInto(
