@@ -3,10 +3,9 @@
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`anomalies`)
 
 Concepts: the readings grouped into hours (`pipelines.hours.GroupIntoHours`, which
-`pipeline run` shares with the other pipelines); each hour's last 15 minutes are
-re-stamped into the next hour and regrouped per kind, so an hour's window holds the
-hour plus the 15 minutes before it and a rate at the start of an hour still has
-readings to compare with; `ACCUMULATING` late panes.
+`pipeline run` shares with the other pipelines), each hour with the 15 minutes before
+it (the grouping also stamps every hour's last quarter into the next hour), so a rate
+at the start of an hour still has readings to compare with; `ACCUMULATING` late panes.
 
 Two kinds of anomaly, both data-driven (no kind is named in code):
 - `spike`: a value whose modified z-score within its sensor's readings of the
@@ -33,8 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms import window
 
 from pipelines.batch import ReadingBatch
 from pipelines.hours import GroupIntoHours, Hour
@@ -81,47 +79,22 @@ class Anomalies(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s)
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s, before_s=RISE_SPAN_S)
             | "DetectInHours" >> self.from_hours()
         )
 
     def from_hours(self) -> beam.PTransform:
-        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]; needs the hour before the first judged."""
-        return _DetectInHours(self)
-
-
-class _DetectInHours(beam.PTransform):
-    """Each hour's readings with the last quarter of the hour before (regrouped per kind), judged."""
-
-    def __init__(self, spec: Anomalies) -> None:
-        super().__init__()
-        self.spec = spec
-
-    def expand(self, hours: beam.PCollection) -> beam.PCollection:
-        return (
-            hours
-            | "AddQuarterBefore" >> beam.FlatMap(_with_next_hour_quarter)
-            | "WindowIntoHours"
-            >> beam.WindowInto(
-                window.FixedWindows(3600),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.spec.allowed_lateness_s,
-            )
-            | "GroupByHour" >> beam.GroupByKey()
-            | "DetectAnomalies" >> beam.ParDo(DetectAnomalies(self.spec.limits, self.spec.emit))
+        """PCollection[Hour] (`GroupIntoHours` with `before_s=RISE_SPAN_S`) -> PCollection[PointBatch]."""
+        return "SplitKinds" >> beam.FlatMap(_kinds) | "DetectAnomalies" >> beam.ParDo(
+            DetectAnomalies(self.limits, self.emit)
         )
 
 
-def _with_next_hour_quarter(hour: Hour) -> Iterator[tuple[str, ReadingBatch] | TimestampedValue]:
-    """(kind, readings) of the hour, in its own window; its last `RISE_SPAN_S` also into the next hour's."""
-    start, batches = hour
-    end = start + HOUR_MS
-    for batch in batches:
-        yield batch.kind, batch
-        last = batch.between(end - RISE_SPAN_S * 1000, end)
-        if len(last):
-            yield TimestampedValue((batch.kind, last), end / 1000)
+def _kinds(hour: Hour) -> Iterator[tuple[str, list[ReadingBatch]]]:
+    """(kind, [its readings of the hour, its readings of the quarter before]) of each kind of the hour."""
+    before = {batch.kind: batch for batch in hour.before}
+    for batch in hour.batches:
+        yield batch.kind, [before[batch.kind], batch] if batch.kind in before else [batch]
 
 
 class DetectAnomalies(beam.DoFn):

@@ -15,15 +15,18 @@ those composites applied on its own is `GroupIntoHours` followed by its `from_ho
 On Beam's local runners a grouping costs a pickle and an unpickle of every part, trigger
 bookkeeping per part and a concatenation and deduplication per window: done once instead of
 three times, that was about a fifth of a day's backfill (docs/benchmarks.md).
-`Anomalies` groups on its own: it needs the quarter before each hour as well.
 
-An `Hour` is `(start ms, batches)`: one `ReadingBatch` per kind, in kind order, deduplicated
-(`ReadingBatch.deduplicated`: one reading per (sensor, ts), sorted by sensor then time).
+An `Hour` is `(start_ms, batches, before)`: one `ReadingBatch` per kind, in kind order,
+deduplicated (`ReadingBatch.deduplicated`: one reading per (sensor, ts), sorted by sensor
+then time); `before` likewise for the last `before_s` of the hour before, which the split
+also stamps into the next hour (the anomalies' rate of rise looks back 15 minutes), so that
+one grouping serves all four pipelines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
@@ -31,17 +34,24 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.batch import ReadingBatch, by_kind
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import WINDOW, stamped_windows, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, window_start_ms
 
 HOUR_S = 3600
 # One key: every kind of an hour is grouped together (an hour is the unit of work and of firing).
 _KEY = "hour"
 
-Hour = tuple[int, tuple[ReadingBatch, ...]]
+
+class Hour(NamedTuple):
+    """An hour's readings: one deduplicated batch per kind, in kind order; and, when asked for, the
+    last `before_s` of the hour before, per kind likewise (the anomalies' rate of rise looks back)."""
+
+    start_ms: int
+    batches: tuple[ReadingBatch, ...]
+    before: tuple[ReadingBatch, ...] = ()
 
 
 class GroupIntoHours(beam.PTransform):
-    """Hours of the readings of `kinds` (None: all).
+    """Hours of the readings of `kinds` (None: all), each with the last `before_s` seconds of the hour before.
 
     `early_firing_s` (streaming only) re-fires an hour that often, in processing time, until it is complete.
     """
@@ -51,15 +61,17 @@ class GroupIntoHours(beam.PTransform):
         allowed_lateness_s: int = ALLOWED_LATENESS_S,
         *,
         kinds: Collection[str] | None = None,
+        before_s: int = 0,
         early_firing_s: int | None = None,
     ) -> None:
         super().__init__()
         self.allowed_lateness_s = allowed_lateness_s
         self.kinds = None if kinds is None else frozenset(kinds)
+        self.before_s = before_s
         self.early_firing_s = early_firing_s
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        parts = batches | "SplitIntoHours" >> beam.FlatMap(_hour_parts, self.kinds)
+        parts = batches | "SplitIntoHours" >> beam.FlatMap(_hour_parts, self.kinds, self.before_s * 1000)
         early = None if self.early_firing_s is None else trigger.AfterProcessingTime(self.early_firing_s)
         return (
             parts
@@ -75,20 +87,37 @@ class GroupIntoHours(beam.PTransform):
         )
 
 
-def _hour_parts(batch: ReadingBatch, kinds: frozenset[str] | None) -> Iterator[TimestampedValue]:
-    if kinds is None or batch.kind in kinds:
-        yield from stamped_windows(batch, HOUR_S, key=_KEY)
+def _hour_parts(batch: ReadingBatch, kinds: frozenset[str] | None, before_ms: int) -> Iterator[TimestampedValue]:
+    """(key, (False, part)) stamped with its hour; with `before_ms`, the part's last `before_ms` also as
+    (key, (True, tail)) stamped with the next hour, so one grouping serves both."""
+    if kinds is not None and batch.kind not in kinds:
+        return
+    for start_ms, part in batch.windows(HOUR_MS):
+        yield TimestampedValue((_KEY, (False, part)), start_ms / 1000)
+        if before_ms:
+            end_ms = start_ms + HOUR_MS
+            tail = part.between(end_ms - before_ms, end_ms)
+            if len(tail):
+                yield TimestampedValue((_KEY, (True, tail)), end_ms / 1000)
 
 
 class Deduplicate(beam.DoFn):
     """(key, parts of one hour) -> `Hour`: per kind, the parts concatenated and deduplicated."""
 
     def process(
-        self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
+        self, element: tuple[str, Iterable[tuple[bool, ReadingBatch]]], win: window.BoundedWindow = WINDOW
     ) -> Iterator[Hour]:
-        yield window_start_ms(win), tuple(batch.deduplicated() for batch in by_kind(element[1]).values())
+        own: list[ReadingBatch] = []
+        before: list[ReadingBatch] = []
+        for is_before, part in element[1]:
+            (before if is_before else own).append(part)
+        yield Hour(window_start_ms(win), _deduplicated(own), _deduplicated(before))
+
+
+def _deduplicated(parts: list[ReadingBatch]) -> tuple[ReadingBatch, ...]:
+    return tuple(batch.deduplicated() for batch in by_kind(parts).values())
 
 
 def in_hours(hour: Hour, start_ms: int, end_ms: int) -> bool:
     """Whether the hour starts in [start_ms, end_ms) (for `beam.Filter`)."""
-    return start_ms <= hour[0] < end_ms
+    return start_ms <= hour.start_ms < end_ms

@@ -167,11 +167,12 @@ def build(
     rollup = WindowedStats(registry, allowed_lateness_s=lateness)
     health = SensorHealth(registry, hours=in_range, allowed_lateness_s=lateness)
     rises = Anomalies(registry, emit=in_range, allowed_lateness_s=lateness)
-    # The four pipelines share one grouping of the readings into hours (`pipelines.hours`); each
-    # takes the hours it needs: the range; the AQI also its look-back and the hours after the range
-    # whose averaging periods hold it; the anomalies also the hour before (its last quarter).
+    # The four pipelines share one grouping of the readings into hours (`pipelines.hours`), each hour
+    # with the quarter before it for the anomalies; each takes the hours it needs: the range, and for
+    # the AQI also its look-back and the hours after the range whose averaging periods hold it.
     kinds = frozenset(thai_aqi.pollutants_of(registry)) if plan.pipelines == ("aqi",) else None
-    hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds)
+    before_s = anomalies.RISE_SPAN_S if "anomalies" in plan.pipelines else 0
+    hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds, before_s=before_s)
     aqi_hours = (read_start, read_end) if plan.aqi_lookback else in_range
 
     def of_hours(label: str, hours_range: tuple[int, int], transform: beam.PTransform) -> beam.PCollection:
@@ -181,7 +182,7 @@ def build(
         "rollup": lambda: of_hours("WindowedStats", in_range, rollup.from_hours()),
         "aqi": lambda: of_hours("ThaiAQI", aqi_hours, aqi.from_hours()),
         "health": lambda: of_hours("SensorHealth", in_range, health.from_hours()),
-        "anomalies": lambda: of_hours("Anomalies", (plan.start_ms - HOUR_MS, plan.end_ms), rises.from_hours()),
+        "anomalies": lambda: of_hours("Anomalies", in_range, rises.from_hours()),
     }
     return {name: steps[name]() for name in plan.pipelines}
 
