@@ -2,19 +2,20 @@
 
     PCollection[ReadingBatch] -> PCollection[Hour]   (hourly windows)
 
-Concepts: batches split per hour (`timing.stamped_windows`) before `WindowInto`, so an hour
+Concepts: batches split per hour (`ReadingBatch.windows`) before `WindowInto`, so an hour
 holds one element per segment and kind; hourly event-time `FixedWindows` with the pipelines'
 trigger (on time, then a late pane per late element, `ACCUMULATING`); one `GroupByKey` with
 a single key, so every kind of an hour meets in one element. Nothing else is flattened into
 the readings: on the local runner a `Flatten` of outputs of different stages copies every
 reading once more (sensor health names its silent hours by other means).
 
-The rollups, the AQI and sensor health all start from an hour's deduplicated readings, so
-`pipeline run` groups them once and hands the same hours to the three (`run.build`); each of
-those composites applied on its own is `GroupIntoHours` followed by its `from_hours()` part.
+The rollups, the AQI, sensor health and the anomalies all start from an hour's deduplicated
+readings, so `pipeline run` groups them once and hands the same hours to the four
+(`run.build`); each composite applied on its own is `GroupIntoHours` followed by its
+`from_hours()` part.
 On Beam's local runners a grouping costs a pickle and an unpickle of every part, trigger
 bookkeeping per part and a concatenation and deduplication per window: done once instead of
-three times, that was about a fifth of a day's backfill (docs/benchmarks.md).
+four times (docs/benchmarks.md).
 
 An `Hour` is `(start_ms, batches, before)`: one `ReadingBatch` per kind, in kind order,
 deduplicated (`ReadingBatch.deduplicated`: one reading per (sensor, ts), sorted by sensor

@@ -3,7 +3,7 @@
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`sensor_health_1h`)
 
 Concepts: hourly event-time `FixedWindows` (`pipelines.hours.GroupIntoHours`, which
-`pipeline run` shares with the rollups and the AQI); the registry as the list of sensors
+`pipeline run` shares with the other pipelines); the registry as the list of sensors
 that should report (a silent sensor produces no readings, so it can only be
 found by name), and with `hours` every kind in every hour of that range, an hour in
 which nothing arrived at all named from a side input of the hours seen; `ACCUMULATING`

@@ -3,7 +3,7 @@
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`aqi_1h`)
 
 Concepts: hourly `FixedWindows` (`pipelines.hours.GroupIntoHours`, which `pipeline run`
-shares with the rollups and sensor health); `SlidingWindows` of 24 h, 8 h and 1 h moving
+shares with the other pipelines); `SlidingWindows` of 24 h, 8 h and 1 h moving
 by an hour (one branch per averaging period in `sensors.aqi.AVERAGING_HOURS`)
 so each window ends at an hour; `Flatten` and a second hourly grouping join the
 periods; `ACCUMULATING` panes, and the latest pane of an hour wins.

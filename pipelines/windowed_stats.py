@@ -6,8 +6,8 @@ Concepts: event-time `FixedWindows` of an hour, holding one element per batch
 part (segment and kind) rather than one per reading; minute rollups computed
 inside the hour window (a minute lies wholly inside its hour, so the hour's
 readings hold every minute's); one group per hour with every kind in it
-(`pipelines.hours.GroupIntoHours`, which `pipeline run` shares with the AQI and
-sensor health); early
+(`pipelines.hours.GroupIntoHours`, which `pipeline run` shares with the other
+pipelines); early
 firings every minute of processing time and `ACCUMULATING` late panes, so in
 streaming the minutes appear as they fill and a late reading makes its windows
 be recomputed and rewritten, never added twice.
