@@ -2,10 +2,10 @@
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`anomalies`)
 
-Concepts: `SlidingWindows` of 75 minutes every hour with an offset, i.e. each
-hour plus the 15 minutes before it, so a rate at the start of an hour still
-has readings to compare with; batches are split into 15-minute parts first so
-each part falls in whole windows; `ACCUMULATING` late panes.
+Concepts: the readings grouped into hours (`pipelines.hours.GroupIntoHours`, which
+`pipeline run` shares with the other pipelines), each hour with the 15 minutes before
+it (the grouping also stamps every hour's last quarter into the next hour), so a rate
+at the start of an hour still has readings to compare with; `ACCUMULATING` late panes.
 
 Two kinds of anomaly, both data-driven (no kind is named in code):
 - `spike`: a value whose modified z-score within its sensor's readings of the
@@ -32,13 +32,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 
 from pipelines.batch import ReadingBatch
+from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, stamped_windows, window_end_ms, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, window_end_ms, window_start_ms
 from sensors.registry import Registry
 from storage.schema import (
     ANOMALY_FIELDS,
@@ -78,17 +79,22 @@ class Anomalies(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "SplitIntoQuarters" >> beam.FlatMap(stamped_windows, RISE_SPAN_S)
-            | "WindowIntoHours"
-            >> beam.WindowInto(
-                window.SlidingWindows(3600 + RISE_SPAN_S, 3600, offset=3600 - RISE_SPAN_S),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
-            )
-            | "GroupByHour" >> beam.GroupByKey()
-            | "DetectAnomalies" >> beam.ParDo(DetectAnomalies(self.limits, self.emit))
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s, before_s=RISE_SPAN_S)
+            | "DetectInHours" >> self.from_hours()
         )
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours` with `before_s=RISE_SPAN_S`) -> PCollection[PointBatch]."""
+        return "SplitKinds" >> beam.FlatMap(_kinds) | "DetectAnomalies" >> beam.ParDo(
+            DetectAnomalies(self.limits, self.emit)
+        )
+
+
+def _kinds(hour: Hour) -> Iterator[tuple[str, list[ReadingBatch]]]:
+    """(kind, [its readings of the hour, its readings of the quarter before]) of each kind of the hour."""
+    before = {batch.kind: batch for batch in hour.before}
+    for batch in hour.batches:
+        yield batch.kind, [before[batch.kind], batch] if batch.kind in before else [batch]
 
 
 class DetectAnomalies(beam.DoFn):
@@ -96,6 +102,7 @@ class DetectAnomalies(beam.DoFn):
 
     def __init__(self, limits: Mapping[tuple[str, str], float], emit: tuple[int, int] | None) -> None:
         self.limits = dict(limits)
+        self.limited = frozenset(metric for _, metric in self.limits)  # metrics some site has thresholds for
         self.emit = emit
 
     def process(
@@ -114,7 +121,8 @@ class DetectAnomalies(beam.DoFn):
             positions = np.flatnonzero(in_hour)
             found.extend((positions[i], j, ANOMALY_SPIKE, z[i, j], Z_THRESHOLD) for i, j in spikes.tolist())
             for j, metric in enumerate(batch.metrics):
-                found.extend(self._rises(batch, j, metric, judged, win))
+                if metric in self.limited:
+                    found.extend(self._rises(batch, j, metric, judged, win))
         if found:
             yield self._points(kind, batch, found)
 

@@ -241,7 +241,9 @@ def read_parquet(path: Path, segment: SegmentInfo, metrics: Mapping[str, Sequenc
         rows = np.flatnonzero(codes == code)
         if not len(rows) or kind not in metrics:
             continue
-        part = table.take(pa.array(rows))
+        # A copy is written kind by kind, so a kind's rows are one run: a slice costs no copy.
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)
+        part = table.slice(int(rows[0]), len(rows)) if contiguous else table.take(pa.array(rows))
         batches.append(_from_table(kind, part, tuple(metrics[kind])))
     return batches
 
@@ -256,13 +258,11 @@ def _from_table(kind: str, table: pa.Table, metrics: tuple[str, ...]) -> Reading
         radix = radix * size + column.indices.to_numpy(zero_copy_only=False)
         dictionaries.append((column.dictionary.to_pylist(), size))
     keys, sensor = np.unique(radix, return_inverse=True)
-    series = []
-    for key in keys.tolist():
-        parts = []
-        for names, size in reversed(dictionaries):
-            key, code = divmod(key, size)
-            parts.append(names[code])
-        series.append(Series(*reversed(parts)))
+    tags = []  # per tag, the value of each distinct series (the radix taken apart, last tag first)
+    for names, size in reversed(dictionaries):
+        keys, code = np.divmod(keys, size)
+        tags.append([names[i] for i in code.tolist()])
+    series = [Series(*row) for row in zip(*reversed(tags), strict=True)]
     order = sorted(range(len(series)), key=series.__getitem__)  # tables are sorted (see batch.py)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))

@@ -81,24 +81,31 @@ class PointBatch:
                 named = {k: v for k, v in zip(keys, tags, strict=True) if v}
                 head = cache[(measurement, tags)] = encoder.series_key(measurement, named)[0] + " "
             prefix[row] = head
-        columns = []
+        columns: list[list[str | None]] = []
+        complete = True
         for name, column in self.fields.items():
             key = encoder.field_key(name)
+            text: list[str | None]
             if column.dtype.kind == "f":
                 present = ~np.isnan(column)
                 if name in self.integers:
                     text = [f"{key}{v}i" for v in np.where(present, column, 0).astype(np.int64).tolist()]
                 else:
                     text = [f"{key}{v!r}" for v in column.tolist()]
-                columns.append([t if p else None for t, p in zip(text, present.tolist(), strict=True)])
+                if not present.all():
+                    text = [t if p else None for t, p in zip(text, present.tolist(), strict=True)]
             else:
-                columns.append([None if v is None else key + escape_string_field(v) for v in column.tolist()])
-        out = []
-        for row, time, values in zip(rows, self.time_ms.tolist(), zip(*columns, strict=True), strict=True):
-            fields = ",".join(v for v in values if v is not None)
-            if fields:
-                out.append(f"{prefix[row]}{fields} {time}")
-        return out
+                text = [None if v is None else key + escape_string_field(v) for v in column.tolist()]
+            complete = complete and None not in text
+            columns.append(text)
+        # Most batches have every field in every row: then a row's fields are simply joined.
+        rows_fields = zip(*columns, strict=True)
+        joined = map(",".join, rows_fields) if complete else (",".join(filter(None, f)) for f in rows_fields)
+        return [
+            f"{prefix[row]}{fields} {time}"
+            for row, time, fields in zip(rows, self.time_ms.tolist(), joined, strict=True)
+            if fields
+        ]
 
     def points(self) -> list[Point]:
         """One point per row, without the tags and fields that row does not have."""

@@ -23,7 +23,33 @@ _Z_SCALE = 0.6745  # makes the MAD of normal data comparable to its standard dev
 
 
 def group_median(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
-    """The median of the non-NaN `values` of each group 0..groups-1 (NaN for a group without any)."""
+    """The median of the non-NaN values of each group 0..groups-1, per column (NaN for a group without any).
+
+    `values` is (n, m): every column at once. The values are laid out as a (groups, longest
+    group, m) table and sorted along the group axis in one call (NaN sorts last); the median
+    is the mean of the two middle order statistics, exactly as a sort per group would give.
+    A table much larger than the values (one group far longer than the rest) sorts per
+    column by (group, value) instead, to bound memory.
+    """
+    order = np.argsort(group, kind="stable")
+    member = group[order]
+    size = np.bincount(member, minlength=groups)
+    longest = int(size.max(initial=0))
+    if not longest:
+        return np.full((groups, values.shape[1]), np.nan)
+    if groups * longest > 4 * len(values) + 4096:
+        return np.stack([_sorted_median(values[:, j], group, groups) for j in range(values.shape[1])], axis=1)
+    table = np.full((groups, longest, values.shape[1]), np.nan)
+    table[member, np.arange(len(member)) - (np.cumsum(size) - size)[member]] = values[order]
+    table.sort(axis=1)
+    count = (~np.isnan(table)).sum(axis=1)
+    lower = np.take_along_axis(table, np.maximum((count - 1) // 2, 0)[:, None, :], axis=1)[:, 0]
+    upper = np.take_along_axis(table, np.minimum(count // 2, longest - 1)[:, None, :], axis=1)[:, 0]
+    return np.where(count > 0, (lower + upper) / 2, np.nan)
+
+
+def _sorted_median(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """`group_median` of one column by sorting (group, value) pairs."""
     missing = np.isnan(values)
     order = np.lexsort((np.where(missing, np.inf, values), group))
     counts = np.bincount(group[~missing], minlength=groups)
@@ -43,17 +69,13 @@ def modified_z(batch: ReadingBatch) -> np.ndarray:
     """
     group = batch.sensor.astype(np.intp)
     groups = len(batch.series)
-    z = np.full(batch.values.shape, np.nan)
-    for j in range(len(batch.metrics)):
-        values = batch.values[:, j]
-        counts = np.bincount(group[~np.isnan(values)], minlength=groups)
-        median = group_median(values, group, groups)
-        deviation = np.abs(values - median[group])
-        mad = group_median(deviation, group, groups)
-        usable = (counts >= MIN_READINGS) & (mad > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z[:, j] = np.where(usable[group], _Z_SCALE * (values - median[group]) / mad[group], np.nan)
-    return z
+    values = batch.values
+    counts = np.stack([np.bincount(group[~np.isnan(v)], minlength=groups) for v in values.T], axis=1)
+    median = group_median(values, group, groups)[group]
+    mad = group_median(np.abs(values - median), group, groups)
+    usable = (counts >= MIN_READINGS) & (mad > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(usable[group], _Z_SCALE * (values - median) / mad[group], np.nan)
 
 
 def repeats_previous(batch: ReadingBatch) -> np.ndarray:

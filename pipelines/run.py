@@ -1,9 +1,11 @@
 """The pipelines: rollups, Thai AQI, sensor health and anomalies, from the spool into InfluxDB.
 
-    ReadSpool -> WindowedStats -> WriteToInflux
-              -> ThaiAQI       -> WriteToInflux
-              -> SensorHealth  -> WriteToInflux
-              -> Anomalies     -> WriteToInflux
+    ReadSpool -> GroupIntoHours -> WindowedStats -> WriteToInflux
+                                -> ThaiAQI       -> WriteToInflux
+                                -> SensorHealth  -> WriteToInflux
+              -> Anomalies                       -> WriteToInflux
+
+(the rollups, the AQI and health share one grouping into hours, `pipelines.hours`).
 
 A bounded run covers whole hours `[start, end)`: a range given with minutes is
 widened to the hours around it, so no window is cut by the range and written
@@ -52,6 +54,7 @@ from pipelines import anomalies, thai_aqi
 from pipelines.anomalies import Anomalies
 from pipelines.batch import ReadingBatch
 from pipelines.columns import SegmentDecoder, load_segment, metrics_by_kind, prune_cache
+from pipelines.hours import GroupIntoHours, in_hours
 from pipelines.incremental import AqiHours, Incremental, KeepTouched, Touched, load_exported
 from pipelines.options import beam_options
 from pipelines.read_spool import ReadSpool
@@ -154,10 +157,8 @@ def build(
     readings = pipeline | "ReadSpool" >> ReadSpool(
         settings.spool_root, registry, read_start, read_end, cache_dir=settings.cache_dir, skipped=skipped
     )
-    in_range = readings
-    if (read_start, read_end) != (plan.start_ms, plan.end_ms):
-        in_range = readings | "KeepRange" >> beam.Map(ReadingBatch.between, plan.start_ms, plan.end_ms)
     lateness = settings.allowed_lateness_s
+    in_range = (plan.start_ms, plan.end_ms)
     prior = incremental.aqi_prior if incremental is not None else None
     aqi = ThaiAQI(
         registry,
@@ -166,17 +167,25 @@ def build(
         prior=prior or (),
         export=incremental.aqi_export if incremental is not None else None,
     )
+    rollup = WindowedStats(registry, allowed_lateness_s=lateness)
+    health = SensorHealth(registry, hours=in_range, allowed_lateness_s=lateness)
+    rises = Anomalies(registry, emit=in_range, allowed_lateness_s=lateness)
+    # The four pipelines share one grouping of the readings into hours (`pipelines.hours`), each hour
+    # with the quarter before it for the anomalies; each takes the hours it needs: the range, and for
+    # the AQI also its look-back and the hours after the range whose averaging periods hold it.
+    kinds = frozenset(thai_aqi.pollutants_of(registry)) if plan.pipelines == ("aqi",) else None
+    before_s = anomalies.RISE_SPAN_S if "anomalies" in plan.pipelines else 0
+    hours = readings | "GroupIntoHours" >> GroupIntoHours(lateness, kinds=kinds, before_s=before_s)
+    aqi_hours = (read_start, read_end) if plan.aqi_lookback else in_range
+
+    def of_hours(label: str, hours_range: tuple[int, int], transform: beam.PTransform) -> beam.PCollection:
+        return hours | f"{label}Hours" >> beam.Filter(in_hours, *hours_range) | label >> transform
+
     steps = {  # one per pipeline of the catalog (pipelines.settings.CATALOG); a test checks both agree
-        "rollup": lambda: in_range | "WindowedStats" >> WindowedStats(registry, allowed_lateness_s=lateness),
-        "aqi": lambda: (readings if plan.aqi_lookback else in_range) | "ThaiAQI" >> aqi,
-        "health": lambda: (
-            in_range
-            | "SensorHealth" >> SensorHealth(registry, hours=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
-        ),
-        "anomalies": lambda: (
-            readings
-            | "Anomalies" >> Anomalies(registry, emit=(plan.start_ms, plan.end_ms), allowed_lateness_s=lateness)
-        ),
+        "rollup": lambda: of_hours("WindowedStats", in_range, rollup.from_hours()),
+        "aqi": lambda: of_hours("ThaiAQI", aqi_hours, aqi.from_hours()),
+        "health": lambda: of_hours("SensorHealth", in_range, health.from_hours()),
+        "anomalies": lambda: of_hours("Anomalies", in_range, rises.from_hours()),
     }
     return {name: steps[name]() for name in plan.pipelines}
 

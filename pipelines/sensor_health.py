@@ -2,10 +2,12 @@
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`sensor_health_1h`)
 
-Concepts: hourly event-time `FixedWindows`; the registry as the list of sensors
+Concepts: hourly event-time `FixedWindows` (`pipelines.hours.GroupIntoHours`, which
+`pipeline run` shares with the other pipelines); the registry as the list of sensors
 that should report (a silent sensor produces no readings, so it can only be
-found by name); empty marker elements make every hour of a bounded range fire,
-even one in which nothing arrived; `ACCUMULATING` late panes.
+found by name), and with `hours` every kind in every hour of that range, an hour in
+which nothing arrived at all named from a side input of the hours seen; `ACCUMULATING`
+late panes.
 
 Fields per sensor-hour (tags: the raw measurement's sensor tags):
 - `received`: readings in the hour, duplicates (same sensor_id and ts) once;
@@ -40,10 +42,11 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.batch import NO_SEQ, ReadingBatch, Series, empty_batch
 from pipelines.columns import metrics_by_kind
+from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.robust import Z_THRESHOLD, modified_z, repeats_previous
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, stamped_windows, window_start_ms
+from pipelines.timing import HOUR_MS, WINDOW, ceil_to, floor_to, window_start_ms
 from sensors.registry import Registry
 from storage.schema import HEALTH_MEASUREMENT, SENSOR_TAGS
 
@@ -73,33 +76,81 @@ class SensorHealth(beam.PTransform):
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        parts = batches | "SplitIntoHours" >> beam.FlatMap(stamped_windows, 3600)
-        if self.hours is not None:
-            start, end = floor_to(self.hours[0], HOUR_MS), ceil_to(self.hours[1], HOUR_MS)
-            every_hour = [(kind, hour) for kind in sorted(self.metrics) for hour in range(start, end, HOUR_MS)]
-            markers = (
-                batches.pipeline
-                | "ListHours" >> beam.Create(every_hour)
-                | "MarkHours" >> beam.Map(_marker, self.metrics)
-            )
-            parts = (parts, markers) | "AddEveryHour" >> beam.Flatten()
         return (
-            parts
+            batches | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s) | "AssessHours" >> self.from_hours()
+        )
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]."""
+        return _AssessHours(self)
+
+
+class _AssessHours(beam.PTransform):
+    """Each hour's kinds assessed; with `hours`, every kind in every hour of the range.
+
+    An hour in which nothing at all arrived has no element: its silent sensors are named from
+    the list of the range's hours, less those seen (a side input). Marker elements flattened
+    into the readings would do the same, but a Flatten of outputs of different stages makes the
+    local runner copy every reading once more (about a tenth of a backfill).
+    """
+
+    def __init__(self, spec: SensorHealth) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, hours: beam.PCollection) -> beam.PCollection:
+        spec = self.spec
+        assess = AssessHour(spec.expected, spec.sensors, spec.now_ms)
+        if spec.hours is None:
+            return hours | "SplitKinds" >> beam.FlatMap(_kinds) | "AssessHour" >> beam.ParDo(assess)
+        start, end = floor_to(spec.hours[0], HOUR_MS), ceil_to(spec.hours[1], HOUR_MS)
+        every = tuple(sorted(spec.metrics))
+        assessed = (
+            hours
+            | "SplitKinds" >> beam.FlatMap(_kinds, (start, end), every, spec.metrics)
+            | "AssessHour" >> beam.ParDo(assess)
+        )
+        seen = (
+            hours
+            | "HourStarts" >> beam.Map(lambda hour: hour[0])
+            | "AllHoursSeen" >> beam.WindowInto(window.GlobalWindows())
+        )
+        silent = (
+            hours.pipeline
+            | "ListHours" >> beam.Create(list(range(start, end, HOUR_MS)), reshuffle=False)  # a few ints
+            | "AssessSilentHours" >> beam.FlatMap(_silent_hour, every, assess, seen=beam.pvalue.AsList(seen))
             | "WindowIntoHours"
             >> beam.WindowInto(
                 window.FixedWindows(3600),
                 trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
+                allowed_lateness=spec.allowed_lateness_s,
             )
-            | "GroupByHour" >> beam.GroupByKey()
-            | "AssessHour" >> beam.ParDo(AssessHour(self.expected, self.sensors, self.now_ms))
         )
+        return (assessed, silent) | "WithSilentHours" >> beam.Flatten()
 
 
-def _marker(kind_hour: tuple[str, int], metrics: Mapping[str, tuple[str, ...]]) -> TimestampedValue:
-    kind, hour_ms = kind_hour
-    return TimestampedValue((kind, empty_batch(kind, metrics[kind])), hour_ms / 1000)
+def _kinds(
+    hour: Hour,
+    hours: tuple[int, int] = (0, 0),
+    every: tuple[str, ...] = (),
+    metrics: Mapping[str, tuple[str, ...]] | None = None,
+) -> Iterator[tuple[str, list[ReadingBatch]]]:
+    """(kind, [its readings]) of each kind of the hour; in `hours`, also of each kind of `every` without any."""
+    batches = {batch.kind: batch for batch in hour[1]}
+    if metrics is not None and hours[0] <= hour[0] < hours[1]:
+        for kind in every:
+            batches.setdefault(kind, empty_batch(kind, metrics[kind]))
+    for kind in sorted(batches):
+        yield kind, [batches[kind]]
+
+
+def _silent_hour(hour: int, kinds: tuple[str, ...], assess: AssessHour, seen: list[int]) -> Iterator[TimestampedValue]:
+    """The health points of an hour in which nothing arrived (one not in `seen`), stamped with the hour."""
+    if hour not in seen:
+        for kind in kinds:
+            for points in assess.assess(kind, empty_batch(kind, ()), hour):
+                yield TimestampedValue(points, hour / 1000)
 
 
 class AssessHour(beam.DoFn):
@@ -114,8 +165,10 @@ class AssessHour(beam.DoFn):
         self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
     ) -> Iterator[PointBatch]:
         kind, parts = element
-        batch = ReadingBatch.concat(parts).deduplicated()
-        hour = window_start_ms(win)
+        yield from self.assess(kind, ReadingBatch.concat(parts).deduplicated(), window_start_ms(win))
+
+    def assess(self, kind: str, batch: ReadingBatch, hour: int) -> Iterator[PointBatch]:
+        """The health point of every sensor of `kind` in `hour`, from its deduplicated readings."""
         ended = hour + HOUR_MS <= self.now_ms
         silent = self.sensors.get(kind, ()) if ended else ()
         counts: dict[Series, tuple[int, int, int, int]] = dict.fromkeys(silent, (0, 0, 0, 0))

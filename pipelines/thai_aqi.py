@@ -2,7 +2,8 @@
 
     PCollection[ReadingBatch] -> PCollection[PointBatch]   (`aqi_1h`)
 
-Concepts: hourly `FixedWindows`; `SlidingWindows` of 24 h, 8 h and 1 h moving
+Concepts: hourly `FixedWindows` (`pipelines.hours.GroupIntoHours`, which `pipeline run`
+shares with the other pipelines); `SlidingWindows` of 24 h, 8 h and 1 h moving
 by an hour (one branch per averaging period in `sensors.aqi.AVERAGING_HOURS`)
 so each window ends at an hour; `Flatten` and a second hourly grouping join the
 periods; `ACCUMULATING` panes, and the latest pane of an hour wins.
@@ -51,9 +52,10 @@ from apache_beam.utils.windowed_value import PaneInfo
 
 from pipelines.areas import Area, levels_of
 from pipelines.batch import ReadingBatch, Series, SeriesTable
+from pipelines.hours import GroupIntoHours, Hour
 from pipelines.points import PointBatch
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import HOUR_MS, PANE, WINDOW, stamped_windows, window_end_ms, window_start_ms
+from pipelines.timing import HOUR_MS, PANE, WINDOW, window_end_ms, window_start_ms
 from sensors.aqi import AVERAGING_HOURS, POLLUTANTS, UNITS, thai_aqi
 from sensors.registry import Registry
 from storage.schema import AQI_MEASUREMENT, ROLLUP_TAGS, pollutant_aqi_field
@@ -121,21 +123,37 @@ class ThaiAQI(beam.PTransform):
         )
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        hourly = (
+        return (
             batches
-            | "SelectPollutants" >> beam.FlatMap(_pollutant_parts, frozenset(self.min_readings))
-            | "WindowIntoHours" >> self._windowing(window.FixedWindows(3600))
-            | "GroupByHour" >> beam.GroupByKey()
-            | "AverageHours" >> beam.ParDo(AverageHour(self.min_readings))
+            | "GroupIntoHours" >> GroupIntoHours(self.allowed_lateness_s, kinds=frozenset(self.min_readings))
+            | "AQIOfHours" >> self.from_hours()
         )
-        if self.export is not None:
-            _ = hourly | "ExportHours" >> beam.ParDo(ExportHours(self.export))
-        if self.prior:
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]: steps 1-4 from each hour's readings."""
+        return _AqiOfHours(self)
+
+
+class _AqiOfHours(beam.PTransform):
+    def __init__(self, spec: ThaiAQI) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, grouped: beam.PCollection) -> beam.PCollection:
+        spec = self.spec
+        hourly = (
+            grouped
+            | "SelectPollutants" >> beam.Map(_pollutants, frozenset(spec.min_readings))
+            | "AverageHours" >> beam.ParDo(AverageHour(spec.min_readings))
+        )
+        if spec.export is not None:
+            _ = hourly | "ExportHours" >> beam.ParDo(ExportHours(spec.export))
+        if spec.prior:
             known = (
-                batches.pipeline
-                | "PriorHours" >> beam.Create(self.prior)
+                grouped.pipeline
+                | "PriorHours" >> beam.Create(spec.prior)
                 | "StampPriorHours" >> beam.Map(lambda m: TimestampedValue((_KEY, m), m.hour_ms / 1000))
-                | "WindowPriorHours" >> self._windowing(window.FixedWindows(3600))
+                | "WindowPriorHours" >> spec._windowing(window.FixedWindows(3600))
             )
             hourly = (hourly, known) | "WithPriorHours" >> beam.Flatten()
         periods = []
@@ -143,10 +161,10 @@ class ThaiAQI(beam.PTransform):
             pollutants = tuple(p for p in POLLUTANT_NAMES if AVERAGING_HOURS[p] == hours)
             periods.append(
                 hourly
-                | f"WindowInto{hours}h" >> self._windowing(window.SlidingWindows(hours * 3600, 3600))
+                | f"WindowInto{hours}h" >> spec._windowing(window.SlidingWindows(hours * 3600, 3600))
                 | f"GroupBy{hours}h" >> beam.GroupByKey()
-                | f"Average{hours}h" >> beam.ParDo(AveragePeriod(hours, pollutants, self.hours))
-                | f"WindowInto{hours}hResultHours" >> self._windowing(window.FixedWindows(3600))
+                | f"Average{hours}h" >> beam.ParDo(AveragePeriod(hours, pollutants, spec.hours))
+                | f"WindowInto{hours}hResultHours" >> spec._windowing(window.FixedWindows(3600))
             )
         return (
             tuple(periods)
@@ -156,20 +174,20 @@ class ThaiAQI(beam.PTransform):
         )
 
 
-def _pollutant_parts(batch: ReadingBatch, kinds: frozenset[str]) -> Iterator[TimestampedValue]:
-    if batch.kind in kinds:
-        yield from stamped_windows(batch.select(POLLUTANT_NAMES), 3600, key=_KEY)
+def _pollutants(hour: Hour, kinds: frozenset[str]) -> tuple[int, list[ReadingBatch]]:
+    """The hour's batches of kinds that measure pollutants, with the pollutants as columns."""
+    return hour[0], [batch.select(POLLUTANT_NAMES) for batch in hour[1] if batch.kind in kinds]
 
 
 class AverageHour(beam.DoFn):
-    """(key, parts of one hour, every kind) -> `Means` of the hour for every sensor and area (steps 1-2)."""
+    """(key, parts of one hour, every pollutant kind) -> `Means` of the hour for every sensor and area (steps 1-2)."""
 
     def __init__(self, min_readings: Mapping[str, float]) -> None:
         self.min_readings = dict(min_readings)
 
     def process(
         self,
-        element: tuple[str, Iterable[ReadingBatch]],
+        element: tuple[object, Iterable[ReadingBatch]],
         win: window.BoundedWindow = WINDOW,
         pane: PaneInfo = PANE,
     ) -> Iterator[tuple[str, Means]]:

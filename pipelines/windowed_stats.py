@@ -5,7 +5,9 @@
 Concepts: event-time `FixedWindows` of an hour, holding one element per batch
 part (segment and kind) rather than one per reading; minute rollups computed
 inside the hour window (a minute lies wholly inside its hour, so the hour's
-readings hold every minute's); one group per hour with every kind in it; early
+readings hold every minute's); one group per hour with every kind in it
+(`pipelines.hours.GroupIntoHours`, which `pipeline run` shares with the other
+pipelines); early
 firings every minute of processing time and `ACCUMULATING` late panes, so in
 streaming the minutes appear as they fill and a late reading makes its windows
 be recomputed and rewritten, never added twice.
@@ -37,13 +39,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 
 from pipelines.areas import levels_of
 from pipelines.batch import ReadingBatch, by_kind
+from pipelines.hours import GroupIntoHours
 from pipelines.points import PointBatch
 from pipelines.settings import ALLOWED_LATENESS_S
-from pipelines.timing import WINDOW, stamped_windows, window_start_ms
+from pipelines.timing import WINDOW, window_start_ms
 from sensors.registry import Registry
 from storage.schema import (
     LEVELS,
@@ -57,11 +60,8 @@ from storage.schema import (
     rollup_stats,
 )
 
-HOUR_S = 3600
 # In streaming, re-emit an hour's minutes this often (processing time) until the watermark passes it.
 EARLY_FIRING_S = 60
-# One key: every kind of an hour is summarised together (an hour is the unit of work and of firing).
-_KEY = "rollup"
 
 
 @dataclass(frozen=True)
@@ -100,31 +100,30 @@ class WindowedStats(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         # Early firings need a processing-time clock: streaming only (a bounded run fires each hour once, complete).
         streaming = batches.pipeline.options.view_as(StandardOptions).streaming
-        early = trigger.AfterProcessingTime(EARLY_FIRING_S) if streaming else None
         return (
             batches
-            | "SplitIntoHours" >> beam.FlatMap(stamped_windows, HOUR_S, key=_KEY)
-            | "WindowIntoHours"
-            >> beam.WindowInto(
-                window.FixedWindows(HOUR_S),
-                trigger=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
-            )
-            | "GroupByHour" >> beam.GroupByKey()
-            | "SummariseHour" >> beam.ParDo(SummariseHour(self.windows, self.stored))
+            | "GroupIntoHours"
+            >> GroupIntoHours(self.allowed_lateness_s, early_firing_s=EARLY_FIRING_S if streaming else None)
+            | "SummariseHours" >> self.from_hours()
         )
+
+    def from_hours(self) -> beam.PTransform:
+        """PCollection[Hour] (`GroupIntoHours`) -> PCollection[PointBatch]: the rollups of each hour."""
+        return beam.ParDo(SummariseHour(self.windows, self.stored))
 
 
 class SummariseHour(beam.DoFn):
-    """(key, parts of one hour) -> per kind, a `PointBatch` for each window size in it."""
+    """(key, parts of one hour) -> per kind, a `PointBatch` for each window size in it.
+
+    The parts may be an `Hour` of `GroupIntoHours` (one deduplicated batch per kind, keyed by its start).
+    """
 
     def __init__(self, windows: Sequence[str], stored: Mapping[str, Stored]) -> None:
         self.windows = tuple(windows)
         self.stored = dict(stored)
 
     def process(
-        self, element: tuple[str, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
+        self, element: tuple[object, Iterable[ReadingBatch]], win: window.BoundedWindow = WINDOW
     ) -> Iterator[PointBatch]:
         start = window_start_ms(win)
         for kind, batch in by_kind(element[1]).items():

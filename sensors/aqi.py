@@ -40,9 +40,11 @@ Decisions (the sources leave these open):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal
 from fractions import Fraction
 
 
@@ -115,6 +117,9 @@ POLLUTANTS: tuple[Pollutant, ...] = (
 )
 
 _BY_NAME: dict[str, Pollutant] = {p.name: p for p in POLLUTANTS}
+# The table's precisions as decimal steps (decimals -> 1, 0.1, ...).
+_STEPS: dict[int, Decimal] = {p.decimals: Decimal(1).scaleb(-p.decimals) for p in POLLUTANTS}
+_WIDE = Context(prec=400)  # every digit of any finite float's shortest form (at most ~330)
 AVERAGING_HOURS: Mapping[str, int] = {p.name: p.averaging_hours for p in POLLUTANTS}
 UNITS: Mapping[str, str] = {p.name: p.unit for p in POLLUTANTS}
 
@@ -156,7 +161,18 @@ def sub_index(pollutant: str, concentration: float) -> int:
     spec = _pollutant(pollutant)
     if not math.isfinite(concentration) or concentration < 0:
         raise ValueError(f"{pollutant} concentration must be a finite number >= 0, got {concentration!r}")
-    x = _half_up(_exact(concentration), spec.decimals)
+    # Rounded half up at the table's precision, on the shortest decimal form (decimal is exact and
+    # fast for this, and the same as `_half_up(_exact(c), decimals)` for c >= 0).
+    rounded = Decimal(repr(float(concentration))).quantize(_STEPS[spec.decimals], ROUND_HALF_UP, _WIDE)
+    return _rounded_sub_index(spec.name, rounded)
+
+
+@functools.lru_cache(maxsize=16384)
+def _rounded_sub_index(pollutant: str, rounded: Decimal) -> int:
+    """`sub_index` of a concentration already rounded to the table's precision (means repeat once
+    rounded, so the exact interpolation is done once per value)."""
+    spec = _BY_NAME[pollutant]
+    x = Fraction(rounded)
     for band, (lo, hi) in zip(BANDS[:4], spec.breakpoints, strict=True):
         if x <= _exact(hi):
             index = _slope(band, lo, hi) * (x - _exact(lo)) + band.aqi_min
