@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sensors.broker_url import BrokerAddress, BrokerUrlError
-from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
 from sensors.home import Home
 from sensors.settings import SettingError, check_ranges, env_name, read_env, sample_keys, where
+from sensors.topics import SUBSCRIPTION, TOPIC_PREFIX
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 
