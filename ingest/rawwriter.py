@@ -177,7 +177,9 @@ class RawWriter:
             self.metrics.count_damaged(stream.tail.damaged)
             stream.tail.damaged = []
             if batch:
-                if not self._write([self.to_point(reading) for reading, _ in batch]):
+                points = [self.to_point(reading) for reading, _ in batch]
+                del batch  # the write's line protocol reuses the readings' memory (peak RSS of the writer)
+                if not self._write(points):
                     # Not acknowledged (shutting down): reread from the saved position next time.
                     stream.tail.close()
                     stream.tail = StreamTail(stream.dir, stream.saved)
