@@ -125,7 +125,7 @@ class IngestSettings:
     reconnect_min_delay_s: int = 1
     reconnect_max_delay_s: int = 30
     spool_dir: Path | None = None
-    flush_interval_ms: int = 20
+    flush_interval_ms: int = 10
     flush_max_kib: int = 1024
     segment_max_mib: float = 64
     segment_max_age_s: float = 15
