@@ -15,10 +15,6 @@ from ingest.settings import ROLES, IngestSettings
 from sensors.cli import registry_from, registry_option
 from sensors.contract import Contract
 
-# The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
-METRICS_WRITE_RETRIES = 1
-METRICS_WRITE_MAX_TOTAL_S = 3.0
-
 
 @click.command("ingest")
 @click.option("--role", type=click.Choice(ROLES), help="Loops to run [env: SMARTCITY_INGEST_ROLE; default: all].")
@@ -41,8 +37,6 @@ METRICS_WRITE_MAX_TOTAL_S = 3.0
 )
 @registry_option
 @click.option("-q", "--quiet", is_flag=True, help="No status line every metrics interval.")
-# Internal: the raw writer child of a role `all` process (ingest.writerproc), which writes only its stream.
-@click.option("--parent-pid", type=int, hidden=True)
 def ingest_command(
     role: str | None,
     client_id: str | None,
@@ -51,7 +45,6 @@ def ingest_command(
     home: Path | None,
     registry_paths: Sequence[Path],
     quiet: bool,
-    parent_pid: int | None,
 ) -> None:
     """Run the ingest service: MQTT -> validated, durable spool -> InfluxDB raw.
 
@@ -63,43 +56,32 @@ def ingest_command(
     overrides: dict[str, Any] = {"role": role, "client_id": client_id, "share_group": share_group, "home": home}
     if topics is not None:
         overrides["topics"] = tuple(t.strip() for t in topics.split(",") if t.strip())
-    from ingest.service import IngestService
-    from ingest.writerproc import ParentWatch, writer_command
-    from storage.settings import InfluxSettings, duration_ns
-    from storage.writer import make_writer
+    from ingest.service import IngestService, influx_sinks
+    from ingest.writerproc import writer_command
+    from storage.settings import duration_ns
 
     settings = IngestSettings.from_env(**overrides)
-    if parent_pid is not None and settings.role != "write":
-        raise click.UsageError("--parent-pid is for the raw writer child (--role write) of a role all process")
-    influx = InfluxSettings.from_env()
+    influx, sink_factory, metrics_sink_factory = influx_sinks()
     # Readings are accepted for accept_max_age_h, and never beyond the raw retention (INF: 0 ns).
     retention_ms = duration_ns(influx.raw_retention) // 1_000_000 or 10**18
     max_age_ms = min(int(settings.accept_max_age_h * 3_600_000), retention_ms)
     # A writer decodes nothing: no registry to load.
     contract = Contract(registry_from(registry_paths), max_age_ms=max_age_ms) if settings.role != "write" else None
-    metrics_influx = InfluxSettings.from_env(
-        max_retries=METRICS_WRITE_RETRIES, retry_max_total_s=METRICS_WRITE_MAX_TOTAL_S
-    )
 
     console = Console(stderr=True)
     stop = threading.Event()
-    watch = ParentWatch(parent_pid, stop) if parent_pid is not None else None
     service = IngestService(
         settings,
         contract,
-        sink_factory=lambda: make_writer(influx),
+        sink_factory=sink_factory,
         on_report=None if quiet else _status_printer(console, settings),
-        metrics_sink_factory=lambda: make_writer(metrics_influx),
-        # The raw writer of role all runs in a child process: consumer and writer each get a core.
+        metrics_sink_factory=metrics_sink_factory,
+        # The raw writer of role all runs in a child process (ingest.writerproc): consumer and writer each get a core.
         writer_command=writer_command(settings.client_id, settings.home, quiet=quiet),
-        writer_child=watch is not None,
-        shutdown_budget=(lambda: watch.budget_s) if watch is not None else None,
     )
-    if watch is not None:  # stops when its parent asks, or is gone
-        watch.start()
-    else:  # SIGINT and SIGTERM only set an event: the main thread then drains in order.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    # SIGINT and SIGTERM only set an event: the main thread then drains in order.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     source = f"{settings.mqtt.display} {', '.join(settings.subscriptions)} -> " if settings.role != "write" else ""
     console.print(
         f"[dim]ingest {settings.client_id}: role {settings.role}, {source}{settings.stream_dir} -> {influx.url}[/]"
@@ -108,24 +90,12 @@ def ingest_command(
 
 
 def _status_printer(console: Console, settings: IngestSettings) -> Any:
-    interval = settings.metrics_interval_s
+    from rich.markup import escape
+
+    from ingest.metrics import status_line
 
     def show(fields: dict[str, Any]) -> None:
-        def rate(name: str) -> str:
-            return f"{float(fields.get(name, 0)) / interval:,.0f}/s"
-
-        # Each process shows its own loops (a role all process and its raw writer child print a line each).
-        parts = []
-        if "received" in fields:
-            parts.append(f"received {rate('received')}, accepted {rate('accepted')}, rejected {rate('rejected')}")
-        if "write_points" in fields:
-            parts.append(f"written {rate('write_points')}")
-        if "spool_bytes" in fields:
-            parts.append(f"spool {float(fields['spool_bytes']) / 2**20:,.1f} MiB")
-        if "spool_lag_s" in fields:
-            parts.append(f"writer lag {float(fields['spool_lag_s']):.1f} s")
-        console.print(
-            "[dim]" + "; ".join(parts) + (" [yellow]paused: spool budget[/]" if fields.get("paused") else "") + "[/]"
-        )
+        paused = " [yellow]paused: spool budget[/]" if fields.get("paused") else ""
+        console.print(f"[dim]{escape(status_line(fields, settings.metrics_interval_s))}{paused}[/]")
 
     return show

@@ -25,6 +25,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -138,6 +139,8 @@ class Consumer:
             int(settings.reject_store_max_mib * 2**20),
             int(settings.reject_retention_h * 3_600_000),
         )
+        # Called after each group commit that made records durable: wakes the raw writer (thread or child).
+        self.on_commit: Callable[[], None] | None = None
         self.fatal: SmartcityError | None = None
         self.failed = threading.Event()  # set with `fatal`
         self.session_present: bool | None = None
@@ -447,6 +450,8 @@ class Consumer:
             return
         if not done:
             return
+        if self.on_commit is not None:
+            self.on_commit()
         now_ns = time.time_ns()
         self.metrics.observe_commit(
             len(done), (time.monotonic() - started) * 1000, (now_ns - done[0].received_ns) / 1e6

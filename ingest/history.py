@@ -45,6 +45,7 @@ MAX_LOAD = 0.7  # a fuller table probes longer
 RESIZE_LOAD = 0.5  # after a resize at most this full, so the next one is far off (a doubling from MAX_LOAD)
 MIN_SLOTS = 1 << 12
 SLOT_BYTES = 16  # a uint64 key and a uint64 value
+INSERT_CHUNK = 1 << 15  # keys per vectorised insert (resize, rebuild): bounds its temporaries to a few MiB
 _M64 = (1 << 64) - 1
 _MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads the regular ts of one sensor over the table
 
@@ -153,7 +154,9 @@ class History:
 
     def _resize(self, now_ms: int) -> None:
         used = self._keys != 0
-        self._fit(self._keys[used], self._vals[used], now_ms)
+        keys, vals = self._keys[used], self._vals[used]
+        del used
+        self._fit(keys, vals, now_ms)
 
     def _fit(self, keys: np.ndarray, vals: np.ndarray, now_ms: int) -> None:
         """Make the table hold these distinct entries: drop what is older than the window, double the table
@@ -161,7 +164,9 @@ class History:
         and at the memory cap keep only the newest entries, with a warning."""
         before = len(keys)
         live = (keys & np.uint64(TS_MASK)) >= np.uint64(max(self._cutoff(now_ms), 0))
-        keys, vals = keys[live], vals[live]
+        if not live.all():  # (no copies when every entry is in the window)
+            keys, vals = keys[live], vals[live]
+        del live
         slots = self.slots
         while len(keys) + 1 > RESIZE_LOAD * slots and slots < self.max_slots:
             slots *= 2
@@ -189,6 +194,13 @@ class History:
         return now_ms - self.window_ms - MAX_FUTURE_MS
 
     def _insert_unique(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Insert keys absent from the table and distinct from each other, a chunk at a time: the
+        temporaries of a vectorised insert are several times the keys' size, and a resize at pilot
+        scale would otherwise peak at twice the table's memory on top of it."""
+        for start in range(0, len(keys), INSERT_CHUNK):
+            self._insert_chunk(keys[start : start + INSERT_CHUNK], vals[start : start + INSERT_CHUNK])
+
+    def _insert_chunk(self, keys: np.ndarray, vals: np.ndarray) -> None:
         """Insert keys absent from the table and distinct from each other, by rounds of linear probing."""
         table_keys, table_vals = self._keys, self._vals
         slots = ((keys * np.uint64(_MULT)) >> np.uint64(self._shift)).astype(np.int64)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sensors.contract import Accepted, RejectCode, Rejected
+from sensors.outcome import Accepted, RejectCode, Rejected
 from sensors.spool import SegmentCheck
 from storage.line_protocol import FieldValue, Point, Precision
 from storage.schema import UNKNOWN_VENDOR, ingest_point, ingest_reject_point, ingest_vendor_point
@@ -49,6 +49,25 @@ def consumer_field(name: str) -> bool:
 
 def writer_field(name: str) -> bool:
     return name in WRITER_FIELDS or name in INTEGRITY_FIELDS
+
+
+def status_line(fields: dict[str, Any], interval_s: float) -> str:
+    """A report as the status line of `smartcity ingest`: each process shows its own loops (a role all
+    process and its raw writer child print a line each)."""
+
+    def rate(name: str) -> str:
+        return f"{float(fields.get(name, 0)) / interval_s:,.0f}/s"
+
+    parts = []
+    if "received" in fields:
+        parts.append(f"received {rate('received')}, accepted {rate('accepted')}, rejected {rate('rejected')}")
+    if "write_points" in fields:
+        parts.append(f"written {rate('write_points')}")
+    if "spool_bytes" in fields:
+        parts.append(f"spool {float(fields['spool_bytes']) / 2**20:,.1f} MiB")
+    if "spool_lag_s" in fields:
+        parts.append(f"writer lag {float(fields['spool_lag_s']):.1f} s")
+    return "; ".join(parts)
 
 
 class PointSink(Protocol):

@@ -86,6 +86,7 @@ class RawWriter:
         retry_max_delay_s: float,
         retention_s: float,
         pipeline_checkpoint: Path | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
         self.spool_root = spool_root
         self.stream_names = stream_names
@@ -101,6 +102,9 @@ class RawWriter:
         self._skipped: set[str] = set()  # written by another process; looked at again every GC interval
         self._waiting: set[str] = set()  # own streams another process still writes (logged once)
         self._stop = threading.Event()
+        # Set when the spool has new records (`wake()`, e.g. after each group commit of the consumer):
+        # the writer then reads at once instead of at its next poll, which is only the fallback.
+        self._wake = wake if wake is not None else threading.Event()
         self._deadline = float("inf")
         self._next_rescan = 0.0
         self._next_gc = 0.0
@@ -111,10 +115,15 @@ class RawWriter:
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """New records are in the spool: read them now rather than at the next poll."""
+        self._wake.set()
+
     def stop(self, timeout_s: float) -> None:
         """Write what the spool holds until `timeout_s`, then stop (an unfinished batch is replayed next run)."""
         self._deadline = time.monotonic() + timeout_s
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             logger.warning("raw writer did not finish within %.1f s; the rest is written on the next start", timeout_s)
@@ -128,6 +137,7 @@ class RawWriter:
     def run(self) -> None:
         try:
             while True:
+                self._wake.clear()  # before reading: a wake-up during the step is not lost
                 try:
                     progressed = self.step()
                 except OSError as err:
@@ -144,7 +154,7 @@ class RawWriter:
                     if not progressed or time.monotonic() >= self._deadline:
                         return
                 elif not progressed:
-                    self._stop.wait(self.poll_interval_s)
+                    self._wake.wait(self.poll_interval_s)
         except Exception:
             logger.exception("the raw writer failed; readings stay in the spool and are written on the next start")
 
@@ -164,7 +174,9 @@ class RawWriter:
             self.metrics.count_damaged(stream.tail.damaged)
             stream.tail.damaged = []
             if batch:
-                if not self._write(self._lines(batch)):
+                lines = self._lines(batch)
+                del batch  # the readings go before the write, not after it (peak RSS of the writer)
+                if not self._write(lines):
                     # Not acknowledged (shutting down): reread from the saved position next time.
                     stream.tail.close()
                     stream.tail = StreamTail(stream.dir, stream.saved)

@@ -21,19 +21,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from ingest.consumer import Consumer, Pending
-from ingest.history import History
 from ingest.metrics import LineSink, Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
-from ingest.rejectbudget import RejectBudget
-from ingest.retention import expire_rejects
 from ingest.settings import IngestSettings
-from ingest.spool import StreamWriter, usage_bytes
-from ingest.writerproc import WriterSupervisor
-from sensors.contract import Contract
+from ingest.spool import usage_bytes
+from ingest.writerproc import WAKE_FD_OPTION, WriterSupervisor
 from sensors.home import Home
 from storage.line_protocol import FieldValue
+from storage.settings import InfluxSettings
+
+if TYPE_CHECKING:
+    from ingest.consumer import Consumer
+    from sensors.contract import Contract
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,20 @@ logger = logging.getLogger(__name__)
 CONSUMER_STOP_SHARE = 0.4
 # Kept back from the raw writer at shutdown: aborting a retrying write, then the last metrics report.
 SHUTDOWN_MARGIN_S = 1.5
+# The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
+METRICS_WRITE_RETRIES = 1
+METRICS_WRITE_MAX_TOTAL_S = 3.0
+
+
+def influx_sinks() -> tuple[InfluxSettings, Callable[[], LineSink], Callable[[], PointSink]]:
+    """InfluxDB from `SMARTCITY_INFLUX_*`, and the sink factories of the raw writer and of the self-metrics."""
+    from storage.writer import make_writer
+
+    influx = InfluxSettings.from_env()
+    metrics_influx = InfluxSettings.from_env(
+        max_retries=METRICS_WRITE_RETRIES, retry_max_total_s=METRICS_WRITE_MAX_TOTAL_S
+    )
+    return influx, lambda: make_writer(influx), lambda: make_writer(metrics_influx)
 
 
 class IngestService:
@@ -49,8 +64,9 @@ class IngestService:
     `sink_factory` makes a writer to InfluxDB for the raw writer; `metrics_sink_factory` (default: the
     same) one for the self-metrics, which should give up quickly rather than retry for long.
     `writer_command` (role `all`): run the raw writer as this child process. `writer_child` (role
-    `write`): this process is such a child, and `shutdown_budget()` (when not None) is the time its
-    parent gave it to stop, instead of `shutdown_timeout_s`.
+    `write`): this process is such a child, `writer_wake` is set when its parent committed, and
+    `shutdown_budget()` (when not None) is the time its parent gave it to stop, instead of
+    `shutdown_timeout_s`.
     """
 
     def __init__(
@@ -63,6 +79,7 @@ class IngestService:
         *,
         writer_command: Sequence[str] | None = None,
         writer_child: bool = False,
+        writer_wake: threading.Event | None = None,
         shutdown_budget: Callable[[], float | None] | None = None,
     ) -> None:
         self.settings = settings
@@ -76,33 +93,16 @@ class IngestService:
         self.reporter: Reporter | None = None
         self.writer_command = writer_command if settings.role == "all" else None
         self.writer_child = writer_child
+        self.writer_wake = writer_wake
         self.supervisor: WriterSupervisor | None = None
         self.shutdown_budget = shutdown_budget
 
     def start(self) -> None:
         s = self.settings
         if s.role in ("all", "consume"):
-            assert self.contract is not None, "a consumer needs the contract"
-            spool: StreamWriter[Pending] = StreamWriter(
-                s.stream_dir,
-                segment_max_bytes=int(s.segment_max_mib * 2**20),
-                segment_max_age_s=s.segment_max_age_s,
-            )
-            for recovered in spool.recovered:
-                logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
-                            recovered.truncated_bytes)  # fmt: skip
-            # Before the first message: reject segments past their retention go, the reject budget and
-            # the conflict index are rebuilt from what the spool holds (a restart resets neither).
-            expire_rejects(s.stream_dir, s.reject_retention_h * 3600)
-            budget = RejectBudget(
-                s.reject_store_per_s, int(s.reject_store_max_mib * 2**20), int(s.reject_retention_h * 3_600_000)
-            )
-            budget.rebuild(s.stream_dir)
-            history = History(self.contract.max_age_ms, max_bytes=int(s.history_max_mib * 2**20))
-            history.rebuild(s.stream_dir)
-            self.consumer = Consumer(s, self.contract, spool, self.metrics, history, budget)
+            self.consumer = self._make_consumer()
         if self.writer_command is not None:
-            self.supervisor = WriterSupervisor(self.writer_command)
+            self.supervisor = WriterSupervisor(self.writer_command, wake_option=WAKE_FD_OPTION)
         elif s.role in ("all", "write"):
             s.spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.writer = RawWriter(
@@ -115,7 +115,13 @@ class IngestService:
                 retry_max_delay_s=s.write_retry_max_delay_s,
                 retention_s=s.spool_retention_h * 3600,
                 pipeline_checkpoint=Home(s.home).checkpoint,
+                wake=self.writer_wake,
             )
+        # Each group commit wakes the raw writer, in the child or in this process.
+        if self.consumer is not None and self.supervisor is not None:
+            self.consumer.on_commit = self.supervisor.notify
+        elif self.consumer is not None and self.writer is not None:
+            self.consumer.on_commit = self.writer.wake
         # Parent and child report under the same instance, each only the fields of its own loops, so
         # that sum() and max() over the instance stay exact.
         keep = consumer_field if self.supervisor is not None else writer_field if self.writer_child else None
@@ -132,6 +138,36 @@ class IngestService:
             self.supervisor.start()
         self.reporter.start()
         logger.info("ingest %s started (role %s, spool %s)", s.client_id, s.role, s.spool_root)
+
+    def _make_consumer(self) -> Consumer:
+        # Imported here: a raw writer process (the child of role all) needs neither paho, the
+        # contract's registry nor numpy, and skipping them keeps it small.
+        from ingest.consumer import Consumer, Pending
+        from ingest.history import History
+        from ingest.rejectbudget import RejectBudget
+        from ingest.retention import expire_rejects
+        from ingest.spool import StreamWriter
+
+        s = self.settings
+        assert self.contract is not None, "a consumer needs the contract"
+        spool: StreamWriter[Pending] = StreamWriter(
+            s.stream_dir,
+            segment_max_bytes=int(s.segment_max_mib * 2**20),
+            segment_max_age_s=s.segment_max_age_s,
+        )
+        for recovered in spool.recovered:
+            logger.info("recovered %s: %d records kept, %d bytes cut", recovered.path.name, recovered.records,
+                        recovered.truncated_bytes)  # fmt: skip
+        # Before the first message: reject segments past their retention go, the reject budget and
+        # the conflict index are rebuilt from what the spool holds (a restart resets neither).
+        expire_rejects(s.stream_dir, s.reject_retention_h * 3600)
+        budget = RejectBudget(
+            s.reject_store_per_s, int(s.reject_store_max_mib * 2**20), int(s.reject_retention_h * 3_600_000)
+        )
+        budget.rebuild(s.stream_dir)
+        history = History(self.contract.max_age_ms, max_bytes=int(s.history_max_mib * 2**20))
+        history.rebuild(s.stream_dir)
+        return Consumer(s, self.contract, spool, self.metrics, history, budget)
 
     def _refresh(self) -> None:
         if self.writer is not None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sensors.broker_url import BrokerAddress, BrokerUrlError
-from sensors.contract import SUBSCRIPTION, TOPIC_PREFIX
 from sensors.home import Home
 from sensors.settings import SettingError, check_ranges, env_name, read_env, sample_keys, where
+from sensors.topics import SUBSCRIPTION, TOPIC_PREFIX
 
 SAMPLE_PATH = Path(__file__).with_name("sample.toml")
 
@@ -125,7 +125,7 @@ class IngestSettings:
     reconnect_min_delay_s: int = 1
     reconnect_max_delay_s: int = 30
     spool_dir: Path | None = None
-    flush_interval_ms: int = 20
+    flush_interval_ms: int = 10
     flush_max_kib: int = 1024
     segment_max_mib: float = 64
     segment_max_age_s: float = 15

@@ -13,6 +13,15 @@ stream (`--parent-pid`):
     watch = ParentWatch(parent_pid, stop)         # in the child: `stop` is set when the parent asks or dies
     watch.start()
 
+After each group commit the parent writes a byte to a wake-up pipe
+(`supervisor.notify()`), so the child's writer reads the spool at once instead
+of at its next poll (`write_poll_interval_ms`, the fallback): the poll was
+most of the time from a commit to InfluxDB.
+
+The child imports only what writing needs (its entry is this module, not the
+`smartcity` command group: no click, rich, registry, pydantic or MQTT client),
+which keeps it at about a third of the parent's memory.
+
 The parent asks the child to stop by writing the seconds it may take on the
 child's stdin and closing it, not with a signal: a service manager or a
 terminal signals the whole process group at once, and the writer must keep
@@ -23,6 +32,7 @@ Linux, end of file on stdin, and a poll of getppid() as the fallback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -35,6 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
 logger = logging.getLogger(__name__)
@@ -52,10 +63,14 @@ PR_SET_PDEATHSIG = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# The child's option that names its end of the wake-up pipe (added by the supervisor).
+WAKE_FD_OPTION = "--wake-fd"
+
+
 def writer_command(client_id: str, home: os.PathLike[str] | str, *, quiet: bool) -> list[str]:
-    """`smartcity ingest --role write` for the stream of `client_id`, as the child of this process."""
+    """The raw writer (`smartcity ingest --role write`) of the stream of `client_id`, as the child of this process."""
     return [
-        sys.executable, "-m", __name__, str(logging.getLogger().getEffectiveLevel()), "--role", "write",
+        sys.executable, "-m", __name__, str(logging.getLogger().getEffectiveLevel()),
         "--client-id", client_id, "--home", os.fspath(home), "--parent-pid", str(os.getpid()),
         *(["--quiet"] if quiet else []),
     ]  # fmt: skip
@@ -65,12 +80,23 @@ class WriterSupervisor:
     """Runs `command` as a child process from a thread of its own, restarting it with back-off until `stop()`.
 
     The thread that starts a child must live as long as the child: PR_SET_PDEATHSIG fires when the
-    thread that forked it ends, not the process.
+    thread that forked it ends, not the process. With `wake_option`, every child gets the read end
+    of a wake-up pipe as `wake_option FD`, and `notify()` writes to it.
     """
 
-    def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, command: Sequence[str], env: Mapping[str, str] | None = None, *, wake_option: str | None = None
+    ) -> None:
         self.command = list(command)
         self.env = dict(os.environ if env is None else env)
+        self._wake_fds: tuple[int, ...] = ()
+        if wake_option is not None:
+            # The parent keeps the read end open too: a write never fails for want of a reader, and a
+            # restarted child inherits the same pipe (a wake-up left in it costs one spurious read).
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(write_fd, False)
+            self._wake_fds = (read_fd, write_fd)
+            self.command += [wake_option, str(read_fd)]
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # no child is started once stop() began
@@ -85,6 +111,13 @@ class WriterSupervisor:
     def start(self) -> None:
         self._thread.start()
 
+    def notify(self) -> None:
+        """The spool has new records: wake the child's writer. Never blocks (the consumer's committer calls it)."""
+        if self._wake_fds:
+            # A full pipe already holds wake-ups; after stop() the fd is closed. Either way the poll is the fallback.
+            with contextlib.suppress(OSError):
+                os.write(self._wake_fds[1], b"\0")
+
     def _run(self) -> None:
         delay = RESTART_MIN_DELAY_S
         while True:
@@ -92,7 +125,9 @@ class WriterSupervisor:
                 if self._stop.is_set():
                     return
                 try:
-                    self._proc = proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.PIPE)
+                    self._proc = proc = subprocess.Popen(
+                        self.command, env=self.env, stdin=subprocess.PIPE, pass_fds=self._wake_fds[:1]
+                    )
                 except OSError as err:
                     logger.error("could not start the raw writer process: %s; retrying in %.1f s", err, delay)
                     proc = None
@@ -129,6 +164,9 @@ class WriterSupervisor:
                 proc.kill()
                 proc.wait()
         self._thread.join(max(0.1, deadline - time.monotonic()))
+        for fd in self._wake_fds:
+            os.close(fd)
+        self._wake_fds = ()
 
 
 def _ask_to_stop(stdin: IO[bytes] | None, budget_s: float) -> None:
@@ -156,12 +194,21 @@ class ParentWatch:
     or is gone. `budget_s` is then the time the parent allowed, or None (use shutdown_timeout_s).
 
     SIGTERM and SIGINT stop the child only once its parent is gone: while it lives, they are the
-    group's signal, and the parent asks the child in its turn, after its last commit.
+    group's signal, and the parent asks the child in its turn, after its last commit. `wake` is set
+    whenever the parent writes to the wake-up pipe `wake_fd`.
     """
 
-    def __init__(self, parent_pid: int, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        parent_pid: int,
+        stop: threading.Event,
+        wake_fd: int | None = None,
+        wake: threading.Event | None = None,
+    ) -> None:
         self.parent_pid = parent_pid
         self.stop = stop
+        self.wake_fd = wake_fd
+        self.wake = wake if wake is not None else threading.Event()
         self.budget_s: float | None = None
         self._once = threading.Lock()  # the signal handler and the watch thread may both see it gone
         self._thread = threading.Thread(target=self._run, name="ingest-parent-watch", daemon=True)
@@ -187,14 +234,20 @@ class ParentWatch:
             self.stop.set()
 
     def _run(self) -> None:
-        fd = sys.stdin.fileno()
+        fd, wake_fd = sys.stdin.fileno(), self.wake_fd
+        watched = [fd] if wake_fd is None else [fd, wake_fd]
         received = b""
         while not self.stop.is_set():
             if not self.parent_alive():
                 self._gone()
                 return
-            readable, _, _ = select.select([fd], [], [], PARENT_POLL_S)
-            if not readable:
+            readable, _, _ = select.select(watched, [], [], PARENT_POLL_S)
+            if wake_fd is not None and wake_fd in readable:
+                if os.read(wake_fd, 4096):
+                    self.wake.set()
+                else:  # the parent closed it (stopping, or gone: stdin says which)
+                    watched.remove(wake_fd)
+            if fd not in readable:
                 continue
             chunk = os.read(fd, 256)
             if chunk:
@@ -226,18 +279,46 @@ def set_parent_death_signal(signum: int) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
-    """The child's entry: `python -m ingest.writerproc LOG_LEVEL [smartcity ingest options]`.
+    """The child's entry: `python -m ingest.writerproc LOG_LEVEL --client-id ID --home DIR --parent-pid PID
+    [--wake-fd FD] [--quiet]`, a `smartcity ingest --role write` limited to its parent's stream.
 
-    It skips the `smartcity` command group, whose imports (every subcommand's) would double the
-    child's start-up time and memory; smartcity.toml is in the environment the parent passed on.
+    It skips the `smartcity` command group and `ingest.cli`, whose imports (click, rich, the registry
+    with pydantic, paho) would double the child's memory and start-up time; smartcity.toml is in the
+    environment the parent passed on.
     """
-    level, *args = argv
-    logging.basicConfig(level=int(level), format=LOG_FORMAT, stream=sys.stderr)
-    from ingest.cli import ingest_command
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    parser.add_argument("log_level", type=int)
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument(WAKE_FD_OPTION, type=int)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    from ingest.metrics import status_line
+    from ingest.service import IngestService, influx_sinks
+    from ingest.settings import IngestSettings
     from sensors.errors import SmartcityError
 
     try:
-        ingest_command.main(args=args, prog_name="smartcity ingest", standalone_mode=False)
+        settings = IngestSettings.from_env(role="write", client_id=args.client_id, home=args.home)
+        influx, sink_factory, metrics_sink_factory = influx_sinks()
+        stop, wake = threading.Event(), threading.Event()
+        watch = ParentWatch(args.parent_pid, stop, args.wake_fd, wake)
+        interval = settings.metrics_interval_s
+        service = IngestService(
+            settings,
+            None,
+            sink_factory,
+            on_report=None if args.quiet else lambda fields: print(status_line(fields, interval), file=sys.stderr),
+            metrics_sink_factory=metrics_sink_factory,
+            writer_child=True,
+            writer_wake=wake,
+            shutdown_budget=lambda: watch.budget_s,
+        )
+        watch.start()
+        print(f"ingest {settings.client_id}: role write, {settings.stream_dir} -> {influx.url}", file=sys.stderr)
+        service.run(stop)
     except SmartcityError as err:
         print(f"smartcity ingest: error: {err}", file=sys.stderr)
         return 1

@@ -16,10 +16,12 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING
 
 from sensors.errors import SmartcityError
+
+if TYPE_CHECKING:  # only the consumer needs paho; settings parse URLs in processes that do not (the raw writer)
+    import paho.mqtt.client as mqtt
 
 MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 

@@ -32,20 +32,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from sensors.outcome import Accepted as Accepted
+from sensors.outcome import Decoded as Decoded
+from sensors.outcome import RejectCode as RejectCode
+from sensors.outcome import Rejected as Rejected
 from sensors.reading import Reading, Rejection
 from sensors.registry import Registry, Sensor
 from sensors.registry.model import SENSOR_ID_PATTERN
-
-TOPIC_PREFIX = "smartcity/v1/"
-REJECT_PREFIX = "smartcity/dlq/v1/"
-MALFORMED_REJECT_TOPIC = "smartcity/dlq/v1/_malformed"
-SUBSCRIPTION = "smartcity/v1/#"
+from sensors.topics import MALFORMED_REJECT_TOPIC, REJECT_PREFIX, TOPIC_PREFIX
+from sensors.topics import SUBSCRIPTION as SUBSCRIPTION
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 # The broker refuses a larger MQTT packet (topic + payload + properties) outright: it closes the
@@ -74,41 +74,6 @@ MAX_EPOCH_MS = 10**15
 _SENSOR_ID = re.compile(SENSOR_ID_PATTERN)
 _FRACTION = re.compile(r"\.\d+")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
-
-
-class RejectCode(StrEnum):
-    BAD_TOPIC = "bad_topic"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    INVALID_JSON = "invalid_json"
-    NOT_AN_OBJECT = "not_an_object"
-    UNKNOWN_SENSOR = "unknown_sensor"
-    SENSOR_TOPIC_MISMATCH = "sensor_topic_mismatch"
-    MISSING_TS = "missing_ts"
-    INVALID_TS = "invalid_ts"
-    TS_IN_FUTURE = "ts_in_future"
-    TS_TOO_OLD = "ts_too_old"
-    MISSING_VALUES = "missing_values"
-    UNKNOWN_METRIC = "unknown_metric"
-    INVALID_VALUE = "invalid_value"
-    OUT_OF_RANGE = "out_of_range"
-    UNIT_MISMATCH = "unit_mismatch"
-    # Decided by ingest after the contract, against what it stored (ingest/history.py).
-    CONFLICT = "conflict"
-
-
-# Structs, not frozen dataclasses: one of them is made per message, and a Struct costs a fifth as much.
-class Accepted(msgspec.Struct, frozen=True):
-    readings: list[Reading]
-    sensor: Sensor
-
-
-class Rejected(msgspec.Struct, frozen=True):
-    code: RejectCode
-    detail: str
-    sensor: Sensor | None = None
-
-
-Decoded = Accepted | Rejected
 
 
 class _Reject(Exception):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.history import MAX_LOAD, SLOT_BYTES, History, values_hash
+from ingest.history import INSERT_CHUNK, MAX_LOAD, SLOT_BYTES, History, values_hash
 from ingest.spool import StreamWriter
 from sensors.reading import Reading
 
@@ -65,6 +65,17 @@ def test_it_grows_and_drops_what_is_older_than_the_window() -> None:
     last = NOW - 40_000_000 + 39_999 * 1000
     assert history.stored("a", last) == values_hash({"pm25": 39_999.0})
     assert history.admit([reading("a", last, pm25=1.0)], last) is not None
+
+
+def test_a_resize_larger_than_an_insert_chunk_keeps_every_entry() -> None:
+    """The resize inserts a chunk at a time (to bound its memory): every entry survives, none twice."""
+    history = History(WINDOW)
+    count = 3 * INSERT_CHUNK + 123
+    for n in range(count):
+        assert history.admit([reading(f"s{n % 97}", NOW - n * 1000, pm25=float(n))], NOW) is None
+    assert history.slots * MAX_LOAD > count > INSERT_CHUNK * 2, "resized past a chunk"
+    assert len(history) == count
+    assert all(history.stored(f"s{n % 97}", NOW - n * 1000) == values_hash({"pm25": float(n)}) for n in range(count))
 
 
 def test_rebuild_from_the_spool_keeps_the_first_value_and_skips_old_segments(tmp_path: Path) -> None:

@@ -87,6 +87,23 @@ def test_published_readings_land_in_influxdb_exactly_with_self_metrics(
     assert totals["results"][0]["series"][0]["values"][0][1:] == [3000, 3000, 0, 3000]
 
 
+def test_each_group_commit_wakes_the_raw_writer_child(stack: StackHandle, tmp_path: Path) -> None:
+    """A reading reaches InfluxDB within seconds although the child's poll is 10 s: the consumer's group
+    commit wakes it through the pipe (ingest/writerproc.py). Without the wake-up the second reading
+    would wait for the next poll, about 10 s after the one that wrote the first."""
+    items = messages(3, slot=61)
+    env = ingest_env(stack, tmp_path / "home", client_id="it-wake", write_poll_interval_ms=10_000)
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        ingest.wait_log("writing stream it-wake to InfluxDB")
+        publisher = Publisher(stack)
+        for n in range(1, len(items) + 1):
+            publisher.publish(items[n - 1 : n])
+            wait_for_points(stack, items[:n], timeout_s=3)
+        publisher.close()
+        assert ingest.terminate() == 0
+
+
 def test_every_reject_code_reaches_the_reject_topic_and_the_reject_store(stack: StackHandle, tmp_path: Path) -> None:
     now = int(time.time() * 1000)
 

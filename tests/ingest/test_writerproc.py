@@ -66,3 +66,21 @@ def test_a_child_that_does_not_stop_in_time_is_killed(caplog: pytest.LogCaptureF
     assert time.monotonic() - started < 1.5
     assert f"raw writer process {pid} did not stop in time; killed" in caplog.text
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+def test_notify_reaches_the_child_through_its_wake_pipe_and_never_blocks(tmp_path: Path) -> None:
+    out = tmp_path / "woken"
+    code = f"import os, sys, pathlib; pathlib.Path({str(out)!r}).write_bytes(os.read(int(sys.argv[2]), 64)); input()"
+    supervisor = WriterSupervisor(python(code), wake_option="--wake-fd")
+    supervisor.start()
+    wait_until(lambda: supervisor.pid is not None, 10, "the child")
+    supervisor.notify()
+    wait_until(lambda: out.exists() and out.stat().st_size > 0, 10, "the child to read its wake-up")
+    assert out.read_bytes().startswith(b"\0")
+    started = time.monotonic()
+    for _ in range(200_000):  # far more than a pipe holds: the rest is dropped, not waited for
+        supervisor.notify()
+    assert time.monotonic() - started < 5
+    supervisor.stop(2.0)
+    assert supervisor.restarts == 0
+    supervisor.notify()  # after stop: a no-op
