@@ -68,6 +68,7 @@ REPLAY_PROCESSES = 2
 # The everyday faults, and readings lost before the broker, which only the sensors' `seq` reveals.
 DEMO_FAULTS = "default,drop=0.002"
 STOP_TIMEOUT_S = 15
+INGEST_START_TIMEOUT_S = 30
 
 
 class DemoError(SmartcityError):
@@ -255,20 +256,23 @@ class Demo:
         influx = InfluxSettings.from_env(self.env)
 
         with self.stage("ingest", "starting two ingest processes") as note:
+            started: list[tuple[subprocess.Popen[bytes], Path, int]] = []
             for city in sorted(self.registry.cities):
-                self.spawn(
+                log = self.home / "demo" / f"ingest-{city}.log"
+                offset = log.stat().st_size if log.exists() else 0  # the logs of earlier runs are kept
+                process = self.spawn(
+                    "-v",  # logs "subscribed to", which the replay must wait for
                     "ingest",
                     "--client-id",
                     f"demo-{city}",
                     "--topics",
                     f"smartcity/v1/{city}/#",
                     "-q",
-                    log=f"ingest-{city}.log",
+                    log=log.name,
                 )
-            time.sleep(1.5)
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise DemoError(f"ingest exited at start (code {process.returncode}); see {self.home / 'demo'}")
+                started.append((process, log, offset))
+            for process, log, offset in started:
+                self.wait_for_log(process, log, offset, "subscribed to")
             note(f"{len(self.processes)} processes, one per city, each with its own session and spool stream")
 
         now = datetime.now(UTC).replace(microsecond=0)
@@ -387,6 +391,21 @@ class Demo:
             self.result.production.append(found)
             self.result.dropped += sum(dropped.values())
             note(production_note(what, found, sum(dropped.values())), ok=found.balanced)
+
+    def wait_for_log(self, process: subprocess.Popen[bytes], log: Path, offset: int, text: str) -> None:
+        """Until `text` is in `log` after `offset` (a fresh ingest session misses what is published before
+        it subscribes)."""
+        deadline = time.monotonic() + INGEST_START_TIMEOUT_S
+        while True:
+            with open(log, "rb") as handle:
+                handle.seek(offset)
+                if text.encode() in handle.read():
+                    return
+            if process.poll() is not None:
+                raise DemoError(f"ingest exited at start (code {process.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"ingest did not subscribe within {INGEST_START_TIMEOUT_S} s; see {log}")
+            time.sleep(0.05)
 
     def wait_for_ingest(self, manifests: Sequence[Path], influx: InfluxSettings, note: Callable[[str], None]) -> None:
         """Poll the audit until every reading of `manifests` is stored and every rejection kept."""
