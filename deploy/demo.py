@@ -26,7 +26,6 @@ started and leaves the stack running (`smartcity stack down` stops it).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -111,17 +110,18 @@ class DemoResult:
     report_index: Path | None = None
 
 
+@dataclass
 class Note:
-    """What a running stage says: the spinner shows its latest line, the summary keeps it; `ok=False` marks
-    a stage whose finding fails the demo (shown with a red cross)."""
+    """What a running stage says: its latest line (the spinner shows it, the summary keeps it); `ok=False`
+    marks a stage whose finding fails the demo (a red cross). Calling it sets both."""
 
-    def __init__(self, text: str, show: Callable[[str], None]) -> None:
-        self.text, self.ok, self._show = text, True, show
-        show(text)
+    name: str
+    text: str
+    started: float = field(default_factory=time.monotonic)
+    ok: bool = True
 
     def __call__(self, text: str, ok: bool = True) -> None:
         self.text, self.ok = text, ok
-        self._show(text)
 
 
 class Demo:
@@ -135,38 +135,54 @@ class Demo:
         self.result = DemoResult()
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env: dict[str, str] = {}
-        self._status: Status | None = None  # the spinner, shared by stages within stages
-        self._open: list[tuple[str, Note]] = []  # the stages running, outermost first
+        self._open: list[Note] = []  # the stages running, outermost first (the spinner shows the last)
 
     # -- plumbing ----------------------------------------------------------------------
 
     @contextmanager
     def stage(self, name: str, doing: str) -> Iterator[Note]:
-        """Time a stage, show a spinner while it runs and one line when it ends.
+        """Time a stage, show a spinner with its latest note and its seconds so far while it runs, and one
+        line when it ends.
 
-        A stage opened within another one (work done while that one waits) shares its spinner
-        and its line says so; its seconds are part of the other's."""
+        A stage opened within another one (work done while that one waits) shares the spinner and
+        its line says so; its seconds are part of the other's."""
         outer = self._open[-1] if self._open else None
-        started = time.monotonic()
-        with contextlib.ExitStack() as stack:
-            if self._status is None:
-                self._status = stack.enter_context(self.console.status(""))
-                stack.callback(setattr, self, "_status", None)
-            status = self._status
-            note = Note(doing, lambda text: status.update(f"[bold]{name}[/]: {text}"))
-            self._open.append((name, note))
-            try:
+        note = Note(name, doing)
+        self._open.append(note)
+        try:
+            if outer is None:
+                with self.console.status(f"[bold]{name}[/]: {doing}") as status, self._ticking(status):
+                    yield note
+            else:
                 yield note
-            finally:
-                self._open.pop()
-                if outer is not None:
-                    outer[1](outer[1].text, outer[1].ok)  # the spinner shows the outer stage again
-        during = outer[0] if outer is not None else None
-        seconds = time.monotonic() - started
+        finally:
+            self._open.pop()
+        seconds = time.monotonic() - note.started
+        during = outer.name if outer is not None else None
         self.result.stages.append(StageResult(name, seconds, note.text, during, note.ok))
         mark = "[green]✓[/]" if note.ok else "[bold red]✗[/]"
         where = f" (during {during})" if during else ""
         self.console.print(f"{mark} {name:<11} {seconds:6.1f} s{where}  {note.text}")
+
+    @contextmanager
+    def _ticking(self, status: Status) -> Iterator[None]:
+        """Redraw the spinner's line twice a second: the innermost stage running, its note, its seconds."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(0.5):
+                if self._open:
+                    note = self._open[-1]
+                    seconds = time.monotonic() - note.started
+                    status.update(f"[bold]{note.name}[/]: {note.text} [dim]{seconds:.0f} s[/]")
+
+        thread = threading.Thread(target=tick, name="demo-status", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def smartcity(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "deploy.cli", *args]
