@@ -6,18 +6,20 @@ Stages, each timed (a line with its seconds when it ends, and a table at the end
 2. ingest     two `smartcity ingest` processes splitting the topic tree (Phuket / Chiang Mai)
 3. replay     the simulator replays the last `hours` for `sensors` sensors, fast, with faults,
               from REPLAY_PROCESSES publisher processes
-4. drain      until every good reading is in InfluxDB and every bad one in the reject store
-5. backfill   the Beam pipelines over the replayed hours: rollups, Thai AQI, health, anomalies
-6. live       `minutes` of live publishing while the pipeline follows the spool; meanwhile, as
-              the replay's data is all in place and the live minute leaves the machine idle:
+4. drain      until every good reading is in InfluxDB and every bad one in the reject store,
+              and ingest closed its last spool segments of the replay
+5. live       `minutes` of live publishing; meanwhile, as the replay's data is all in place and
+              live readings leave the machine mostly idle:
+   backfill   the Beam pipelines over the replayed hours: rollups, Thai AQI, health, anomalies;
+              then the follow pipeline takes the live readings, from where the backfill ended
    dashboards Grafana provisioning built from the registry; every panel query run against InfluxDB
    production the audit operators run without manifests (`audit --production`) over the replay:
               the spool against InfluxDB, and the readings the simulator's `drop` fault left out
               on purpose before the broker, found again as gaps in the sensors' `seq`
-7. settle     ingest stops (closing its segments), the follow pipeline catches up
-8. audit      published = stored + rejected, per vendor, sensor and hour
-9. production the same over the live minute
-10. report    static HTML pages per super-cluster
+6. settle     ingest stops (closing its segments), the follow pipeline catches up
+7. audit      published = stored + rejected, per vendor, sensor and hour
+8. production the same over the live minute
+9. report     static HTML pages per super-cluster
 
 Re-running is safe: the stack is reused, readings are idempotent by (sensor_id, ts)
 and each run audits its own manifests. Ctrl-C stops the processes the demo
@@ -52,7 +54,7 @@ from sensors.checkpoint import Checkpoint
 from sensors.errors import SmartcityError
 from sensors.home import Home
 from sensors.registry import Registry
-from sensors.spool import OPEN_SUFFIX, READINGS, closed_segments
+from sensors.spool import OPEN_SUFFIX, READINGS, SegmentInfo, closed_segments
 from storage.query import QueryClient, ident
 from storage.settings import InfluxSettings
 
@@ -320,19 +322,14 @@ class Demo:
 
         with self.stage("drain", "waiting for ingest to store everything") as note:
             self.wait_for_ingest([replay_manifest], influx, note)
-
-        with self.stage("backfill", "Beam pipelines over the replayed hours") as note:
-            report = self.backfill(replay_from, now, influx, note)
-            self.result.rollup_points += report.points_written
-            note(
-                f"{report.readings:,} readings -> {report.points_written:,} points "
-                f"({report.readings / max(report.seconds, 1e-9):,.0f} readings/s)"
-            )
+            # The backfill reads closed segments: ingest closes its last ones DEMO_SEGMENT_AGE_S after their
+            # first reading. Those are the replay's, for the backfill; the follow pipeline takes the later ones.
+            replayed = self.wait_for_closed_segments(note)
+            note(f"{note.text}; the replay's {len(replayed)} spool segments closed")
 
         live_manifest = self.layout.manifests / f"demo-{stamp}-live.json"
+        stop_follow = threading.Event()
         with self.stage("live", f"{options.minutes:g} min of live readings, pipeline following") as note:
-            stop_follow = threading.Event()
-            follow = self.start_follow(influx, stop_follow)
             live = self.start_cli(
                 "simulate",
                 "--duration",
@@ -346,8 +343,16 @@ class Demo:
                 str(live_manifest),
             )
             try:
-                # The replay is stored and rolled up, and the live minute leaves the machine mostly idle:
-                # what needs only the replay's data runs now.
+                # The live minute leaves the machine mostly idle: what needs only the replay's data runs now.
+                with self.stage("backfill", "Beam pipelines over the replayed hours") as backfill:
+                    report = self.backfill(replay_from, now, replayed, influx)
+                    self.result.rollup_points += report.points_written
+                    backfill(
+                        f"{report.readings:,} readings -> {report.points_written:,} points "
+                        f"({report.readings / max(report.seconds, 1e-9):,.0f} readings/s)"
+                    )
+                # From where the backfill ended: the live readings that arrived meanwhile, then as they come.
+                follow = self.start_follow(influx, stop_follow)
                 self.check_dashboards()
                 self.audit_production("replay", replay_manifest, influx)
             except BaseException:
@@ -444,30 +449,32 @@ class Demo:
                 raise DemoError(f"ingest did not store everything within {DRAIN_TIMEOUT_S} s; see {self.home / 'demo'}")
             time.sleep(1.0)
 
-    def wait_for_closed_segments(self, spool: Path, note: Note) -> None:
-        """Until no reading segment is open: the pipelines read closed ones, and ingest closes a segment
-        DEMO_SEGMENT_AGE_S after its first reading (nothing new arrives between replay and live)."""
+    def wait_for_closed_segments(self, note: Note) -> list[SegmentInfo]:
+        """Until no reading segment is open (nothing new arrives between replay and live); the closed ones."""
+        spool = self.pipeline_settings().spool_root
         deadline = time.monotonic() + DEMO_SEGMENT_AGE_S + STOP_TIMEOUT_S
         while open_segments := sorted(spool.glob(f"*/{READINGS}-*{OPEN_SUFFIX}")):
             if time.monotonic() > deadline:
                 raise DemoError(f"ingest did not close {open_segments[0]} within {DEMO_SEGMENT_AGE_S} s")
             note(f"ingest closes its last segments ({len(open_segments)} open)")
             time.sleep(0.2)
+        return closed_segments(spool, READINGS)
 
     def pipeline_settings(self) -> PipelineSettings:
         # The follow pipeline looks for closed segments this often (a directory listing): the demo waits for it.
         return PipelineSettings.from_env(self.env, home=self.home, poll_interval_s=0.5)
 
-    def backfill(self, start: datetime, end: datetime, influx: InfluxSettings, note: Note) -> RunReport:
+    def backfill(
+        self, start: datetime, end: datetime, replayed: Sequence[SegmentInfo], influx: InfluxSettings
+    ) -> RunReport:
         settings = self.pipeline_settings()
-        self.wait_for_closed_segments(settings.spool_root, note)
-        note("Beam pipelines over the replayed hours")
         run = load_run()
         plan = run.Plan.bounded(run.PIPELINES, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
         report = run.run_plan(plan, settings, self.registry, (), influx)
-        # The follow pipeline continues after what the backfill covered.
+        # The follow pipeline continues after what the backfill covered: the replay's segments, not the live
+        # ones that closed meanwhile.
         checkpoint = Checkpoint.load(settings.checkpoint_path)
-        checkpoint.mark_done(closed_segments(settings.spool_root, READINGS))
+        checkpoint.mark_done(list(replayed))
         checkpoint.hours_done_ms = plan.end_ms
         checkpoint.save(settings.checkpoint_path)
         return report
