@@ -56,6 +56,7 @@ from sensors.home import Home
 from sensors.registry import Registry
 from sensors.spool import OPEN_SUFFIX, READINGS, SegmentInfo, closed_segments
 from storage.query import QueryClient, ident
+from storage.schema import INGEST_MEASUREMENT
 from storage.settings import InfluxSettings
 
 if TYPE_CHECKING:  # pipelines.run imports Beam, which takes seconds: imported when the stage runs
@@ -189,8 +190,8 @@ class Demo:
     def smartcity(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "deploy.cli", *args]
 
-    def run_cli(self, *args: str, what: str) -> str:
-        return self.finish_cli(self.start_cli(*args), what=what)
+    def run_cli(self, *args: str, what: str, log: str | None = None) -> str:
+        return self.finish_cli(self.start_cli(*args), what=what, log=log)
 
     def start_cli(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -202,8 +203,9 @@ class Demo:
             text=True,
         )
 
-    def finish_cli(self, process: subprocess.Popen[str], *, what: str) -> str:
-        """Wait for a command started with `start_cli`; its output, or a DemoError with its last line."""
+    def finish_cli(self, process: subprocess.Popen[str], *, what: str, log: str | None = None) -> str:
+        """Wait for a command started with `start_cli`; its output, or a DemoError with its last line (and
+        all of its output in `log`, in the demo's folder, when given)."""
         try:
             stdout, stderr = process.communicate()
         finally:
@@ -212,7 +214,11 @@ class Demo:
                 process.wait(STOP_TIMEOUT_S)
         if process.returncode != 0:
             lines = (stderr or stdout).strip().splitlines()
-            raise DemoError(f"{what} failed (exit {process.returncode}): {lines[-1] if lines else 'no output'}")
+            where = ""
+            if log is not None:
+                (self.home / "demo" / log).write_text(stdout + stderr, encoding="utf-8")
+                where = f"; see {self.home / 'demo' / log}"
+            raise DemoError(f"{what} failed (exit {process.returncode}): {lines[-1] if lines else 'no output'}{where}")
         return stdout.strip()
 
     def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
@@ -322,10 +328,11 @@ class Demo:
 
         with self.stage("drain", "waiting for ingest to store everything") as note:
             self.wait_for_ingest([replay_manifest], influx, note)
+            stored = note.text
             # The backfill reads closed segments: ingest closes its last ones DEMO_SEGMENT_AGE_S after their
             # first reading. Those are the replay's, for the backfill; the follow pipeline takes the later ones.
             replayed = self.wait_for_closed_segments(note)
-            note(f"{note.text}; the replay's {len(replayed)} spool segments closed")
+            note(f"{stored}; spool segments closed")
 
         live_manifest = self.layout.manifests / f"demo-{stamp}-live.json"
         stop_follow = threading.Event()
@@ -353,7 +360,7 @@ class Demo:
                     )
                 # From where the backfill ended: the live readings that arrived meanwhile, then as they come.
                 follow = self.start_follow(influx, stop_follow)
-                self.check_dashboards()
+                self.check_dashboards(influx, since=now)
                 self.audit_production("replay", replay_manifest, influx)
             except BaseException:
                 live.terminate()  # it writes its manifest and exits
@@ -395,11 +402,17 @@ class Demo:
             self.result.aqi_now = self.latest_aqi(influx)
             note(str(report_index))
 
-    def check_dashboards(self) -> None:
+    def check_dashboards(self, influx: InfluxSettings, since: datetime) -> None:
         with self.stage("dashboards", "building and checking every panel query") as note:
+            # The operations panels read ingest's own metrics, written every metrics_interval_s: with a short
+            # replay the check can come before the first report that counts it.
+            self.wait_for_ingest_reports(influx, since, note)
+            note("building and checking every panel query")
             out = self.home / "grafana"
             self.run_cli("dashboards", "build", "--out", str(out), what="dashboards build")
-            checked = self.run_cli("dashboards", "check", "--expect-data", what="dashboards check")
+            checked = self.run_cli(
+                "dashboards", "check", "--expect-data", what="dashboards check", log="dashboards-check.log"
+            )
             note(" ".join(checked.split()) if checked else "checked")
 
     def audit_production(self, what: str, manifest: Path, influx: InfluxSettings) -> None:
@@ -412,6 +425,22 @@ class Demo:
             self.result.production.append(found)
             self.result.dropped += sum(dropped.values())
             note(production_note(what, found, sum(dropped.values())), ok=found.balanced)
+
+    def wait_for_ingest_reports(self, influx: InfluxSettings, since: datetime, note: Note) -> None:
+        """Until each ingest process wrote a self-metrics report (measurement `ingest`) at or after `since`."""
+        deadline = time.monotonic() + INGEST_START_TIMEOUT_S
+        with QueryClient(influx) as client:
+            while True:
+                series = client.query(
+                    "SELECT count({f}) FROM {m} WHERE time >= {since} GROUP BY instance",
+                    {"f": ident("received"), "m": ident(influx.raw_rp, INGEST_MEASUREMENT), "since": since},
+                )
+                if len(series) >= len(self.registry.cities):  # one ingest process per city
+                    return
+                if time.monotonic() > deadline:
+                    raise DemoError(f"ingest wrote no self-metrics within {INGEST_START_TIMEOUT_S} s")
+                note("waiting for ingest's next self-metrics report")
+                time.sleep(0.5)
 
     def wait_for_log(self, process: subprocess.Popen[bytes], log: Path, offset: int, text: str) -> None:
         """Until `text` is in `log` after `offset` (a fresh ingest session misses what is published before

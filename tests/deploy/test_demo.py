@@ -30,7 +30,8 @@ def test_short_demo_balances_and_checks_every_panel_with_data(tmp_path: Path) ->
     finally:
         Stack(home).down()
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    check_log = home / "demo" / "dashboards-check.log"  # written when the check fails
+    assert result.returncode == 0, output[-3000:] + (check_log.read_text()[-3000:] if check_log.exists() else "")
     stages = ("stack", "ingest", "replay", "drain", "backfill", "live", "settle", "dashboards", "audit", "production")
     for stage in (*stages, "report"):
         assert f"✓ {stage}" in output, stage
