@@ -1,20 +1,25 @@
 """`smartcity demo`: the whole system end to end on this machine, with numbers that prove nothing was lost.
 
-Stages, each timed:
+Stages, each timed (a line with its seconds when it ends, and a table at the end):
 
 1. stack      local Mosquitto + InfluxDB with auth, one broker account per vendor (registry -> ACLs)
 2. ingest     two `smartcity ingest` processes splitting the topic tree (Phuket / Chiang Mai)
-3. replay     the simulator replays the last `hours` for `sensors` sensors, fast, with faults
-4. drain      until every good reading is in InfluxDB and every bad one in the reject store
-5. backfill   the Beam pipelines over the replayed hours: rollups, Thai AQI, health, anomalies
-6. live       `minutes` of live publishing while the pipeline follows the spool
-7. settle     ingest stops (closing its segments), the follow pipeline catches up
-8. dashboards Grafana provisioning built from the registry; every panel query run against InfluxDB
-9. audit      published = stored + rejected, per vendor, sensor and hour
-10. production the audit operators run without manifests (`audit --production`): the spool
-              against InfluxDB, and the readings the simulator's `drop` fault lost before the
-              broker found again as gaps in the sensors' `seq`
-11. report    static HTML pages per super-cluster
+3. replay     the simulator replays the last `hours` for `sensors` sensors, fast, with faults,
+              from REPLAY_PROCESSES publisher processes
+4. drain      until every good reading is in InfluxDB and every bad one in the reject store,
+              and ingest closed its last spool segments of the replay
+5. live       `minutes` of live publishing; meanwhile, as the replay's data is all in place and
+              live readings leave the machine mostly idle:
+   backfill   the Beam pipelines over the replayed hours: rollups, Thai AQI, health, anomalies;
+              then the follow pipeline takes the live readings, from where the backfill ended
+   dashboards Grafana provisioning built from the registry; every panel query run against InfluxDB
+   production the audit operators run without manifests (`audit --production`) over the replay:
+              the spool against InfluxDB, and the readings the simulator's `drop` fault left out
+              on purpose before the broker, found again as gaps in the sensors' `seq`
+6. settle     ingest stops (closing its segments), the follow pipeline catches up
+7. audit      published = stored + rejected, per vendor, sensor and hour
+8. production the same over the live minute
+9. report     static HTML pages per super-cluster
 
 Re-running is safe: the stack is reused, readings are idempotent by (sensor_id, ts)
 and each run audits its own manifests. Ctrl-C stops the processes the demo
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
 from deploy.audit import AuditResult, audit, load_manifest
@@ -48,8 +54,9 @@ from sensors.checkpoint import Checkpoint
 from sensors.errors import SmartcityError
 from sensors.home import Home
 from sensors.registry import Registry
-from sensors.spool import READINGS, closed_segments
+from sensors.spool import OPEN_SUFFIX, READINGS, SegmentInfo, closed_segments
 from storage.query import QueryClient, ident
+from storage.schema import INGEST_MEASUREMENT
 from storage.settings import InfluxSettings
 
 if TYPE_CHECKING:  # pipelines.run imports Beam, which takes seconds: imported when the stage runs
@@ -58,9 +65,12 @@ if TYPE_CHECKING:  # pipelines.run imports Beam, which takes seconds: imported w
 # Ingest closes segments this often in the demo, so the pipelines see readings within seconds.
 DEMO_SEGMENT_AGE_S = 5
 DRAIN_TIMEOUT_S = 300
+# One Python publisher sends about 10k messages/s; two keep this 2-core machine's broker and ingest busy.
+REPLAY_PROCESSES = 2
 # The everyday faults, and readings lost before the broker, which only the sensors' `seq` reveals.
 DEMO_FAULTS = "default,drop=0.002"
 STOP_TIMEOUT_S = 15
+INGEST_START_TIMEOUT_S = 30
 
 
 class DemoError(SmartcityError):
@@ -85,20 +95,36 @@ class StageResult:
     name: str
     seconds: float
     detail: str
+    during: str | None = None  # the stage it ran alongside (its seconds are within that one's)
+    ok: bool = True
 
 
 @dataclass
 class DemoResult:
     stages: list[StageResult] = field(default_factory=list)
+    wall_s: float = 0.0
     audit: AuditResult | None = None
     production: list[ProductionAudit] = field(default_factory=list)  # one per simulator run's time range
-    dropped: int = 0  # readings the simulator's `drop` fault never sent
-    dropped_numbered: int = 0  # of those, at sensors that send `seq` (JSON vendors)
+    dropped: int = 0  # readings the simulator's `drop` fault never sent, on purpose
     published: int = 0
     duplicates: int = 0
     rollup_points: int = 0
     aqi_now: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # district -> (time, aqi, band)
     report_index: Path | None = None
+
+
+@dataclass
+class Note:
+    """What a running stage says: its latest line (the spinner shows it, the summary keeps it); `ok=False`
+    marks a stage whose finding fails the demo (a red cross). Calling it sets both."""
+
+    name: str
+    text: str
+    started: float = field(default_factory=time.monotonic)
+    ok: bool = True
+
+    def __call__(self, text: str, ok: bool = True) -> None:
+        self.text, self.ok = text, ok
 
 
 class Demo:
@@ -112,35 +138,88 @@ class Demo:
         self.result = DemoResult()
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env: dict[str, str] = {}
+        self._open: list[Note] = []  # the stages running, outermost first (the spinner shows the last)
 
     # -- plumbing ----------------------------------------------------------------------
 
     @contextmanager
-    def stage(self, name: str, doing: str) -> Iterator[Callable[[str], None]]:
-        """Time a stage, show a spinner while it runs and one line when it ends."""
-        details: list[str] = []
-        started = time.monotonic()
-        with self.console.status(f"[bold]{name}[/]: {doing}") as status:
+    def stage(self, name: str, doing: str) -> Iterator[Note]:
+        """Time a stage, show a spinner with its latest note and its seconds so far while it runs, and one
+        line when it ends.
 
-            def note(text: str) -> None:
-                details.append(text)
-                status.update(f"[bold]{name}[/]: {text}")
+        A stage opened within another one (work done while that one waits) shares the spinner and
+        its line says so; its seconds are part of the other's."""
+        outer = self._open[-1] if self._open else None
+        note = Note(name, doing)
+        self._open.append(note)
+        try:
+            if outer is None:
+                with self.console.status(f"[bold]{name}[/]: {doing}") as status, self._ticking(status):
+                    yield note
+            else:
+                yield note
+        finally:
+            self._open.pop()
+        seconds = time.monotonic() - note.started
+        during = outer.name if outer is not None else None
+        self.result.stages.append(StageResult(name, seconds, note.text, during, note.ok))
+        mark = "[green]✓[/]" if note.ok else "[bold red]✗[/]"
+        where = f" (during {during})" if during else ""
+        self.console.print(f"{mark} {name:<11} {seconds:6.1f} s{where}  {note.text}")
 
-            yield note
-        seconds = time.monotonic() - started
-        detail = details[-1] if details else doing
-        self.result.stages.append(StageResult(name, seconds, detail))
-        self.console.print(f"[green]✓[/] {name:<11} {seconds:6.1f} s  {detail}")
+    @contextmanager
+    def _ticking(self, status: Status) -> Iterator[None]:
+        """Redraw the spinner's line twice a second: the innermost stage running, its note, its seconds."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(0.5):
+                if self._open:
+                    note = self._open[-1]
+                    seconds = time.monotonic() - note.started
+                    status.update(f"[bold]{note.name}[/]: {note.text} [dim]{seconds:.0f} s[/]")
+
+        thread = threading.Thread(target=tick, name="demo-status", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def smartcity(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "deploy.cli", *args]
 
-    def run_cli(self, *args: str, what: str) -> str:
-        done = subprocess.run(self.smartcity(*args), env=self.env, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            raise DemoError(f"{what} failed (exit {done.returncode}): {lines[-1] if lines else 'no output'}")
-        return done.stdout.strip()
+    def run_cli(self, *args: str, what: str, log: str | None = None) -> str:
+        return self.finish_cli(self.start_cli(*args), what=what, log=log)
+
+    def start_cli(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.smartcity(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def finish_cli(self, process: subprocess.Popen[str], *, what: str, log: str | None = None) -> str:
+        """Wait for a command started with `start_cli`; its output, or a DemoError with its last line (and
+        all of its output in `log`, in the demo's folder, when given)."""
+        try:
+            stdout, stderr = process.communicate()
+        finally:
+            if process.poll() is None:  # interrupted while waiting: stop it (a simulator writes its manifest)
+                process.terminate()
+                process.wait(STOP_TIMEOUT_S)
+        if process.returncode != 0:
+            lines = (stderr or stdout).strip().splitlines()
+            where = ""
+            if log is not None:
+                (self.home / "demo" / log).write_text(stdout + stderr, encoding="utf-8")
+                where = f"; see {self.home / 'demo' / log}"
+            raise DemoError(f"{what} failed (exit {process.returncode}): {lines[-1] if lines else 'no output'}{where}")
+        return stdout.strip()
 
     def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         handle = open(self.home / "demo" / log, "ab")  # noqa: SIM115 - the process owns it until it ends
@@ -167,10 +246,12 @@ class Demo:
     # -- stages --------------------------------------------------------------------------
 
     def run(self) -> DemoResult:
+        started = time.monotonic()
         try:
             self._run()
         finally:
             self.stop_processes()
+            self.result.wall_s = time.monotonic() - started
         return self.result
 
     def _run(self) -> None:
@@ -199,20 +280,23 @@ class Demo:
         influx = InfluxSettings.from_env(self.env)
 
         with self.stage("ingest", "starting two ingest processes") as note:
+            started: list[tuple[subprocess.Popen[bytes], Path, int]] = []
             for city in sorted(self.registry.cities):
-                self.spawn(
+                log = self.home / "demo" / f"ingest-{city}.log"
+                offset = log.stat().st_size if log.exists() else 0  # the logs of earlier runs are kept
+                process = self.spawn(
+                    "-v",  # logs "subscribed to", which the replay must wait for
                     "ingest",
                     "--client-id",
                     f"demo-{city}",
                     "--topics",
                     f"smartcity/v1/{city}/#",
                     "-q",
-                    log=f"ingest-{city}.log",
+                    log=log.name,
                 )
-            time.sleep(1.5)
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise DemoError(f"ingest exited at start (code {process.returncode}); see {self.home / 'demo'}")
+                started.append((process, log, offset))
+            for process, log, offset in started:
+                self.wait_for_log(process, log, offset, "subscribed to")
             note(f"{len(self.processes)} processes, one per city, each with its own session and spool stream")
 
         now = datetime.now(UTC).replace(microsecond=0)
@@ -229,6 +313,8 @@ class Demo:
                 f"{now:%Y-%m-%dT%H:%M:%SZ}",
                 "--speed",
                 "max",
+                "--processes",
+                str(REPLAY_PROCESSES),
                 "--faults",
                 DEMO_FAULTS,
                 "--seed",
@@ -242,20 +328,16 @@ class Demo:
 
         with self.stage("drain", "waiting for ingest to store everything") as note:
             self.wait_for_ingest([replay_manifest], influx, note)
-
-        with self.stage("backfill", "Beam pipelines over the replayed hours") as note:
-            report = self.backfill(replay_from, now, influx)
-            self.result.rollup_points += report.points_written
-            note(
-                f"{report.readings:,} readings -> {report.points_written:,} points "
-                f"({report.readings / max(report.seconds, 1e-9):,.0f} readings/s)"
-            )
+            stored = note.text
+            # The backfill reads closed segments: ingest closes its last ones DEMO_SEGMENT_AGE_S after their
+            # first reading. Those are the replay's, for the backfill; the follow pipeline takes the later ones.
+            replayed = self.wait_for_closed_segments(note)
+            note(f"{stored}; spool segments closed")
 
         live_manifest = self.layout.manifests / f"demo-{stamp}-live.json"
+        stop_follow = threading.Event()
         with self.stage("live", f"{options.minutes:g} min of live readings, pipeline following") as note:
-            stop_follow = threading.Event()
-            follow = self.start_follow(influx, stop_follow)
-            summary = self.run_cli(
+            live = self.start_cli(
                 "simulate",
                 "--duration",
                 f"{options.minutes * 60:g}",
@@ -266,8 +348,25 @@ class Demo:
                 *sensors,
                 "--manifest",
                 str(live_manifest),
-                what="simulate (live)",
             )
+            try:
+                # The live minute leaves the machine mostly idle: what needs only the replay's data runs now.
+                with self.stage("backfill", "Beam pipelines over the replayed hours") as backfill:
+                    report = self.backfill(replay_from, now, replayed, influx)
+                    self.result.rollup_points += report.points_written
+                    backfill(
+                        f"{report.readings:,} readings -> {report.points_written:,} points "
+                        f"({report.readings / max(report.seconds, 1e-9):,.0f} readings/s)"
+                    )
+                # From where the backfill ended: the live readings that arrived meanwhile, then as they come.
+                follow = self.start_follow(influx, stop_follow)
+                self.check_dashboards(influx, since=now)
+                self.audit_production("replay", replay_manifest, influx)
+            except BaseException:
+                live.terminate()  # it writes its manifest and exits
+                live.communicate()
+                raise
+            summary = self.finish_cli(live, what="simulate (live)")
             note(summary.splitlines()[-1].split(";")[0] if summary else "done")
 
         manifests = [replay_manifest, live_manifest]
@@ -280,12 +379,6 @@ class Demo:
             note(f"follow pipeline wrote {self.follow_points:,} points")
             self.result.rollup_points += self.follow_points
 
-        with self.stage("dashboards", "building and checking every panel query") as note:
-            out = self.home / "grafana"
-            self.run_cli("dashboards", "build", "--out", str(out), what="dashboards build")
-            checked = self.run_cli("dashboards", "check", "--expect-data", what="dashboards check")
-            note(" ".join(checked.split()) if checked else "checked")
-
         with self.stage("audit", "published = stored + rejected") as note:
             loaded = [load_manifest(p) for p in manifests]
             self.result.published = sum(m.messages for m in loaded)
@@ -295,20 +388,11 @@ class Demo:
             total = result.total()
             note(
                 f"{'balanced' if result.balanced else 'NOT balanced'}: {total.stored:,} stored, "
-                f"{total.missing:,} lost, {total.rejects_stored - total.reject_duplicates:,} rejections kept"
+                f"{total.missing:,} lost, {total.rejects_stored - total.reject_duplicates:,} rejections kept",
+                ok=result.balanced,
             )
 
-        with self.stage("production", "the spool against InfluxDB, without manifests") as note:
-            for manifest in loaded:
-                found = production_audit(influx, self.registry, self.layout.spool, manifest.start, manifest.end)
-                self.result.production.append(found)
-            for path in manifests:
-                for sensor_id, count in _dropped(path).items():
-                    self.result.dropped += count
-                    sensor = self.registry.sensors.get(sensor_id)
-                    if sensor is not None and self.registry.vendors[sensor.vendor].payload == "json":
-                        self.result.dropped_numbered += count
-            note(production_note(self.result))
+        self.audit_production("live", live_manifest, influx)
 
         with self.stage("report", "writing the HTML report") as note:
             from deploy.report import write_report
@@ -317,6 +401,61 @@ class Demo:
             self.result.report_index = report_index
             self.result.aqi_now = self.latest_aqi(influx)
             note(str(report_index))
+
+    def check_dashboards(self, influx: InfluxSettings, since: datetime) -> None:
+        with self.stage("dashboards", "building and checking every panel query") as note:
+            # The operations panels read ingest's own metrics, written every metrics_interval_s: with a short
+            # replay the check can come before the first report that counts it.
+            self.wait_for_ingest_reports(influx, since, note)
+            note("building and checking every panel query")
+            out = self.home / "grafana"
+            self.run_cli("dashboards", "build", "--out", str(out), what="dashboards build")
+            checked = self.run_cli(
+                "dashboards", "check", "--expect-data", what="dashboards check", log="dashboards-check.log"
+            )
+            note(" ".join(checked.split()) if checked else "checked")
+
+    def audit_production(self, what: str, manifest: Path, influx: InfluxSettings) -> None:
+        """The production audit over a simulator run's time range, told which readings its `drop` fault
+        left out on purpose (production has no such list: there every seq gap is a loss)."""
+        run = load_manifest(manifest)
+        with self.stage("production", "the spool against InfluxDB, without manifests") as note:
+            dropped = _dropped(manifest)
+            found = production_audit(influx, self.registry, self.layout.spool, run.start, run.end, dropped=dropped)
+            self.result.production.append(found)
+            self.result.dropped += sum(dropped.values())
+            note(production_note(what, found, sum(dropped.values())), ok=found.balanced)
+
+    def wait_for_ingest_reports(self, influx: InfluxSettings, since: datetime, note: Note) -> None:
+        """Until each ingest process wrote a self-metrics report (measurement `ingest`) at or after `since`."""
+        deadline = time.monotonic() + INGEST_START_TIMEOUT_S
+        with QueryClient(influx) as client:
+            while True:
+                series = client.query(
+                    "SELECT count({f}) FROM {m} WHERE time >= {since} GROUP BY instance",
+                    {"f": ident("received"), "m": ident(influx.raw_rp, INGEST_MEASUREMENT), "since": since},
+                )
+                if len(series) >= len(self.registry.cities):  # one ingest process per city
+                    return
+                if time.monotonic() > deadline:
+                    raise DemoError(f"ingest wrote no self-metrics within {INGEST_START_TIMEOUT_S} s")
+                note("waiting for ingest's next self-metrics report")
+                time.sleep(0.5)
+
+    def wait_for_log(self, process: subprocess.Popen[bytes], log: Path, offset: int, text: str) -> None:
+        """Until `text` is in `log` after `offset` (a fresh ingest session misses what is published before
+        it subscribes)."""
+        deadline = time.monotonic() + INGEST_START_TIMEOUT_S
+        while True:
+            with open(log, "rb") as handle:
+                handle.seek(offset)
+                if text.encode() in handle.read():
+                    return
+            if process.poll() is not None:
+                raise DemoError(f"ingest exited at start (code {process.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"ingest did not subscribe within {INGEST_START_TIMEOUT_S} s; see {log}")
+            time.sleep(0.05)
 
     def wait_for_ingest(self, manifests: Sequence[Path], influx: InfluxSettings, note: Callable[[str], None]) -> None:
         """Poll the audit until every reading of `manifests` is stored and every rejection kept."""
@@ -339,20 +478,32 @@ class Demo:
                 raise DemoError(f"ingest did not store everything within {DRAIN_TIMEOUT_S} s; see {self.home / 'demo'}")
             time.sleep(1.0)
 
+    def wait_for_closed_segments(self, note: Note) -> list[SegmentInfo]:
+        """Until no reading segment is open (nothing new arrives between replay and live); the closed ones."""
+        spool = self.pipeline_settings().spool_root
+        deadline = time.monotonic() + DEMO_SEGMENT_AGE_S + STOP_TIMEOUT_S
+        while open_segments := sorted(spool.glob(f"*/{READINGS}-*{OPEN_SUFFIX}")):
+            if time.monotonic() > deadline:
+                raise DemoError(f"ingest did not close {open_segments[0]} within {DEMO_SEGMENT_AGE_S} s")
+            note(f"ingest closes its last segments ({len(open_segments)} open)")
+            time.sleep(0.2)
+        return closed_segments(spool, READINGS)
+
     def pipeline_settings(self) -> PipelineSettings:
-        return PipelineSettings.from_env(self.env, home=self.home, poll_interval_s=2.0)
+        # The follow pipeline looks for closed segments this often (a directory listing): the demo waits for it.
+        return PipelineSettings.from_env(self.env, home=self.home, poll_interval_s=0.5)
 
-    def backfill(self, start: datetime, end: datetime, influx: InfluxSettings) -> RunReport:
-        run = load_run()
-
+    def backfill(
+        self, start: datetime, end: datetime, replayed: Sequence[SegmentInfo], influx: InfluxSettings
+    ) -> RunReport:
         settings = self.pipeline_settings()
-        # Everything replayed must be in closed segments: ingest closes them by age.
-        time.sleep(DEMO_SEGMENT_AGE_S + 1)
+        run = load_run()
         plan = run.Plan.bounded(run.PIPELINES, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
         report = run.run_plan(plan, settings, self.registry, (), influx)
-        # The follow pipeline continues after what the backfill covered.
+        # The follow pipeline continues after what the backfill covered: the replay's segments, not the live
+        # ones that closed meanwhile.
         checkpoint = Checkpoint.load(settings.checkpoint_path)
-        checkpoint.mark_done(closed_segments(settings.spool_root, READINGS))
+        checkpoint.mark_done(list(replayed))
         checkpoint.hours_done_ms = plan.end_ms
         checkpoint.save(settings.checkpoint_path)
         return report
@@ -386,7 +537,7 @@ class Demo:
             if not pending:
                 return
             note(f"follow pipeline: {len(pending)} segments to go")
-            time.sleep(1.0)
+            time.sleep(0.25)
         raise DemoError(f"the follow pipeline did not catch up within {DRAIN_TIMEOUT_S} s")
 
     def latest_aqi(self, influx: InfluxSettings) -> dict[str, tuple[str, int, int]]:
@@ -410,15 +561,23 @@ def _dropped(manifest: Path) -> dict[str, int]:
     return {sensor_id: int(info.get("dropped", 0)) for sensor_id, info in sensors.items()}
 
 
-def production_note(result: DemoResult) -> str:
-    """One line: loss after ingest (must be none) and before it (the drop fault, seen through seq)."""
-    totals = [p.total() for p in result.production]
-    after = sum(t.missing for t in totals) + sum(p.spool_lost for p in result.production)
+def production_note(what: str, found: ProductionAudit, dropped: int) -> str:
+    """One line: loss after ingest (must be none), then the seq gaps told apart: those the simulator's `drop`
+    fault made on purpose, and any other (a loss before ingest, which fails the demo)."""
+    total = found.total()
+    after = total.missing + found.spool_lost
+    if after:
+        accepted = (
+            f"{after:,} accepted readings LOST after ingest ({total.accepted:,} accepted, {total.stored:,} stored)"
+        )
+    else:
+        accepted = f"nothing accepted was lost ({total.accepted:,} accepted, {total.stored:,} stored)"
+    other = f"{total.seq_gaps:,} other seq gaps: readings LOST before ingest" if total.seq_gaps else "no other seq gap"
+    if not dropped:
+        return f"{what}: {accepted}; the simulator dropped no reading in this run, {other}"
     return (
-        f"{sum(t.accepted for t in totals):,} accepted, {sum(t.stored for t in totals):,} stored, "
-        f"{after:,} lost after ingest; {sum(t.seq_gaps for t in totals):,} lost before ingest "
-        f"(seq gaps; the simulator dropped {result.dropped:,}, {result.dropped_numbered:,} of them at sensors "
-        "that send seq: the others send SenML)"
+        f"{what}: {accepted}; {total.seq_dropped:,} seq gaps are readings the simulator dropped on purpose "
+        f"(its drop fault left out {dropped:,}; SenML sensors send no seq), {other}"
     )
 
 
@@ -436,8 +595,9 @@ def _read_env(path: Path) -> dict[str, str]:
 def print_summary(result: DemoResult, registry: Registry, console: Console) -> None:
     stages = Table("stage", "seconds", "what happened", title="smartcity demo")
     for stage in result.stages:
-        stages.add_row(stage.name, f"{stage.seconds:.1f}", stage.detail)
-    stages.add_row("total", f"{sum(s.seconds for s in result.stages):.1f}", "", style="bold")
+        during = f"(during {stage.during}) " if stage.during else ""
+        stages.add_row(stage.name, f"{stage.seconds:.1f}", during + stage.detail, style=None if stage.ok else "red")
+    stages.add_row("total", f"{result.wall_s:.1f}", "from start to end (stages during others overlap)", style="bold")
     console.print(stages)
     if result.audit is not None:
         total = result.audit.total()
@@ -447,6 +607,7 @@ def print_summary(result: DemoResult, registry: Registry, console: Console) -> N
         figures.add_row("readings accepted (distinct sensor, ts)", f"{total.expected:,}")
         figures.add_row("readings stored raw in InfluxDB", f"{total.stored:,}")
         figures.add_row("readings lost", f"{total.missing:,}")
+        figures.add_row("readings the simulator left out on purpose (drop fault, never sent)", f"{result.dropped:,}")
         for code, count in sorted(result.audit.stored_by_code.items()):
             figures.add_row(f"rejected: {code}", f"{count:,}")
         figures.add_row("rollup, AQI, health and anomaly points written", f"{result.rollup_points:,}")

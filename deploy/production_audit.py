@@ -35,6 +35,11 @@ And two signs of loss before ingest, per sensor in `ts` order over the window:
 
 Exit 1 when a reading is missing, a closed segment lost records, or a seq gap
 is left unexplained.
+
+`smartcity demo` knows one more explanation that production never has: the
+simulator's `drop` fault leaves readings out on purpose (its manifests count
+them per sensor). Up to that many seq gaps of a sensor are `seq_dropped`,
+shown as intended drops, not losses; any gap beyond them is still a loss.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import itertools
 import re
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,6 +97,7 @@ class VendorFigures:
     extra: int = 0
     seq_gaps: int = 0  # skipped seq numbers not explained by a rejection: lost before ingest
     seq_rejected: int = 0  # skipped seq numbers that are in the reject store
+    seq_dropped: int = 0  # skipped seq numbers the simulator left out on purpose (its `drop` fault; the demo)
     sensors_with_gaps: int = 0  # sensors with a silence (SILENCE_MIN_DUE readings or more due)
     readings_due: int = 0  # readings due in those silences
     silent_sensors: int = 0  # registry sensors without any accepted reading in the window
@@ -109,6 +115,7 @@ class SensorGaps:
     kind: str
     seq_gaps: int = 0
     seq_rejected: int = 0
+    seq_dropped: int = 0
     seq_missing: list[tuple[int, int]] = field(default_factory=list)  # [first, end) ranges with a loss in them
     silences: list[tuple[str, str, int]] = field(default_factory=list)  # (from, to, readings due), ISO UTC
 
@@ -259,9 +266,19 @@ def rejected_seqs(spool: Path, start: datetime, end: datetime, audit: Production
 
 
 def production_audit(
-    settings: InfluxSettings, registry: Registry, spool: Path, start: datetime, end: datetime
+    settings: InfluxSettings,
+    registry: Registry,
+    spool: Path,
+    start: datetime,
+    end: datetime,
+    dropped: Mapping[str, int] | None = None,
 ) -> ProductionAudit:
-    """Reconcile the spool with InfluxDB over [start, end) (whole hours are what InfluxDB is asked for)."""
+    """Reconcile the spool with InfluxDB over [start, end) (whole hours are what InfluxDB is asked for).
+
+    `dropped`: per sensor, readings known to be left out on purpose before the broker (the simulator's
+    `drop` fault, from its manifests); up to that many seq gaps of the sensor are not losses.
+    """
+    dropped = dropped or {}
     audit = ProductionAudit(start, end)
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     seen = accepted_readings(spool, start_ms, end_ms, audit)
@@ -282,21 +299,25 @@ def production_audit(
         _reconcile(audit, row, sensor_id, sensor.vendor, readings, stored.get(sensor_id, {}))
         gaps = SensorGaps(sensor.vendor, sensor.kind)
         _seq_gaps(gaps, readings, rejected.numbers.get(sensor_id, set()), rejected.unnumbered[sensor_id])
+        gaps.seq_dropped = min(gaps.seq_gaps, dropped.get(sensor_id, 0))
+        gaps.seq_gaps -= gaps.seq_dropped
         kind = registry.kinds.get(sensor.kind)
         if kind is not None:
             _silences(gaps, [ts for ts, _, _ in readings], kind.interval_s * 1000, start_ms, window_end_ms)
         row.seq_gaps += gaps.seq_gaps
         row.seq_rejected += gaps.seq_rejected
+        row.seq_dropped += gaps.seq_dropped
         due = sum(n for _, _, n in gaps.silences)
         row.sensors_with_gaps += bool(due)
         row.readings_due += due
-        if gaps.seq_gaps or gaps.seq_rejected or gaps.silences:
+        if gaps.seq_gaps or gaps.seq_rejected or gaps.seq_dropped or gaps.silences:
             audit.sensors[sensor_id] = gaps
         if gaps.seq_gaps:
             ranges = ", ".join(_range(a, b) for a, b in gaps.seq_missing[:3])
             more = ", ..." if len(gaps.seq_missing) > 3 else ""
+            beyond = f", besides {gaps.seq_dropped} the simulator dropped on purpose" if gaps.seq_dropped else ""
             audit.problems.append(
-                f"{sensor.vendor} {sensor_id}: {gaps.seq_gaps} sequence numbers skipped ({ranges}{more}): "
+                f"{sensor.vendor} {sensor_id}: {gaps.seq_gaps} sequence numbers skipped ({ranges}{more}{beyond}): "
                 "readings lost before ingest"
             )
     for sensor_id, hours in stored.items():
@@ -415,6 +436,7 @@ COLUMNS = (
     ("extra", "not in spool"),
     ("seq_gaps", "seq gaps"),
     ("seq_rejected", "seq rejected"),
+    ("seq_dropped", "dropped on purpose"),
     ("sensors_with_gaps", "sensors with gaps"),
     ("readings_due", "due in gaps"),
     ("silent_sensors", "silent sensors"),
@@ -427,10 +449,13 @@ def print_production(audit: ProductionAudit, console: Console | None = None) -> 
         console.width = max(console.width, 150)
     window = f"{audit.start:%Y-%m-%d %H:%M}Z .. {audit.end:%Y-%m-%d %H:%M}Z"
     table = Table(title=f"production audit (spool against InfluxDB), {window}")
-    for name, title in COLUMNS:
+    total = audit.total()
+    # Intended drops exist only in the demo (the simulator's `drop` fault): no empty column in production.
+    columns = [(name, title) for name, title in COLUMNS if name != "seq_dropped" or total.seq_dropped]
+    for name, title in columns:
         table.add_column(title, justify="left" if name == "vendor" else "right", no_wrap=name == "vendor")
-    for vendor, row in [*sorted(audit.vendors.items()), ("total", audit.total())]:
-        cells = [f"{getattr(row, name):,}" for name, _ in COLUMNS[1:]]
+    for vendor, row in [*sorted(audit.vendors.items()), ("total", total)]:
+        cells = [f"{getattr(row, name):,}" for name, _ in columns[1:]]
         style = "bold" if vendor == "total" else ("red" if not row.balanced else None)
         table.add_row(vendor, *cells, style=style)
     console.print(table)
@@ -452,16 +477,21 @@ def print_production(audit: ProductionAudit, console: Console | None = None) -> 
         console.print(f"[yellow]skipped {len(audit.skipped):,} unreadable spool records or segments:[/]")
         for reason in audit.skipped[:5]:
             console.print(f"  {reason}", soft_wrap=True)
-    console.print(verdict(audit), soft_wrap=True)
+    console.print(verdict(audit), style="green" if audit.balanced else "bold red", soft_wrap=True)
 
 
 def verdict(audit: ProductionAudit) -> str:
     total = audit.total()
     state = "balanced" if audit.balanced else "NOT balanced"
+    intended = (
+        f"{total.seq_dropped:,} seq gaps are readings the simulator's drop fault never sent, on purpose: not losses; "
+        if total.seq_dropped
+        else ""
+    )
     return (
         f"production audit: {state}: {total.accepted:,} readings accepted, {total.stored:,} stored, "
         f"{total.pending:,} pending, {total.missing + audit.spool_lost:,} lost after ingest, "
-        f"{total.seq_gaps:,} lost before ingest (seq gaps), {total.seq_rejected:,} rejected; "
+        f"{total.seq_gaps:,} lost before ingest (seq gaps), {total.seq_rejected:,} rejected; {intended}"
         f"{total.sensors_with_gaps:,} sensors with gaps, {total.silent_sensors:,} silent"
     )
 

@@ -6,7 +6,10 @@
   unacknowledged (paho fails beyond 65,535) and reports each PUBACK.
 - `Tally` counts what the broker acknowledged and writes the manifest that
   `smartcity audit` joins with InfluxDB and the reject store.
-- `run` publishes a `sensors.simulator.Simulation`'s messages on time.
+- `run` publishes a `sensors.simulator.Simulation`'s messages on time;
+  `run_processes` splits its sensors between several such publishers, one
+  process each (one Python process publishes about 10k messages/s), and merges
+  what their brokers acknowledged into one `Tally`.
 
 The manifest (JSON, written atomically at the end, also after Ctrl-C) says per
 sensor, vendor and UTC hour what was sent:
@@ -33,8 +36,11 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import select
+import signal
 import threading
 import time
 from collections import Counter
@@ -49,6 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from sensors.broker_url import BrokerAddress
 from sensors.files import write_json_atomic
+from sensors.registry import Sensor
 from sensors.simulator import (
     DUPLICATE,
     GOOD,
@@ -73,8 +80,8 @@ MANIFEST_FORMAT = "smartcity.simulate.manifest/1"
 class Tally:
     """What the broker acknowledged, by sensor, hour and category; turns into the manifest."""
 
-    def __init__(self, info: Mapping[str, SensorInfo]) -> None:
-        self.info = info
+    def __init__(self, info: dict[str, SensorInfo]) -> None:
+        self.info = info  # shared with the Simulation, which adds the unregistered sensors it makes up
         self.counts: Counter[Token] = Counter()
         self.refused: Counter[tuple[str, str]] = Counter()
         self.unconfirmed: Counter[tuple[str, str]] = Counter()
@@ -93,6 +100,15 @@ class Tally:
     def lost(self, tokens: Iterable[Token]) -> None:
         for sensor_id, _, category in tokens:
             self.unconfirmed[(sensor_id, category)] += 1
+
+    def merge(self, other: Tally) -> None:
+        """Add what another publisher's broker acknowledged (another share of the sensors)."""
+        self.counts.update(other.counts)
+        self.refused.update(other.refused)
+        self.unconfirmed.update(other.unconfirmed)
+        self.acknowledged += other.acknowledged
+        for sensor_id, info in other.info.items():  # with the unregistered sensors its gateway made up
+            self.info.setdefault(sensor_id, info)
 
     def totals(self) -> dict[str, Any]:
         return _totals(self.counts.items(), self.refused.items(), self.unconfirmed.items())
@@ -491,3 +507,124 @@ def run(
     tally.lost(publisher.flush(flush_timeout_s))
     report()
     return finished
+
+
+# -- several publisher processes ----------------------------------------------------------------
+
+
+@dataclass
+class _Share:
+    """What one publisher process sends back: its tally, its `drop` counts, and how it ended."""
+
+    tally: Tally
+    dropped: Counter[str]
+    finished: bool
+    error: str | None
+
+
+def run_processes(
+    simulation: Simulation,
+    address: BrokerAddress,
+    passwords: Mapping[str, str],
+    tally: Tally,
+    processes: int,
+    *,
+    max_inflight: int = 1_000,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[Progress], None] = lambda _: None,
+) -> bool:
+    """Publish `simulation` from `processes` processes, sensor k going to process k mod `processes`.
+
+    Values and faults are functions of (seed, sensor, ts), so the shares together send exactly
+    the messages one process would, and each sensor's messages keep their order (one process, one
+    connection per account). Each process has its own connections (client ids end in its pid) and
+    its own window of `max_inflight`. Their tallies and `drop` counts are merged into `tally` and
+    `simulation.dropped`. True if every process ran to the end; a process that failed is a
+    SimulatorError, raised once the others have finished and been merged.
+
+    Processes are forked: they inherit the registry and the signal handlers (Ctrl-C reaches them
+    all); a `stop` set here (SIGTERM to this process) is passed on to them as SIGTERM.
+    """
+    stop = stop or threading.Event()
+    context = multiprocessing.get_context("fork")
+    counters = context.Array("q", 2 * processes, lock=False)  # per process: published, acknowledged
+    shares = [list(simulation.sensors[k::processes]) for k in range(processes)]
+    started = time.monotonic()
+    workers: dict[Any, tuple[int, Any]] = {}  # pipe end -> (share, process)
+    for k, sensors in enumerate(shares):
+        if not sensors:
+            continue
+        reader, writer = context.Pipe(duplex=False)
+        worker = context.Process(
+            target=_publish_share,
+            args=(simulation, sensors, address, passwords, max_inflight, stop, writer, counters, k),
+            name=f"simulate-{k + 1}",
+        )
+        worker.start()
+        writer.close()
+        workers[reader] = (k, worker)
+    expected = simulation.expected_messages()
+    finished, errors, forwarded = True, [], False
+
+    def report() -> None:
+        published, acknowledged = sum(counters[0::2]), sum(counters[1::2])
+        refused = sum(tally.refused.values())
+        on_progress(Progress(published, acknowledged, refused, time.monotonic() - started, expected))
+
+    while workers:
+        ready: list[Any] = multiprocessing.connection.wait(list(workers), timeout=0.2)
+        for reader in ready:
+            k, worker = workers.pop(reader)
+            try:
+                share: _Share = reader.recv()
+            except EOFError:
+                worker.join()
+                errors.append(f"publisher process {k + 1} of {processes} died (exit code {worker.exitcode})")
+                finished = False
+                continue
+            finally:
+                reader.close()
+            tally.merge(share.tally)
+            simulation.dropped.update(share.dropped)
+            finished = finished and share.finished
+            if share.error is not None:
+                errors.append(share.error)
+            worker.join()
+        if stop.is_set() and not forwarded:
+            forwarded = True
+            for _, worker in workers.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+        report()
+    if errors:
+        raise SimulatorError("; ".join(dict.fromkeys(errors)))
+    return finished
+
+
+def _publish_share(
+    simulation: Simulation,
+    sensors: Sequence[Sensor],
+    address: BrokerAddress,
+    passwords: Mapping[str, str],
+    max_inflight: int,
+    stop: threading.Event,
+    out: multiprocessing.connection.Connection,
+    counters: Any,
+    k: int,
+) -> None:
+    """One publisher process: its share of the sensors, its own connections; the outcome goes to `out`."""
+    share = Simulation(simulation.registry, sensors, simulation.plan)
+    tally = Tally(share.info)
+
+    def progress(p: Progress) -> None:
+        counters[2 * k], counters[2 * k + 1] = p.published, p.acknowledged
+
+    finished, error = False, None
+    try:
+        accounts = {account: passwords[account] for account in share.accounts}
+        with Publisher(address, accounts, tally.ack, max_inflight=max_inflight, stop=stop) as publisher:
+            finished = run(share, publisher, tally, on_progress=progress)
+    except SimulatorError as err:
+        error = str(err)
+    out.send(_Share(tally, share.dropped, finished, error))
+    out.close()

@@ -6,6 +6,7 @@ EXAMPLES
     smartcity simulate --duration 60                   # every sensor at its interval_s, for a minute
     smartcity simulate --rate 500 --duration 60 --faults default
     smartcity simulate --from 2026-03-01 --to 2026-03-02 --speed max --sensors 100
+    smartcity simulate --from now-24h --processes 2 --faults default   # two publishers, one manifest
     smartcity simulate --from now-6h --speed 60x --faults malformed_json=0.01,duplicate=0.02
 """
 
@@ -29,7 +30,7 @@ from sensors.contract import DEFAULT_MAX_AGE_MS, MAX_FUTURE_MS, format_window
 from sensors.faults import FaultSpecError, format_faults, parse_faults
 from sensors.home import Home
 from sensors.publisher import Progress as RunProgress
-from sensors.publisher import Publisher, Tally, iso, load_passwords, run, write_manifest
+from sensors.publisher import Publisher, Tally, iso, load_passwords, run, run_processes, write_manifest
 from sensors.simulator import MIN_PERIOD_MS, Plan, Simulation, SimulatorError, natural_rate, select_sensors
 from sensors.timeparse import time_option
 
@@ -107,7 +108,15 @@ class Speed(click.ParamType):
     type=click.IntRange(1, 65_535),
     default=1_000,
     show_default=True,
-    help="Publishes awaiting their PUBACK at most.",
+    help="Publishes awaiting their PUBACK at most (per process).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Publish from this many processes, each a share of the sensors with its own connections "
+    "(one process sends about 10k messages/s); one manifest.",
 )
 def simulate_command(
     registry_paths: Sequence[Path],
@@ -124,6 +133,7 @@ def simulate_command(
     fault_spec: str,
     manifest_path: Path | None,
     max_inflight: int,
+    processes: int,
 ) -> None:
     """Publish a realistic fleet for Phuket and Chiang Mai over MQTT, with optional faults.
 
@@ -190,12 +200,28 @@ def simulate_command(
     tally = Tally(simulation.info)
     started = time.monotonic()
     failure: SimulatorError | None = None
-    publisher = Publisher(address, passwords, tally.ack, max_inflight=max_inflight, stop=stop)
-    with _stop_on_signals(stop), _progress(console) as show, publisher:
-        try:
-            finished = run(simulation, publisher, tally, on_progress=show)
-        except SimulatorError as err:  # e.g. the broker went away: still record what it acknowledged
-            failure, finished = err, False
+    if processes == 1:
+        publisher = Publisher(address, passwords, tally.ack, max_inflight=max_inflight, stop=stop)
+        with _stop_on_signals(stop), _progress(console) as show, publisher:
+            try:
+                finished = run(simulation, publisher, tally, on_progress=show)
+            except SimulatorError as err:  # e.g. the broker went away: still record what it acknowledged
+                failure, finished = err, False
+    else:
+        with _stop_on_signals(stop), _progress(console) as show:
+            try:
+                finished = run_processes(
+                    simulation,
+                    address,
+                    passwords,
+                    tally,
+                    processes,
+                    max_inflight=max_inflight,
+                    stop=stop,
+                    on_progress=show,
+                )
+            except SimulatorError as err:  # what the others' brokers acknowledged is merged: record it
+                failure, finished = err, False
     elapsed = time.monotonic() - started
 
     manifest = tally.manifest(
@@ -214,6 +240,7 @@ def simulate_command(
             "seed": seed,
             "faults": format_faults(faults),
             "sensors": len(sensors),
+            "processes": processes,
             "registry": [str(p) for p in registry.files],
             "broker": str(address),
         },

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from deploy.cli import main
+from deploy.production_audit import ProductionAudit, print_production, production_audit
 from ingest.spool import StreamWriter
 from sensors.registry import Sensor, default_registry
 from sensors.spool import READINGS, closed_segments
+from storage.settings import InfluxSettings
 from tests.ingest.helpers import IngestProcess, Message, Publisher, ingest_env, wait_for_points
 from tests.servers import StackHandle
 
@@ -142,6 +145,36 @@ def test_seq_gaps_are_counted_exactly_and_a_rejected_number_is_not_a_loss(
     ]
     # The lost readings are also a silence; one missing reading alone (the rejected one) is not.
     assert result["sensors"][c.id]["silences"][0][2] == 5 and result["sensors"][d.id]["silences"] == []
+
+
+def test_the_simulators_intended_drops_are_shown_as_such_and_a_gap_beyond_them_is_still_a_loss(
+    stack: StackHandle, ingested: Ingested
+) -> None:
+    """What `smartcity demo` does with its manifests' `drop` counts (seq 30-34 of sensor c never sent)."""
+    c = SENSORS[2]
+    settings = InfluxSettings.from_env(stack.env(home=ingested.home))
+    start, end = (datetime.fromtimestamp(t / 1000, UTC) for t in (GAPS, GAPS + 2 * HOUR))
+
+    def run(dropped: dict[str, int]) -> tuple[ProductionAudit, str]:
+        found = production_audit(settings, REGISTRY, ingested.home / "spool", start, end, dropped=dropped)
+        console = Console(file=io.StringIO(), width=200)
+        print_production(found, console)
+        return found, " ".join(console.file.getvalue().split())  # type: ignore[attr-defined]
+
+    found, text = run({c.id: 5, SENSORS[0].id: 3})  # sensor a dropped nothing here: no gap, nothing to explain
+    assert found.balanced and found.problems == []
+    assert (found.total().seq_gaps, found.total().seq_dropped, found.total().seq_rejected) == (0, 5, 1)
+    assert "production audit: balanced: 234 readings accepted, 234 stored, 0 pending, 0 lost after ingest" in text
+    assert "5 seq gaps are readings the simulator's drop fault never sent, on purpose: not losses" in text
+    assert "dropped on purpose" in text and "unbalanced" not in text
+
+    found, text = run({c.id: 3})  # two numbers more were skipped than the simulator dropped: a loss
+    assert not found.balanced and (found.total().seq_gaps, found.total().seq_dropped) == (2, 3)
+    assert found.problems == [
+        f"{c.vendor} {c.id}: 2 sequence numbers skipped (30..34, besides 3 the simulator dropped on purpose): "
+        "readings lost before ingest"
+    ]
+    assert "production audit: NOT balanced:" in text and "unbalanced:" in text
 
 
 def test_points_deleted_from_influxdb_are_reported_exactly_per_sensor_and_hour(

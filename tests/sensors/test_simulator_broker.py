@@ -152,6 +152,28 @@ def test_manifest_totals_equal_what_the_broker_delivered_with_every_fault(stack:
     assert manifest["run"]["mode"] == "replay" and manifest["run"]["interrupted"] is False
 
 
+def test_several_processes_send_what_one_process_sends_in_one_manifest(stack: StackHandle, tmp_path: Path) -> None:
+    faults = "default,unknown_sensor=0.02,duplicate=0.03,conflict=0.02,late=0.02,silent=0.05,drop=0.01"
+    start = (int(time.time()) // 60 - 180) * 60_000  # one fixed range for both runs
+    window = ("--from", str(start), "--to", str(start + 3_600_000))
+    args = (*window, "--sensors", "120", "--faults", faults, "--seed", "7")
+    one, three = tmp_path / "one.json", tmp_path / "three.json"
+    result = simulate(stack, *args, "--manifest", str(one))
+    assert result.returncode == 0, result.stderr
+    with subscriber(stack) as received:
+        result = simulate(stack, *args, "--processes", "3", "--manifest", str(three))
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads(three.read_text())
+        messages = received.wait_for(manifest["totals"]["messages"])
+    check_manifest_against(manifest, messages, REGISTRY)
+    single = json.loads(one.read_text())
+    assert manifest["run"]["processes"] == 3 and single["run"]["processes"] == 1
+    # The same readings, faults, drops, silent sensors and made-up gateway sensors, counted the same way.
+    for key in ("totals", "vendors", "sensors", "readings", "silent_sensors"):
+        assert manifest[key] == single[key], key
+    assert manifest["totals"]["dropped"] > 0 and manifest["vendors"]["_gateway"]["messages"] > 0
+
+
 def test_a_sensor_the_broker_does_not_allow_is_refused_and_counted_apart(stack: StackHandle, tmp_path: Path) -> None:
     # The registry knows one more siam-airsense sensor than the broker's ACL (made from the built-in registry).
     extra = tmp_path / "extra.yaml"
@@ -199,11 +221,13 @@ def test_a_live_run_keeps_its_rate_and_duration(stack: StackHandle, tmp_path: Pa
         assert all(started - 1000 <= r.ts <= received_ms for r in decoded.readings)  # stamped now, not ahead
 
 
-def test_ctrl_c_stops_cleanly_with_the_manifest_written(stack: StackHandle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_stops_cleanly_with_the_manifest_written(stack: StackHandle, tmp_path: Path, processes: int) -> None:
     path = tmp_path / "manifest.json"
+    command = ["simulate", "--rate", "300", "--processes", str(processes), "--manifest", str(path)]
     with subscriber(stack) as received:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "simulate", "--rate", "300", "--manifest", str(path)],
+        process = subprocess.Popen(  # the signal goes to the main process only: it passes it on
+            [sys.executable, "-m", "deploy.cli", *command],
             env=environment(stack),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
