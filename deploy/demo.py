@@ -24,6 +24,11 @@ Stages, each timed (a line with its seconds when it ends, and a table at the end
 Re-running is safe: the stack is reused, readings are idempotent by (sensor_id, ts)
 and each run audits its own manifests. Ctrl-C stops the processes the demo
 started and leaves the stack running (`smartcity stack down` stops it).
+
+Why one file of about 600 lines: it reads top to bottom as the stages above, in order, each a
+short function that runs the `smartcity` command a user would run, or calls the package that
+does the work (`deploy.stack`, `deploy.audit`, `deploy.production_audit`, `pipelines`);
+splitting it would scatter one script that a first-time user reads to see how the pieces fit.
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ times (below 2**28, "seconds from now") are refused: a reading's identity is
 (sensor_id, ts), and a time set by the receiver would turn every QoS 1
 redelivery into a new reading. All times are kept in UTC at millisecond
 precision (finer digits are dropped).
+
+Why one file of about 600 lines: `Contract.decode` has a fast path that may only accept and a
+general path that decides every rejection. They must give the same answer for every payload
+(tests/sensors checks it), and that is only reviewable with both, and the helpers they share,
+side by side. The pieces with their own reasons to change already live elsewhere: the outcome
+types (`sensors.outcome`), topic names (`sensors.topics`), the spec and vendor guide
+(`contract_spec`, `contract_guide`, `contract_examples`).
 """
 
 from __future__ import annotations
