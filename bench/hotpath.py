@@ -11,7 +11,9 @@ late and out-of-order readings). Each path is timed over the whole stream,
 `--rounds` times, and the best round is printed, per message (or per reading):
 
 - `decode`: `Contract.decode`, the function the consumer calls per message;
-- `consume`: `Consumer._consume` on a consumer that is never connected (decode,
+- `consume`: the consumer's receive path on a consumer that is never connected:
+  its `FastClient` cuts the MQTT PUBLISH packets out of each read (64 KiB, as
+  the socket gives them under load) and hands them to the consumer (decode,
   conflict index, metrics, reject notice and record, the spool record appended
   to the pending batch), with a group commit whenever `flush_max_kib` are
   pending (its fsync is I/O, not counted; no acknowledgement is sent);
@@ -44,7 +46,7 @@ from typing import Any
 
 from bench.compare import ACCEPTED, FAULTS, Stream, replay_stream
 from ingest.consumer import Consumer, Pending
-from ingest.fastpaho import _Message
+from ingest.fastpaho import FastClient
 from ingest.metrics import Metrics
 from ingest.settings import IngestSettings
 from ingest.spool import StreamWriter
@@ -99,25 +101,55 @@ def new_consumer(contract: Contract, home: Path) -> Consumer:
     return Consumer(settings, contract, spool, Metrics())
 
 
+def publish_packet(mid: int, topic: bytes, payload: bytes) -> bytes:
+    """An MQTT 5 PUBLISH at QoS 1 without properties, as Mosquitto sends it to a QoS 1 subscriber."""
+    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + payload
+    length, size = bytearray(), len(body)
+    while True:  # remaining length: 7 bits a byte, least significant first
+        size, digit = size >> 7, size & 0x7F
+        length.append(digit | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([0x32]) + bytes(length) + body
+
+
+def socket_reads(stream: Stream, read_bytes: int = FastClient.READ_BYTES) -> list[bytes]:
+    """The stream's PUBLISH packets, cut into reads of at most `read_bytes` of whole packets."""
+    reads: list[bytes] = []
+    current = bytearray()
+    for i, m in enumerate(stream.messages):
+        packet = publish_packet(i % 65535 + 1, m.topic.encode(), m.payload)
+        if current and len(current) + len(packet) > read_bytes:
+            reads.append(bytes(current))
+            current.clear()
+        current += packet
+    reads.append(bytes(current))
+    return reads
+
+
 def bench_consume(contract: Contract, stream: Stream, home: Path) -> tuple[Callable[[], int], list[Path]]:
-    """`Consumer._consume` over the stream; each round on a new consumer (a fresh conflict index)."""
-    messages = [
-        _Message(i % 65535 + 1, m.topic.encode(), m.payload, 1, False, False) for i, m in enumerate(stream.messages)
-    ]
+    """The consumer's receive path over the stream; each round on a new consumer (a fresh conflict index)."""
+    reads = socket_reads(stream)
     segments: list[Path] = []
 
     def run() -> int:
         consumer = new_consumer(contract, home / f"round-{len(segments)}")
-        consume = consumer._consume
+        client = consumer._client
+        assert isinstance(client, FastClient)
         wake = consumer._wake
-        for message in messages:
-            consume(message)
+        for data in reads:
+            client._rbuf, client._rpos = data, 0
+            client._read_buffered_publishes()
+            if client._rpos != len(data):
+                raise SystemExit(f"the client left {len(data) - client._rpos} bytes of a read undelivered")
             if wake.is_set():  # the committer's group commit (it runs in a thread of its own in ingest)
                 wake.clear()
                 consumer.spool.commit()
         consumer.spool.close()
         segments.append(consumer.spool.closed[0].path)
-        return len(messages)
+        if consumer.metrics.received != len(stream.messages):
+            raise SystemExit(f"the consumer got {consumer.metrics.received} of {len(stream.messages)} messages")
+        return len(stream.messages)
 
     return run, segments
 

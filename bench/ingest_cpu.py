@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in range(1, args.rounds + 1):
             settings = {"client_id": f"bench-cpu-{n}", "role": args.role}
+            if args.role == "consume":  # every rejection kept, so the spool's record count tells the end
+                settings["reject_store_per_s"] = "1000000"
             consumer = Ingest(bench, f"smartcity ingest --role {args.role}", f"drain_cpu_{n}", [settings])
             wait_idle(bench)
             if args.role == "consume":

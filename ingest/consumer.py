@@ -2,7 +2,7 @@
 
 Threads and what they own:
 
-- paho's network loop calls `_on_message`: decode with the contract, append
+- paho's network loop calls `_on_publishes` with the messages of each read: decode with the contract, append
   the readings (or the rejection) to the spool's pending batch with a token
   `(generation, mid, qos, ...)`. Nothing is acknowledged here.
 - the committer (`_run_committer`) group-commits the spool every
@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -37,9 +37,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
-from ingest.fastpaho import IngestClient, make_client
+from ingest.fastpaho import FastClient, IngestClient, Publish, make_client
 from ingest.history import History
-from ingest.metrics import Metrics
+from ingest.metrics import ACCEPTED, Metrics
 from ingest.rejectbudget import RejectBudget
 from ingest.retention import expire_rejects
 from ingest.settings import IngestSettings
@@ -47,7 +47,6 @@ from ingest.spool import SpoolError, StreamWriter, usage_bytes
 from sensors.contract import (
     Accepted,
     Contract,
-    Decoded,
     RejectCode,
     Rejected,
     reject_notice,
@@ -55,7 +54,8 @@ from sensors.contract import (
     rejection_record,
 )
 from sensors.errors import SmartcityError
-from sensors.reading import encode_rejection
+from sensors.reading import Reading, encode_rejection
+from sensors.registry import Sensor
 from storage.schema import UNKNOWN_VENDOR
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,8 @@ class Consumer:
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
+        if isinstance(client, FastClient):
+            client.on_publishes = self._on_publishes
         return client
 
     def _connect(self) -> None:
@@ -326,9 +328,9 @@ class Consumer:
         if mid == self._barrier_mid:
             self._barrier_done.set()
 
-    def _on_version(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
-        self.broker_version = message.payload.decode(errors="replace")
-        client.unsubscribe(SYS_VERSION_TOPIC)
+    def _on_version(self, payload: bytes) -> None:
+        self.broker_version = payload.decode(errors="replace")
+        self._client.unsubscribe(SYS_VERSION_TOPIC)
         version = mosquitto_version(self.broker_version)
         if self.settings.share_group and version is not None and version < SHARED_SUBSCRIPTIONS_RESTORED:
             logger.warning(
@@ -339,33 +341,42 @@ class Consumer:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message._topic[:1] == b"$":
-            if message._topic == SYS_VERSION_TOPIC.encode():
-                self._on_version(client, message)
-            else:
-                self.broker_watch.on_message(message.topic, message.payload, message.retain)
-            return
+        # paho's own client (fast_client = false); FastClient calls `_on_publishes`
+        payload = bytes(message.payload)  # paho hands bytes (its type says bytes | bytearray)
+        self._on_publishes([(message.mid, message._topic, payload, message.qos, message.dup, message.retain)])
+
+    def _on_publishes(self, publishes: list[Publish]) -> None:
+        """The messages of one read from the socket, in order (they share one receive time)."""
+        received_ns = time.time_ns()
         with self._consume_lock:
             if self._stopping:
-                return  # not acknowledged: the broker keeps it for the next run
-            try:
-                self._consume(message)
-            except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
-                logger.exception("handling a message on %r failed", message._topic[:200])
-                self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
+                return  # not acknowledged: the broker keeps them for the next run
+            consume = self._consume
+            for mid, topic, payload, qos, dup, retain in publishes:
+                if topic[:1] == b"$":
+                    self._on_sys(topic, payload, retain)
+                    continue
+                try:
+                    consume(mid, topic, payload, qos, dup, received_ns)
+                except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
+                    logger.exception("handling a message on %r failed", topic[:200])
+                    self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
+            if self.spool.pending_bytes >= self._flush_bytes:
+                self._wake.set()
 
-    def _consume(self, message: mqtt.MQTTMessage) -> None:
-        received_ns = time.time_ns()
+    def _on_sys(self, topic: bytes, payload: bytes, retain: bool) -> None:
+        if topic == SYS_VERSION_TOPIC.encode():
+            self._on_version(payload)
+        else:
+            self.broker_watch.on_message(topic.decode(errors="replace"), payload, retain)
+
+    def _consume(self, mid: int, topic_bytes: bytes, payload: bytes, qos: int, dup: bool, received_ns: int) -> None:
         received_ms = received_ns // 1_000_000
         metrics = self.metrics
         metrics.received += 1
-        if message.dup:
+        if dup:
             metrics.duplicates += 1
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", errors="replace")
-        payload = cast(bytes, message.payload)  # paho hands bytes; the contract also takes bytearray
+        topic = topic_bytes.decode("utf-8", errors="replace")
         try:
             result = self.contract.decode(topic, payload, received_ms)
         except Exception as err:
@@ -374,42 +385,37 @@ class Consumer:
             logger.exception("the contract raised on a message on %r (a bug in sensors.contract)", topic[:200])
             result = Rejected(RejectCode.INVALID_JSON, f"payload could not be decoded: {err}"[:300])
         if type(result) is Accepted:
-            result = self._against_history(result, received_ms)
-        metrics.count_outcome(result)
-        if type(result) is Accepted:
-            metrics.accepted += 1
-            metrics.readings += len(result.readings)
-            self.spool.append_readings(
-                result.readings, Pending(self._generation, message.mid, message.qos, received_ns, None)
-            )
-        else:
-            assert isinstance(result, Rejected)
-            metrics.rejected[result.code.value] += 1
-            notice = (reject_topic(topic), _encode_json(reject_notice(topic, payload, result, received_ms)))
-            pending = Pending(self._generation, message.mid, message.qos, received_ns, notice)
-            record = rejection_record(topic, payload, result, received_ms)
-            line = encode_rejection(record)
-            if self.reject_budget.admit(record.vendor, len(line), received_ms):
-                self.spool.append_rejection(line, pending)
-            else:  # answered and acknowledged, not kept: counted, so the audit can account for it
-                vendor = record.vendor or UNKNOWN_VENDOR
-                metrics.rejects_not_stored[vendor] = metrics.rejects_not_stored.get(vendor, 0) + 1
-                self.spool.append_token(pending)
-            logger.debug("rejected a message on %s: %s: %s", topic[:200], result.code.value, result.detail)
-        if self.spool.pending_bytes >= self._flush_bytes:
-            self._wake.set()
+            readings = result.readings
+            clash = self.history.admit(readings, received_ms)
+            if clash is None:  # the path of almost every message, so `Metrics.count_outcome` inline
+                key = (result.sensor.vendor, ACCEPTED)
+                by_vendor = metrics.by_vendor
+                by_vendor[key] = by_vendor.get(key, 0) + 1
+                metrics.accepted += 1
+                metrics.readings += len(readings)
+                self.spool.append_readings(readings, Pending(self._generation, mid, qos, received_ns, None))
+                return
+            result = _conflict(clash, result.sensor)
+        assert isinstance(result, Rejected)
+        self._reject(topic, payload, result, mid, qos, received_ns)
 
-    def _against_history(self, result: Accepted, received_ms: int) -> Decoded:
-        """`conflict` if a reading's (sensor_id, ts) is stored with other values; the first value is kept."""
-        clash = self.history.admit(result.readings, received_ms)
-        if clash is None:
-            return result
-        return Rejected(
-            RejectCode.CONFLICT,
-            f"a reading of {clash.sensor_id} at {_iso(clash.ts)} is already stored with other values; the first "
-            "is kept (send a new ts for a new value; the same values again are accepted as a duplicate)",
-            result.sensor,
-        )
+    def _reject(self, topic: str, payload: bytes, result: Rejected, mid: int, qos: int, received_ns: int) -> None:
+        """Count a rejection, store its record (within its vendor's budget) and answer it after the commit."""
+        received_ms = received_ns // 1_000_000
+        metrics = self.metrics
+        metrics.count_outcome(result)
+        metrics.rejected[result.code.value] += 1
+        notice = (reject_topic(topic), _encode_json(reject_notice(topic, payload, result, received_ms)))
+        pending = Pending(self._generation, mid, qos, received_ns, notice)
+        record = rejection_record(topic, payload, result, received_ms)
+        line = encode_rejection(record)
+        if self.reject_budget.admit(record.vendor, len(line), received_ms):
+            self.spool.append_rejection(line, pending)
+        else:  # answered and acknowledged, not kept: counted, so the audit can account for it
+            vendor = record.vendor or UNKNOWN_VENDOR
+            metrics.rejects_not_stored[vendor] = metrics.rejects_not_stored.get(vendor, 0) + 1
+            self.spool.append_token(pending)
+        logger.debug("rejected a message on %s: %s: %s", topic[:200], result.code.value, result.detail)
 
     # -- committer thread ----------------------------------------------------------------------
 
@@ -544,6 +550,16 @@ class Consumer:
             self.fatal = error
             logger.error("%s", error)
         self.failed.set()
+
+
+def _conflict(clash: Reading, sensor: Sensor | None) -> Rejected:
+    """`conflict`: a reading's (sensor_id, ts) is stored with other values; the first value is kept."""
+    return Rejected(
+        RejectCode.CONFLICT,
+        f"a reading of {clash.sensor_id} at {_iso(clash.ts)} is already stored with other values; the first "
+        "is kept (send a new ts for a new value; the same values again are accepted as a duplicate)",
+        sensor,
+    )
 
 
 def _iso(ms: int) -> str:

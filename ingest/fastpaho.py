@@ -14,6 +14,7 @@ import inspect
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -86,13 +87,15 @@ class FastClient(IngestClient):
       `select()`; here one `recv()` fetches up to `READ_BYTES` and `loop_read()`
       handles every packet that arrived.
     - A PUBLISH at QoS 0 or 1 without properties (what a QoS 1 subscription
-      gets from Mosquitto) is decoded here and handed straight to `on_message`,
+      gets from Mosquitto) is decoded here and handed straight to the consumer,
       skipping paho's generic property parser and callback-filter matching
       (together half of paho's time per message); anything else goes to paho.
       Such packets that lie whole in the read buffer are also cut from it here,
       without paho's byte-by-byte packet reader and its state per packet (the
       largest cost left in paho's loop); a packet split across reads, or any
       other packet, still goes through paho's reader.
+    - With `on_publishes` set, those packets reach it as one list per read, as
+      `Publish` tuples: no message object and no callback per message.
     - `ack_many()` queues the PUBACKs of a whole group commit as one write
       instead of one queued packet (and one wake-up of the loop) per message.
     """
@@ -103,6 +106,8 @@ class FastClient(IngestClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Takes the PUBLISH packets of each read as one list (None: each goes to `on_message`).
+        self.on_publishes: Callable[[list[Publish]], None] | None = None
         self._rbuf = b""
         self._rpos = 0
         self._reads_left = 0
@@ -140,7 +145,8 @@ class FastClient(IngestClient):
     def _read_buffered_publishes(self) -> None:
         """Deliver the PUBLISH packets that lie whole at the read position; stop at anything else."""
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
-        delivered = False
+        on_publishes = self.on_publishes
+        batch: list[Publish] = []
         while pos < end:
             header = buf[pos]
             if header & 0xF0 != mqtt.PUBLISH:
@@ -156,14 +162,25 @@ class FastClient(IngestClient):
                     break
             else:
                 break  # the length continues in the next read (or is malformed: paho decides)
-            if at + length > end or not self._deliver(header, buf[at : at + length]):
+            if at + length > end:
                 break
+            if on_publishes is None:
+                if not self._deliver(header, buf[at : at + length]):
+                    break
+            else:
+                publish = _publish(header, buf[at : at + length], self._protocol)
+                if publish is None:
+                    break
+                batch.append(publish)
             pos = at + length
+        if pos != self._rpos:
             self._rpos = pos
-            delivered = True
-        if delivered:
             with self._msgtime_mutex:
                 self._last_bytes_received = time.monotonic()
+        if batch:
+            assert on_publishes is not None
+            with self._in_callback_mutex:
+                on_publishes(batch)
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         if not self._deliver(self._in_packet["command"], self._in_packet["packet"]):
@@ -172,27 +189,15 @@ class FastClient(IngestClient):
 
     def _deliver(self, header: int, packet: bytes | bytearray) -> bool:
         """Hand a PUBLISH (fixed header byte, rest of the packet) at QoS 0 or 1 without properties to
-        `on_message`; False, untouched, for any other (paho handles it)."""
-        qos = (header & 0x06) >> 1
-        if len(packet) < 3:
+        `on_publishes` or `on_message`; False, untouched, for any other (paho handles it)."""
+        publish = _publish(header, packet, self._protocol)
+        if publish is None:
             return False
-        end = 2 + int.from_bytes(packet[0:2], "big")
-        if qos:
-            end += 2
-        if qos == 2 or self._protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
-            return False
-        message = _Message(
-            int.from_bytes(packet[end - 2 : end], "big") if qos else 0,
-            bytes(packet[2 : end - 2 if qos else end]),
-            bytes(packet[end + 1 :]),
-            qos,
-            bool(header & 0x08),
-            bool(header & 0x01),
-        )
-        on_message = self.on_message
-        if on_message is not None:
-            with self._in_callback_mutex:
-                on_message(self, self._userdata, message)
+        with self._in_callback_mutex:
+            if self.on_publishes is not None:
+                self.on_publishes([publish])
+            elif (on_message := self.on_message) is not None:
+                on_message(self, self._userdata, _Message(*publish))
         return True
 
     def _update_inflight(self) -> mqtt.MQTTErrorCode:
@@ -211,6 +216,33 @@ class FastClient(IngestClient):
         if mids:
             packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
+
+
+# A received PUBLISH at QoS 0 or 1 without properties, as `FastClient.on_publishes` gets it:
+# (mid (0 at QoS 0), topic, payload, qos, dup, retain). A plain tuple: a NamedTuple's constructor
+# is a Python call per message.
+Publish = tuple[int, bytes, bytes, int, bool, bool]
+
+
+def _publish(header: int, packet: bytes | bytearray, protocol: int) -> Publish | None:
+    """The PUBLISH of a fixed header byte and the rest of the packet, if it is at QoS 0 or 1, MQTT 5 and
+    without properties; None for any other (paho handles it)."""
+    qos = (header & 0x06) >> 1
+    if len(packet) < 3:
+        return None
+    end = 2 + int.from_bytes(packet[0:2], "big")
+    if qos:
+        end += 2
+    if qos == 2 or protocol != mqtt.MQTTv5 or len(packet) <= end or packet[end] != 0:
+        return None
+    return (
+        int.from_bytes(packet[end - 2 : end], "big") if qos else 0,
+        bytes(packet[2 : end - 2 if qos else end]),
+        bytes(packet[end + 1 :]),
+        qos,
+        bool(header & 0x08),
+        bool(header & 0x01),
+    )
 
 
 class _Message(mqtt.MQTTMessage):

@@ -22,7 +22,6 @@ InfluxDB). Used from one thread (the MQTT loop) after the rebuild.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,14 +58,15 @@ class _Identity(msgspec.Struct):
 
 
 _decode_identity = msgspec.json.Decoder(_Identity).decode
-_sorted_json = msgspec.json.Encoder(order="sorted").encode
 
 
 def values_hash(values: Mapping[str, float]) -> int:
-    """64 bits of BLAKE2b over the values as sorted JSON (never 0): the same in every process and for any
-    order of the metrics; the contract gives every value as a float."""
-    digest = hashlib.blake2b(_sorted_json(values), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+    """64 bits of the values, for any order of the metrics (the contract gives every value as a float).
+
+    Python's own hash: it seeds str hashes per process, which is enough because the index lives
+    in one process and `rebuild()` hashes the stored values again after a restart. It costs half
+    of a BLAKE2b over sorted JSON, which this was (issue 19)."""
+    return hash(frozenset(values.items())) & _M64
 
 
 class History:
@@ -128,13 +128,20 @@ class History:
         """The first reading whose (sensor_id, ts) is stored with other values (nothing is recorded then:
         a message is accepted or rejected whole); otherwise record the new ones and return None."""
         entries = []
-        kview = self._kview
+        kview, vview, sensors = self._kview, self._vview, self._sensors
+        mask, shift = self._mask, self._shift
         for reading in readings:
-            key = self._key(reading.sensor_id, reading.ts)
+            number = sensors.get(reading.sensor_id)
+            if number is None:
+                key = self._key(reading.sensor_id, reading.ts)
+            else:  # `_key` and `_slot` inline: this runs for every reading ingest accepts
+                key = (number << TS_BITS) | (reading.ts & TS_MASK)
             value = values_hash(reading.values)
-            i = self._slot(key)
-            if kview[i]:
-                if self._vview[i] != value:
+            i = ((key * _MULT) & _M64) >> shift
+            while (found := kview[i]) != key and found:
+                i = (i + 1) & mask
+            if found:
+                if vview[i] != value:
                     return reading
                 continue  # the same reading again: an idempotent duplicate
             entries.append((key, value, i))
