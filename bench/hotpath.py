@@ -18,9 +18,10 @@ late and out-of-order readings). Each path is timed over the whole stream,
   to the pending batch), with a group commit whenever `flush_max_kib` are
   pending (its fsync is I/O, not counted; no acknowledgement is sent);
 - `writer`: the raw writer's path per reading, over the segment `consume`
-  wrote: `StreamTail.read` (read the line, verify and decode the record) and
-  line protocol (`RawLines.lines`, joined as one request body, as
-  `storage.writer` sends it), and `read` and `lines` on their own.
+  wrote: `StreamTail.read_json` (read the line, verify its checksum) and line
+  protocol (`RawLines.record_lines`, which decodes what it needs of the
+  record, joined as one request body, as `storage.writer` sends it), and
+  `read` and `lines` on their own.
 
 The rejected messages of the stream are checked against their simulator
 category, so a faster path that decides differently fails here too.
@@ -156,29 +157,29 @@ def bench_consume(contract: Contract, stream: Stream, home: Path) -> tuple[Calla
 
 def bench_writer(segment: Path, part: str) -> Callable[[], int]:
     """The raw writer's work per reading on a closed segment: `part` is read, lines or both."""
-    readings = StreamTail(segment.parent, Position(1, 0), check=False).read(10**9)
+    records = StreamTail(segment.parent, Position(1, 0), check=False).read_json(10**9)
     batch = 5000  # [ingest] write_batch_points
 
     def read() -> int:
         tail = StreamTail(segment.parent, Position(1, 0), check=False)
         count = 0
-        while got := tail.read(batch):
+        while got := tail.read_json(batch):
             count += len(got)
         tail.close()
         return count
 
     def lines() -> int:
         raw_lines = RawLines()
-        for start in range(0, len(readings), batch):
-            body(raw_lines.lines(readings[start : start + batch])[0])
-        return len(readings)
+        for start in range(0, len(records), batch):
+            body(raw_lines.record_lines(records[start : start + batch])[0])
+        return len(records)
 
     def whole() -> int:
         raw_lines = RawLines()
         tail = StreamTail(segment.parent, Position(1, 0), check=False)
         count = 0
-        while got := tail.read(batch):
-            body(raw_lines.lines(got)[0])
+        while got := tail.read_json(batch):
+            body(raw_lines.record_lines(got)[0])
             count += len(got)
         tail.close()
         return count

@@ -29,7 +29,6 @@ from ingest.retention import collect_garbage
 from ingest.spool import RAW_WRITER_LOCK, StreamLocked, lock_stream, streams
 from ingest.spooltail import Offsets, Position, StreamTail, next_reading
 from sensors.checkpoint import Checkpoint, CheckpointError
-from sensors.reading import Reading
 from storage.errors import StorageWriteError
 from storage.schema import RawLines
 from storage.writer import WriteStats
@@ -168,7 +167,7 @@ class RawWriter:
             self._discover()
         progressed = False
         for stream in list(self._streams.values()):
-            batch = stream.tail.read(self.batch_points)
+            batch = stream.tail.read_json(self.batch_points)
             self.metrics.corrupt_records += stream.tail.corrupt
             stream.tail.corrupt = 0
             self.metrics.count_damaged(stream.tail.damaged)
@@ -216,13 +215,17 @@ class RawWriter:
                 "writing stream %s to InfluxDB from segment %d, byte %d", name, stream.saved.seq, stream.saved.offset
             )
 
-    def _lines(self, readings: list[Reading]) -> list[str]:
-        """The line protocol of the readings; one it cannot carry is dropped and logged (validated
-        readings should never be such)."""
-        lines, refused = self.raw_lines.lines(readings)
+    def _lines(self, records: list[bytes]) -> list[str]:
+        """The line protocol of the readings' records; one it cannot carry is dropped and logged (validated
+        readings should never be such), as is a record that is not a reading (a checksum that verified
+        over bad JSON: a bug of the writer that wrote it)."""
+        lines, refused, corrupt = self.raw_lines.record_lines(records)
         for reading, err in refused:
             self.metrics.dead_letters += 1
             logger.error("dropped a reading InfluxDB cannot store (%s): %r", err, reading)
+        for error in corrupt:
+            self.metrics.corrupt_records += 1
+            logger.error("skipped a spool record that is not a reading: %s", error)
         return lines
 
     def _write(self, lines: list[str]) -> bool:

@@ -13,18 +13,21 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ingest.spool import SpoolError, inspect_segment, segment_files
 from sensors.files import write_json_atomic
-from sensors.reading import CorruptRecord, Reading, decode_reading
+from sensors.reading import CorruptRecord, Reading, decode_reading, unframe
 from sensors.spool import CLOSED_SUFFIX, OPEN_SUFFIX, READINGS, SegmentCheck, segment_name
 
 logger = logging.getLogger(__name__)
 
 OFFSET_FILE = "raw-writer.offset.json"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,14 @@ class StreamTail:
 
     def read(self, max_records: int) -> list[Reading]:
         """Up to `max_records` readings; `position` is then after the last one."""
-        out: list[Reading] = []
+        return self._read(max_records, decode_reading)
+
+    def read_json(self, max_records: int) -> list[bytes]:
+        """`read`, but each record's JSON as it is stored (its checksum verified, not decoded)."""
+        return self._read(max_records, unframe)
+
+    def _read(self, max_records: int, decode: Callable[[bytes], T]) -> list[T]:
+        out: list[T] = []
         while len(out) < max_records:
             if self._file is None and not self._open():
                 break
@@ -124,7 +134,7 @@ class StreamTail:
                     break
                 offset += len(line)
                 try:
-                    out.append(decode_reading(line))
+                    out.append(decode(line))
                 except CorruptRecord as err:
                     self.corrupt += 1
                     logger.error(

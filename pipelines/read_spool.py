@@ -8,10 +8,10 @@ process, closed segments `readings-NNNNNNNNNNNN.seg` of checksummed JSON lines
 kinds. Only closed segments are read; the listing happens when the transform is
 built, so a run reads a fixed set of files and re-running it reads the same.
 
-    1b0e3a9c {"sensor_id":"pkt-aq-001","kind":"air_quality","ts":1764028800000,
-              "values":{"pm25":12.5,"pm10":20.0},"vendor":"siam-airsense",
+    1b0e3a9c {"sensor_id":"pkt-aq-001","kind":"air_quality","vendor":"siam-airsense",
               "super_cluster":"andaman","city":"phuket","district":"kathu",
-              "site":"patong-beach","seq":17,"received":1764028800420}
+              "site":"patong-beach","ts":1764028800000,"values":{"pm25":12.5,"pm10":20.0},
+              "seq":17,"received":1764028800420}
 
 Segments whose metadata shows no overlap with the range, or none of the wanted
 kinds, are not opened. Readings outside `[start_ms, end_ms)` are dropped.

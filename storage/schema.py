@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from sensors.reading import Reading
+from sensors.reading import CorruptRecord, Reading, context_of, decode_reading_json, split_reading
 from storage.line_protocol import (
     MAX_FIELD_KEY_BYTES,
     MAX_KEY_BYTES,
@@ -224,6 +224,8 @@ class RawLines:
         # (kind, super_cluster, city, district, site, sensor_id, vendor) -> `measurement,tags ` (None: a series
         # key so long that its field keys need checking; such a reading goes through `raw_point`)
         self._heads: dict[tuple[str, ...], str | None] = {}
+        # A record's context bytes (`split_reading`) -> its head (None: the reading is decoded whole)
+        self._contexts: dict[bytes, str | None] = {}
 
     def lines(self, readings: Iterable[Reading]) -> tuple[list[str], list[tuple[Reading, LineProtocolError]]]:
         """The line of each reading (millisecond times), and the readings refused with the reason."""
@@ -246,6 +248,62 @@ class RawLines:
             except LineProtocolError as err:
                 refused.append((r, err))
         return out, refused
+
+    def record_lines(
+        self, records: Iterable[bytes]
+    ) -> tuple[list[str], list[tuple[Reading, LineProtocolError]], list[CorruptRecord]]:
+        """`lines` of readings given as their spool records' JSON (`StreamTail.read_json`), and the records
+        that are not readings. Of a record only `ts` and `values` are decoded: the bytes of its sensor
+        context find the series key (checked once against the record decoded whole). A record of an older
+        field order, or one `lines` must check, is decoded whole."""
+        contexts = self._contexts
+        fields = self.encoder.float_fields
+        max_ms = self._MAX_MS
+        out: list[str] = []
+        refused: list[tuple[Reading, LineProtocolError]] = []
+        corrupt: list[CorruptRecord] = []
+        for record in records:
+            split = split_reading(record)
+            if split is not None:
+                context, tail = split
+                head = contexts.get(context, "")  # "" (no head is empty): not seen yet
+                if head == "":
+                    head = self._context_head(context, record)
+                ts = tail.ts
+                if head is not None and tail.values and -max_ms <= ts <= max_ms:
+                    try:
+                        out.append(f"{head}{fields(tail.values)} {ts}")
+                        continue
+                    except LineProtocolError:
+                        pass  # `lines` refuses it, with the reason
+            try:
+                reading = decode_reading_json(record)
+            except CorruptRecord as err:
+                corrupt.append(err)
+                continue
+            more, bad = self.lines([reading])
+            out += more
+            refused += bad
+        return out, refused, corrupt
+
+    def _context_head(self, context: bytes, record: bytes) -> str | None:
+        """The head for a record's context bytes, cached; None (decode each whole) when the record is not
+        a reading, or the bytes are not the context `encode_reading` writes for it (an older field order)."""
+        try:
+            reading = decode_reading_json(record)
+        except CorruptRecord:
+            return None  # not cached: the next record of these bytes may be sound
+        if len(self._contexts) >= SERIES_CACHE_MAX:
+            self._contexts.clear()
+        head = None
+        if context_of(reading) == context:
+            key = (reading.kind, reading.super_cluster, reading.city, reading.district, reading.site,
+                   reading.sensor_id, reading.vendor)  # fmt: skip
+            head = self._heads.get(key, "")
+            if head == "":
+                head = self._head(key, reading)
+        self._contexts[context] = head
+        return head
 
     def _head(self, key: tuple[str, ...], reading: Reading) -> str | None:
         if len(self._heads) >= SERIES_CACHE_MAX:

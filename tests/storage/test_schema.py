@@ -152,3 +152,53 @@ def test_per_vendor_ingest_points() -> None:
     )
     reject = ingest_reject_point("ingest-1", "_unknown", "bad_topic", 3, 5)
     assert encode_line(reject) == "ingest_rejects,code=bad_topic,instance=ingest-1,vendor=_unknown rejected=3i 5"
+
+
+class _ReadingBefore(msgspec.Struct, kw_only=True):
+    """A reading record in the field order of segments written before the context came first."""
+
+    sensor_id: str
+    kind: str
+    ts: int
+    values: dict[str, float]
+    vendor: str
+    super_cluster: str
+    city: str
+    district: str
+    site: str
+    seq: int | None = None
+    received: int = 0
+
+
+def test_record_lines_are_the_lines_of_the_decoded_records() -> None:
+    """The raw writer's path from spool records (`record_lines`: only ts and values decoded, the series key
+    found by the context's bytes) writes and refuses exactly what `lines` does for the decoded readings,
+    for records of today's field order and of the order before, and skips what is not a reading."""
+    odd = msgspec.structs.replace
+    readings = [
+        READING,
+        odd(READING, ts=READING.ts + 1, values={"pm25": 0.0, "pm10": -0.0, "o3": 1e-7, "co": 1e22, "no2": 3.5}),
+        odd(READING, site="old town, east=1", district="a\\b", values={"pm25 x": 1.5}),  # escaped
+        odd(READING, sensor_id="cnx-aq-008", vendor='ü "quoted", ts'),  # a quote and ',"ts"' in the context
+        odd(READING, values={}),  # no fields
+        odd(READING, values={"time": 1.0}),  # a reserved key
+        odd(READING, ts=2**62),  # outside what InfluxDB stores
+        odd(READING, site="x\n"),  # a newline in a tag value: refused
+        odd(READING, site="s" * 65_300),  # a series key near the limit: the field keys are checked too
+        odd(READING, seq=7, received=READING.ts + 5),
+        READING,
+    ]
+    encoder = msgspec.json.Encoder()
+    records = [encoder.encode(r) for r in readings]
+    records += [encoder.encode(_ReadingBefore(**msgspec.structs.asdict(r))) for r in readings]
+    records.insert(3, b'{"sensor_id":"cnx-aq-007","kind":"air_quality","ts":"soon"}')  # not a reading
+    records.insert(5, records[0][:-30])  # cut short (a checksum over bad JSON: a writer's bug)
+
+    raw_lines = RawLines()
+    for _ in range(2):  # the second time every context is cached
+        lines, refused, corrupt = raw_lines.record_lines(records)
+        expected_lines, expected_refused = RawLines().lines(readings + readings)
+        assert lines == expected_lines
+        assert [(r, str(e)) for r, e in refused] == [(r, str(e)) for r, e in expected_refused]
+        assert len(corrupt) == 2
+    assert records[0].startswith(b'{"sensor_id":"cnx-aq-007","kind":"air_quality","vendor":"acme",')
