@@ -468,9 +468,13 @@ class Consumer:
                 self._publish_rejection(*pending.notice)
         with self._ack_lock:
             generation = self._generation
-            mids = [p.mid for p in done if p.generation == generation and p.qos == 1]
+            if done[0].generation == generation:  # all of this connection (tokens are in arrival order)
+                mids = [p.mid for p in done if p.qos == 1]
+                stale = 0
+            else:
+                mids = [p.mid for p in done if p.generation == generation and p.qos == 1]
+                stale = sum(1 for p in done if p.generation != generation)
             client.ack_many(mids)
-        stale = sum(1 for p in done if p.generation != generation)
         if stale:
             self.metrics.stale_acks += stale
             logger.debug("%d messages of a previous connection not acknowledged (the broker redelivers them)", stale)

@@ -214,7 +214,8 @@ class FastClient(IngestClient):
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK (success) for each QoS 1 message id, in order, as one write."""
         if mids:
-            packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
+            # Each PUBACK is 4 bytes: type, remaining length 2, the message id (big-endian); so one uint32.
+            packet = struct.pack(f">{len(mids)}I", *[_PUBACK_BASE | mid for mid in mids])
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
 
@@ -262,4 +263,4 @@ class _Message(mqtt.MQTTMessage):
         self.properties = None
 
 
-_PUBACK = struct.Struct("!BBH")
+_PUBACK_BASE = (mqtt.PUBACK << 24) | (2 << 16)

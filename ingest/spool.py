@@ -45,8 +45,8 @@ from sensors.reading import (
     CorruptRecord,
     Reading,
     Rejection,
+    append_reading,
     decode_reading,
-    encode_reading,
     encode_rejection,
     verify_line,
 )
@@ -140,14 +140,15 @@ class _Batch:
     kinds: dict[str, int] = field(default_factory=dict)
 
     def add_readings(self, readings: Sequence[Reading]) -> None:
+        data, kinds = self.data, self.kinds
         for reading in readings:
-            self.data += encode_reading(reading)
+            append_reading(data, reading)
             ts = reading.ts
             if self.min_ts is None or ts < self.min_ts:
                 self.min_ts = ts
             if self.max_ts is None or ts > self.max_ts:
                 self.max_ts = ts
-            self.kinds[reading.kind] = self.kinds.get(reading.kind, 0) + 1
+            kinds[reading.kind] = kinds.get(reading.kind, 0) + 1
         self.count += len(readings)
 
     def merge(self, other: _Batch) -> None:
