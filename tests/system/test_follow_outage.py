@@ -19,16 +19,22 @@ import pytest
 from pipelines.run import Plan, follow, run_plan
 from pipelines.settings import PIPELINES, PipelineSettings
 from sensors.checkpoint import Checkpoint
-from sensors.registry import Registry
+from sensors.registry import Registry, default_registry
 from storage.bootstrap import bootstrap
 from storage.settings import InfluxSettings
 from tests.pipelines.spooldata import HOUR, fleet_readings, write_segment
 from tests.pipelines.test_incremental_it import stored
 from tests.servers import StackHandle
+from tests.system.report import Report, Row
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 FOLLOW_DB, BATCH_DB = "outage_follow", "outage_batch"
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return default_registry()
 
 
 def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -46,8 +52,13 @@ def done(checkpoint: Path) -> bool:
 
 
 def test_follow_retries_through_an_influxdb_outage_and_then_writes_what_a_bounded_run_writes(
-    private_stack: StackHandle, registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    private_stack: StackHandle,
+    registry: Registry,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Report,
 ) -> None:
+    started = time.monotonic()
     t0 = int(time.time() * 1000) // HOUR * HOUR - HOUR  # the last ended clock hour
     sensors = [s for kind in registry.kinds for s in registry.sensors_of(kind=kind)[:3]]
     readings = fleet_readings(registry, sensors, t0, t0 + HOUR, random.Random(7))
@@ -77,8 +88,10 @@ def test_follow_retries_through_an_influxdb_outage_and_then_writes_what_a_bounde
         assert not done(settings.checkpoint_path)
 
         private_stack.influxdb.start(detach=True)
+        back = time.monotonic()
         until(lambda: done(settings.checkpoint_path), 90,
               "the follow to write segment 1 once InfluxDB is back")  # fmt: skip
+        recovery_s = time.monotonic() - back
     finally:
         stop.set()
         thread.join(60)
@@ -93,3 +106,7 @@ def test_follow_retries_through_an_influxdb_outage_and_then_writes_what_a_bounde
     assert len(bounded) > 100 and {k[0] for k in bounded} >= {"aqi_1h", "sensor_health_1h", "air_quality_1h"}
     assert followed.keys() == bounded.keys()
     assert {k: v for k, v in followed.items() if bounded[k] != v} == {}
+    reliability.add(
+        Row("InfluxDB down longer than the writer's retries under `pipeline run --follow` (3 failed cycles)", 1,
+            len(readings), len(readings), 0, None, [recovery_s], seconds=time.monotonic() - started)
+    )  # fmt: skip
