@@ -353,11 +353,11 @@ class Consumer:
                 return  # not acknowledged: the broker keeps them for the next run
             consume = self._consume
             for mid, topic, payload, qos, dup, retain in publishes:
-                if topic[:1] == b"$":
-                    self._on_sys(topic, payload, retain)
-                    continue
                 try:
-                    consume(mid, topic, payload, qos, dup, received_ns)
+                    if topic[:1] == b"$":
+                        self._on_sys(topic, payload, retain)
+                    else:
+                        consume(mid, topic, payload, qos, dup, received_ns)
                 except Exception as err:  # a bug: without this paho's thread would die and ingest stall silently
                     logger.exception("handling a message on %r failed", topic[:200])
                     self._fail(SmartcityError(f"handling an MQTT message failed: {err}"))
