@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from pipelines.batch import ReadingBatch
@@ -27,13 +27,20 @@ def reading(sensor: Sensor, ts: int, values: dict[str, float], received: int | N
     return sensor.reading(ts, values, received=ts + 500 if received is None else received)
 
 
-def write_segment(root: Path, seq: int, readings: Sequence[Reading], stream: str = "ingest-1") -> SegmentInfo:
-    """Write `readings` as closed segment `seq` of `stream` under spool `root`, following the closing protocol."""
+def write_segment(
+    root: Path,
+    seq: int,
+    readings: Sequence[Reading],
+    stream: str = "ingest-1",
+    encode: Callable[[Reading], bytes] = encode_reading,
+) -> SegmentInfo:
+    """Write `readings` as closed segment `seq` of `stream` under spool `root`, following the closing protocol
+    (`encode`: each reading's spool line)."""
     folder = root / stream
     folder.mkdir(parents=True, exist_ok=True)
     growing = folder / segment_name(READINGS, seq, OPEN_SUFFIX)
     closed = folder / segment_name(READINGS, seq, CLOSED_SUFFIX)
-    data = b"".join(encode_reading(r) for r in readings)
+    data = b"".join(encode(r) for r in readings)
     with open(growing, "wb") as handle:
         handle.write(data)
         handle.flush()
