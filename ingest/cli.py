@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from ingest.settings import ROLES, IngestSettings
 from sensors.cli import registry_from, registry_option
 from sensors.contract import Contract
+from sensors.shutdown import handled_signals
 
 
 @click.command("ingest")
@@ -79,14 +79,12 @@ def ingest_command(
         # The raw writer of role all runs in a child process (ingest.writerproc): consumer and writer each get a core.
         writer_command=writer_command(settings.client_id, settings.home, quiet=quiet),
     )
-    # SIGINT and SIGTERM only set an event: the main thread then drains in order.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     source = f"{settings.mqtt.display} {', '.join(settings.subscriptions)} -> " if settings.role != "write" else ""
     console.print(
         f"[dim]ingest {settings.client_id}: role {settings.role}, {source}{settings.stream_dir} -> {influx.url}[/]"
     )
-    service.run(stop)
+    with handled_signals(lambda _: stop.set()):  # SIGINT and SIGTERM set `stop`: the service then drains in order
+        service.run(stop)
 
 
 def _status_printer(console: Console, settings: IngestSettings) -> Any:

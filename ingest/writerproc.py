@@ -11,7 +11,8 @@ stream (`--parent-pid`):
     supervisor.stop(timeout_s)                    # asks it to drain, waits, kills it at the deadline
 
     watch = ParentWatch(parent_pid, stop)         # in the child: `stop` is set when the parent asks or dies
-    watch.start()
+    with handled_signals(watch.on_signal):        # SIGTERM, SIGINT: handled in a thread (sensors/shutdown.py)
+        watch.start()
 
 After each group commit the parent writes a byte to a wake-up pipe
 (`supervisor.notify()`), so the child's writer reads the spool at once instead
@@ -214,9 +215,8 @@ class ParentWatch:
         self._thread = threading.Thread(target=self._run, name="ingest-parent-watch", daemon=True)
 
     def start(self) -> None:
+        """Within `handled_signals(watch.on_signal)`, so the death signal finds its handler."""
         set_parent_death_signal(signal.SIGTERM)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._on_signal)
         if not self.parent_alive():  # it died before the death signal was set
             self._gone()
         self._thread.start()
@@ -224,12 +224,13 @@ class ParentWatch:
     def parent_alive(self) -> bool:
         return os.getppid() == self.parent_pid
 
-    def _on_signal(self, signum: int, _frame: object) -> None:
+    def on_signal(self, signum: int) -> None:
+        """SIGINT or SIGTERM (`sensors.shutdown.handled_signals` calls this in a thread of its own)."""
         if not self.parent_alive():
             self._gone()
 
     def _gone(self) -> None:
-        if self._once.acquire(blocking=False):  # never released: said once (never blocks a signal handler)
+        if self._once.acquire(blocking=False):  # never released: said once
             logger.warning("ingest process %d is gone; the raw writer writes what it can and stops", self.parent_pid)
             self.stop.set()
 
@@ -299,6 +300,7 @@ def main(argv: Sequence[str]) -> int:
     from ingest.service import IngestService, influx_sinks
     from ingest.settings import IngestSettings
     from sensors.errors import SmartcityError
+    from sensors.shutdown import handled_signals
 
     try:
         settings = IngestSettings.from_env(role="write", client_id=args.client_id, home=args.home)
@@ -316,9 +318,10 @@ def main(argv: Sequence[str]) -> int:
             writer_wake=wake,
             shutdown_budget=lambda: watch.budget_s,
         )
-        watch.start()
-        print(f"ingest {settings.client_id}: role write, {settings.stream_dir} -> {influx.url}", file=sys.stderr)
-        service.run(stop)
+        with handled_signals(watch.on_signal):
+            watch.start()
+            print(f"ingest {settings.client_id}: role write, {settings.stream_dir} -> {influx.url}", file=sys.stderr)
+            service.run(stop)
     except SmartcityError as err:
         print(f"smartcity ingest: error: {err}", file=sys.stderr)
         return 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipelines import load_run
 from pipelines.settings import CATALOG, PIPELINES, PipelineSettings, PipelineSpec
 from sensors.cli import registry_from, registry_option
 from sensors.registry import Registry
+from sensors.shutdown import handled_signals
 from sensors.timeparse import time_option
 from storage.settings import InfluxSettings
 
@@ -240,9 +240,8 @@ def run_all(
     _check_beam_args(ctx.args)
     run.beam_options(ctx.args)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     influx = _influx()
     console.print(f"following {settings.spool_root} (checkpoint {settings.checkpoint_path}); Ctrl-C stops")
-    run.follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
+    with handled_signals(lambda _: stop.set()):
+        run.follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
     console.print("stopped")
