@@ -4,40 +4,17 @@ order before the sensor context came first (`sensors.reading`), and newer ones i
 from __future__ import annotations
 
 import re
-import zlib
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from sensors.reading import Reading
 from sensors.registry import default_registry
 from tests.ingest.helpers import IngestProcess, influx_query, ingest_env, messages, wait_for_points
-from tests.pipelines.spooldata import write_segment
+from tests.pipelines.spooldata import line_before, write_segment
 from tests.servers import StackHandle
 
 pytestmark = pytest.mark.integration
-
-
-class _ReadingBefore(msgspec.Struct, kw_only=True):
-    """A reading record as ingest wrote it before: `ts` and `values` after `kind`, the context after them."""
-
-    sensor_id: str
-    kind: str
-    ts: int
-    values: dict[str, float]
-    vendor: str
-    super_cluster: str
-    city: str
-    district: str
-    site: str
-    seq: int | None = None
-    received: int = 0
-
-
-def _line_before(reading: Reading) -> bytes:
-    body = msgspec.json.encode(_ReadingBefore(**msgspec.structs.asdict(reading)))
-    return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
 def test_segments_of_both_record_orders_reach_influxdb_with_their_tags(stack: StackHandle, tmp_path: Path) -> None:
@@ -50,7 +27,7 @@ def test_segments_of_both_record_orders_reach_influxdb_with_their_tags(stack: St
     moved = slice(fleet, 2 * fleet)
     readings[moved] = [msgspec.structs.replace(r, site="moved-site", district="moved") for r in readings[moved]]
     home = tmp_path / "home"
-    write_segment(home / "spool", 1, readings[: 2 * fleet], stream="upgraded", encode=_line_before)
+    write_segment(home / "spool", 1, readings[: 2 * fleet], stream="upgraded", encode=line_before)
     write_segment(home / "spool", 2, readings[2 * fleet :], stream="upgraded")
     old_segment = (home / "spool" / "upgraded" / "readings-000000000001.seg").read_bytes()
     assert len(re.findall(rb'"kind":"[a-z_]+","ts":', old_segment)) == 2 * fleet  # the order before

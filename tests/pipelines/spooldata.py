@@ -9,8 +9,11 @@ from __future__ import annotations
 import collections
 import os
 import random
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+import msgspec
 
 from pipelines.batch import ReadingBatch
 from pipelines.columns import SegmentDecoder, metrics_by_kind
@@ -25,6 +28,34 @@ HOUR = 3_600_000
 
 def reading(sensor: Sensor, ts: int, values: dict[str, float], received: int | None = None) -> Reading:
     return sensor.reading(ts, values, received=ts + 500 if received is None else received)
+
+
+class ReadingBefore(msgspec.Struct, kw_only=True):
+    """A reading record in the field order of spools written before the sensor context came first
+    (`sensors.reading`): `ts` and `values` after `kind`."""
+
+    sensor_id: str
+    kind: str
+    ts: int
+    values: dict[str, float]
+    vendor: str
+    super_cluster: str
+    city: str
+    district: str
+    site: str
+    seq: int | None = None
+    received: int = 0
+
+
+def record_before(reading: Reading) -> bytes:
+    """The JSON of a reading's record as ingest wrote it before (`ReadingBefore`)."""
+    return msgspec.json.encode(ReadingBefore(**msgspec.structs.asdict(reading)))
+
+
+def line_before(reading: Reading) -> bytes:
+    """A reading's framed spool line as ingest wrote it before."""
+    body = record_before(reading)
+    return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
 def write_segment(

@@ -25,6 +25,7 @@ from storage.schema import (
     rollup_stats,
     rollup_tags,
 )
+from tests.pipelines.spooldata import record_before
 
 READING = Reading(
     sensor_id="cnx-aq-007",
@@ -154,22 +155,6 @@ def test_per_vendor_ingest_points() -> None:
     assert encode_line(reject) == "ingest_rejects,code=bad_topic,instance=ingest-1,vendor=_unknown rejected=3i 5"
 
 
-class _ReadingBefore(msgspec.Struct, kw_only=True):
-    """A reading record in the field order of segments written before the context came first."""
-
-    sensor_id: str
-    kind: str
-    ts: int
-    values: dict[str, float]
-    vendor: str
-    super_cluster: str
-    city: str
-    district: str
-    site: str
-    seq: int | None = None
-    received: int = 0
-
-
 def test_record_lines_are_the_lines_of_the_decoded_records() -> None:
     """The raw writer's path from spool records (`record_lines`: only ts and values decoded, the series key
     found by the context's bytes) writes and refuses exactly what `lines` does for the decoded readings,
@@ -190,7 +175,7 @@ def test_record_lines_are_the_lines_of_the_decoded_records() -> None:
     ]
     encoder = msgspec.json.Encoder()
     records = [encoder.encode(r) for r in readings]
-    records += [encoder.encode(_ReadingBefore(**msgspec.structs.asdict(r))) for r in readings]
+    records += [record_before(r) for r in readings]
     records.insert(3, b'{"sensor_id":"cnx-aq-007","kind":"air_quality","ts":"soon"}')  # not a reading
     records.insert(5, records[0][:-30])  # cut short (a checksum over bad JSON: a writer's bug)
 
