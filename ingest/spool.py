@@ -45,8 +45,8 @@ from sensors.reading import (
     CorruptRecord,
     Reading,
     Rejection,
-    append_reading,
     decode_reading,
+    encode_reading,
     encode_rejection,
     verify_line,
 )
@@ -142,7 +142,7 @@ class _Batch:
     def add_readings(self, readings: Sequence[Reading]) -> None:
         data, kinds = self.data, self.kinds
         for reading in readings:
-            append_reading(data, reading)
+            data += encode_reading(reading)
             ts = reading.ts
             if self.min_ts is None or ts < self.min_ts:
                 self.min_ts = ts

@@ -110,14 +110,6 @@ def encode_reading(reading: Reading) -> bytes:
     return _frame(_reading_encoder.encode(reading))
 
 
-def append_reading(data: bytearray, reading: Reading) -> None:
-    """Append `encode_reading(reading)` to `data` (ingest's hot path: no line object in between)."""
-    body = _reading_encoder.encode(reading)
-    data += b"%08x " % zlib.crc32(body)
-    data += body
-    data += b"\n"
-
-
 def decode_reading(line: bytes) -> Reading:
     """Parse one spool line; raises `CorruptRecord` if it does not verify."""
     return decode_reading_json(unframe(line))

@@ -14,7 +14,7 @@ from tests.ingest.helpers import IngestProcess, influx_query, ingest_env, messag
 from tests.pipelines.spooldata import line_before, write_segment
 from tests.servers import StackHandle
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 def test_segments_of_both_record_orders_reach_influxdb_with_their_tags(stack: StackHandle, tmp_path: Path) -> None:
