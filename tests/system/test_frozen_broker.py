@@ -1,0 +1,64 @@
+"""A broker that stops answering (SIGSTOP: a hung host, a full disk under Mosquitto) while ingest stops.
+
+SIGTERM must still end ingest within `shutdown_timeout_s`, exit 0, with its
+segments closed: an operator's restart must not hang on a neighbour. The
+broker, thawed, redelivers what ingest could not acknowledge; the next run
+stores every reading with its values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sensors.spool import READINGS, closed_segments, read_readings
+from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, raw_points, wait_for_points, wait_until
+from tests.servers import StackHandle
+
+pytestmark = pytest.mark.system
+
+SHUTDOWN_TIMEOUT_S = 4.0
+
+
+def test_sigterm_with_a_frozen_broker_ends_within_shutdown_timeout(private_stack: StackHandle, tmp_path: Path) -> None:
+    stack = private_stack
+    items = messages(20_000, slot=45)
+    bad = [dataclasses.replace(m, payload=b"{not json") for m in items[:200]]  # reject notices in flight
+    home = tmp_path / "home"
+    env = ingest_env(stack, home, client_id="sys-frozen", shutdown_timeout_s=SHUTDOWN_TIMEOUT_S)
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        ingest.proc.send_signal(signal.SIGSTOP)  # the broker queues a backlog for ingest ...
+        publisher = Publisher(stack)
+        publisher.publish(bad + items[200:])
+        publisher.close()
+        ingest.proc.send_signal(signal.SIGCONT)  # ... and freezes while ingest drains it
+        spool = home / "spool" / "sys-frozen"
+        wait_until(lambda: any(spool.glob("readings-*")), 30, "a spooled reading")
+        pid = stack.mosquitto.running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopping = time.monotonic()
+            code = ingest.terminate(timeout_s=SHUTDOWN_TIMEOUT_S + 30)
+            elapsed = time.monotonic() - stopping
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    spooled = sum(1 for s in closed_segments(home / "spool", READINGS) for _ in read_readings(s.path))
+    print(f"stopped in {elapsed:.1f} s with the broker frozen, {spooled} readings spooled")  # shown with -s
+    assert code == 0
+    assert elapsed <= SHUTDOWN_TIMEOUT_S, f"took {elapsed:.1f} s to stop with the broker frozen"
+    assert not list(spool.glob("*.open"))
+    assert spooled > 0
+
+    with IngestProcess(env, tmp_path / "ingest-2.log") as ingest:
+        ingest.wait_log("subscribed to")
+        wait_for_points(stack, items[200:], timeout_s=60)
+        assert ingest.terminate() == 0
+    stored = raw_points(stack, items[200:])
+    assert all(stored[(m.sensor_id, m.ts)] == m.values for m in items[200:])
