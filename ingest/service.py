@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 CONSUMER_STOP_SHARE = 0.4
 # Kept back from the raw writer at shutdown: aborting a retrying write, then the last metrics report.
 SHUTDOWN_MARGIN_S = 1.5
+# Kept back from the last metrics report: a hung InfluxDB holds it to its budget, then closing the sink
+# aborts the request, and the process (a writer child: before its parent kills it) still has to exit.
+EXIT_MARGIN_S = 0.5
 # The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
 METRICS_WRITE_RETRIES = 1
 METRICS_WRITE_MAX_TOTAL_S = 3.0
@@ -189,7 +192,7 @@ class IngestService:
             self.writer.stop(max(0.1, deadline - time.monotonic() - SHUTDOWN_MARGIN_S))
             self.writer.sink.close()
         if self.reporter is not None:
-            self.reporter.stop(max(0.1, deadline - time.monotonic()))
+            self.reporter.stop(max(0.1, deadline - time.monotonic() - EXIT_MARGIN_S))
             self.reporter.sink.close()
         logger.info("ingest %s stopped", self.settings.client_id)
 

@@ -10,9 +10,11 @@ Network failures become `TransientError`; every HTTP answer becomes a
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
+import socket
 import urllib.parse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -46,6 +48,11 @@ class Transport(ABC):
         """Where the writes go, for log and error messages (never with secrets)."""
 
     def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        """Make a request in progress in another thread fail now rather than at its timeout, and none be
+        resent (the transport is being closed); a no-op where the client offers no way to."""
         return None
 
 
@@ -87,6 +94,7 @@ class V1Transport(Transport):
             credentials = f"{settings.username}:{settings.password}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False  # closing: a failed request is not resent on a new connection
         self._paths: dict[tuple[str, str], str] = {}
 
     def describe(self, rp: str) -> str:
@@ -120,7 +128,7 @@ class V1Transport(Transport):
                 self.close()
                 # A kept-alive connection the server closed while idle fails at once: reconnect and resend.
                 stale = isinstance(err, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError)
-                if reused and stale and attempt == 1:
+                if reused and stale and attempt == 1 and not self._aborted:
                     continue
                 raise TransientError(f"{type(err).__name__}: {err}") from err
             if resp.will_close:
@@ -134,6 +142,15 @@ class V1Transport(Transport):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def abort(self) -> None:
+        # Not under the writer's lock: the thread that holds it may sit in recv() on this socket.
+        self._aborted = True
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # that recv() returns at once; the post fails, TransientError
 
 
 class V2Transport(Transport):

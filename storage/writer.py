@@ -317,6 +317,9 @@ class Writer:
     def close(self) -> None:
         """Stop retrying (a write in progress fails) and close the connection."""
         self._abort.set()
+        # A request on the wire fails now: else a hung InfluxDB (accepting, never answering) holds a
+        # shutdown for up to `timeout_s`, past the caller's budget.
+        self._transport.abort()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         with self._lock:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import threading
 import time
 
@@ -288,3 +290,35 @@ def test_influxdb_stopped_mid_write_every_point_lands_exactly_once(private_stack
             "SELECT count(seq), count(distinct(seq)), sum(seq) FROM {m}", {"m": ident("raw", "outage")}
         )
     assert series.values[0][1:] == (total, total, total * (total - 1) // 2)
+
+
+def test_close_fails_a_write_to_a_hung_influxdb_at_once(private_stack: StackHandle) -> None:
+    """InfluxDB frozen (SIGSTOP: the kernel accepts, nothing answers), a write waiting on its kept-alive
+    connection: `close()` (a shutdown) fails it now, not after `timeout_s`, and does not resend it."""
+    settings = fresh_db(private_stack, timeout_s=60, max_retries=5)
+    writer = make_writer(settings)
+    writer.write(points(10, "hung"))  # the connection the next write reuses
+    pid = private_stack.influxdb.running_pid()
+    assert pid is not None
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = writer.write(points(10, "hung", start_ms=NOW_MS - 60_000))
+        except StorageWriteError as err:
+            outcome["error"] = err
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive(), f"the write did not wait on the frozen InfluxDB: {outcome}"
+        started = time.monotonic()
+        writer.close()
+        thread.join(5)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert not thread.is_alive() and took < 2, f"close() took {took:.1f} s"
+    assert "was closed" in str(outcome["error"])
