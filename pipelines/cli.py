@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,6 +244,18 @@ def run_all(
     stop = threading.Event()
     influx = _influx()
     console.print(f"following {settings.spool_root} (checkpoint {settings.checkpoint_path}); Ctrl-C stops")
-    with handled_signals(lambda _: stop.set()):
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            stop.set()
+            console.print("stopping after the cycle in progress (Ctrl-C again stops now)")
+            return
+        # A cycle can wait minutes on a hung or down InfluxDB (timeouts times retries). Stopping now is
+        # safe: nothing of the cycle is checkpointed, so the next run redoes it (the kill -9 tests).
+        console.print("stopped without finishing the cycle; the next run redoes it from the checkpoint")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    with handled_signals(on_signal):
         run.follow(settings, registry, ctx.args, influx, stop=stop, on_report=_print)
     console.print("stopped")

@@ -2,13 +2,18 @@
 
 The follow must not exit (a terminal or a supervisor-less host would then stop the city's
 rollups): it retries the cycle with back-off from the same checkpoint, and once InfluxDB is back
-it writes exactly the points a bounded run over the same spool writes.
+it writes exactly the points a bounded run over the same spool writes. And when InfluxDB hangs
+(frozen, not down), a second signal stops the follow at once, and the next run redoes the cycle.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -110,3 +115,50 @@ def test_follow_retries_through_an_influxdb_outage_and_then_writes_what_a_bounde
         Row("InfluxDB down longer than the writer's retries under `pipeline run --follow` (3 failed cycles)", 1,
             len(readings), len(readings), 0, None, [recovery_s], seconds=time.monotonic() - started)
     )  # fmt: skip
+
+
+def test_a_second_signal_stops_a_follow_waiting_on_a_hung_influxdb(
+    private_stack: StackHandle, registry: Registry, tmp_path: Path
+) -> None:
+    """SIGTERM lets the cycle in progress finish; with InfluxDB frozen (SIGSTOP) that can take minutes of
+    timeouts and retries, so a second SIGTERM (or Ctrl-C) stops at once, nothing of the cycle checkpointed;
+    the next run writes the segment."""
+    t0 = int(time.time() * 1000) // HOUR * HOUR - HOUR
+    sensors = [s for kind in registry.kinds for s in registry.sensors_of(kind=kind)[:2]]
+    home = tmp_path / "home"
+    env = {**os.environ, **private_stack.env(home=home), "SMARTCITY_INFLUX_DB": "hung_follow"}
+    bootstrap(InfluxSettings.from_env(env))
+    checkpoint = PipelineSettings.from_env(env).checkpoint_path
+    command = [sys.executable, "-m", "deploy.cli", "pipeline", "run", "--follow", "--poll-interval", "0.2"]
+    log = tmp_path / "follow.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    pid = private_stack.influxdb.running_pid()
+    assert pid is not None
+    try:
+        until(lambda: "following" in log.read_text(), 60, "the follow to start")
+        os.kill(pid, signal.SIGSTOP)
+        write_segment(home / "spool", 1, fleet_readings(registry, sensors, t0, t0 + HOUR, random.Random(3)))
+        time.sleep(8)  # the cycle reads the segment, computes, and waits on InfluxDB
+        process.send_signal(signal.SIGTERM)
+        until(lambda: "stopping after the cycle in progress" in log.read_text(), 10, "the first signal's answer")
+        time.sleep(1)
+        assert process.poll() is None, "the first signal must let the cycle finish"
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if process.poll() is None:
+            process.kill()
+    assert code == 128 + signal.SIGTERM
+    assert "the next run redoes it from the checkpoint" in log.read_text()
+    assert not done(checkpoint)
+
+    again = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: done(checkpoint), 90, "the next run to write segment 1")
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
