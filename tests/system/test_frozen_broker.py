@@ -1,9 +1,12 @@
-"""A broker that stops answering (SIGSTOP: a hung host, a full disk under Mosquitto) while ingest stops.
+"""A broker that stops answering (SIGSTOP: a hung host, a full disk under Mosquitto).
 
-SIGTERM must still end ingest within `shutdown_timeout_s`, exit 0, with its
+While ingest stops, SIGTERM must still end ingest within `shutdown_timeout_s`, exit 0, with its
 segments closed: an operator's restart must not hang on a neighbour. The
 broker, thawed, redelivers what ingest could not acknowledge; the next run
 stores every reading with its values.
+
+While ingest runs, for longer than its keepalive: ingest reconnects to its
+session when the broker is back, and loses nothing.
 """
 
 from __future__ import annotations
@@ -62,3 +65,34 @@ def test_sigterm_with_a_frozen_broker_ends_within_shutdown_timeout(private_stack
         assert ingest.terminate() == 0
     stored = raw_points(stack, items[200:])
     assert all(stored[(m.sensor_id, m.ts)] == m.values for m in items[200:])
+
+
+def test_a_broker_frozen_past_the_keepalive_is_reconnected_and_loses_nothing(
+    private_stack: StackHandle, tmp_path: Path
+) -> None:
+    """Mosquitto frozen for 12 s while ingest drains a backlog (`keepalive_s = 5`): ingest gives the
+    connection up, reconnects to its session once the broker is back, and every reading is stored."""
+    stack = private_stack
+    items = messages(20_000, slot=47)
+    env = ingest_env(stack, tmp_path / "home", client_id="sys-frozen-live", keepalive_s=5)
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        ingest.proc.send_signal(signal.SIGSTOP)
+        publisher = Publisher(stack)
+        publisher.publish(items[:15_000])
+        ingest.proc.send_signal(signal.SIGCONT)
+        pid = stack.mosquitto.running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(12)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        publisher.publish(items[15_000:])
+        publisher.close()
+        wait_for_points(stack, items, timeout_s=90)
+        assert ingest.terminate() == 0
+    log = ingest.log.read_text()
+    assert "Keep alive timeout" in log and "session present: True" in log
+    stored = raw_points(stack, items)
+    assert all(stored[(m.sensor_id, m.ts)] == m.values for m in items)
