@@ -150,6 +150,7 @@ class Consumer:
         self._watch_mid: int | None = None
         self.broker_watch = BrokerWatch(spool.stream_dir / STATE_FILE, metrics, settings.client_id)
         self._connected_once = False
+        self._online = False  # between a successful CONNACK and the disconnect that ends that connection
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
         self._stopping = False
@@ -274,6 +275,7 @@ class Consumer:
             ", ".join(self.settings.subscriptions),
         )
         self._connected_once = True
+        self._online = True
         # Re-subscribe on every connect: it is harmless with a session, and a lost session needs it.
         # retainHandling=1: retained messages only for a new subscription, not on each reconnect.
         options = SubscribeOptions(qos=1, retainHandling=1)
@@ -290,6 +292,10 @@ class Consumer:
         with self._ack_lock:
             self._generation += 1
         self._barrier_done.set()  # no answer will come on this connection
+        # paho 2.2 reports a keepalive timeout twice (its check, then the loop's error): log the first.
+        was_online, self._online = self._online, False
+        if not was_online:
+            return
         if str(reason) == "Session taken over":
             logger.error(
                 "another client connected with client id %s and took over the session; give every ingest "

@@ -93,6 +93,6 @@ def test_a_broker_frozen_past_the_keepalive_is_reconnected_and_loses_nothing(
         wait_for_points(stack, items, timeout_s=90)
         assert ingest.terminate() == 0
     log = ingest.log.read_text()
-    assert "Keep alive timeout" in log and "session present: True" in log
+    assert log.count("Keep alive timeout") == 1 and "session present: True" in log  # logged once
     stored = raw_points(stack, items)
     assert all(stored[(m.sensor_id, m.ts)] == m.values for m in items)
