@@ -150,7 +150,7 @@ class Consumer:
         self._watch_mid: int | None = None
         self.broker_watch = BrokerWatch(spool.stream_dir / STATE_FILE, metrics, settings.client_id)
         self._connected_once = False
-        self._online = False  # between a successful CONNACK and the disconnect that ends that connection
+        self._connection_open = False  # from a connection attempt until the disconnect that ends it
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
         self._stopping = False
@@ -179,6 +179,7 @@ class Consumer:
         s.mqtt.address.apply_tls(client)
         client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
         client.max_inflight_messages_set(REJECT_INFLIGHT)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -275,7 +276,6 @@ class Consumer:
             ", ".join(self.settings.subscriptions),
         )
         self._connected_once = True
-        self._online = True
         # Re-subscribe on every connect: it is harmless with a session, and a lost session needs it.
         # retainHandling=1: retained messages only for a new subscription, not on each reconnect.
         options = SubscribeOptions(qos=1, retainHandling=1)
@@ -285,6 +285,9 @@ class Consumer:
         # The broker's dropped-message counter and uptime (`#` does not match `$SYS`).
         self._watch_mid = client.subscribe([(topic, 0) for topic in WATCH_TOPICS])[1]
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._connection_open = True
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.warning("cannot connect to %s; retrying", self.settings.mqtt.display)
 
@@ -293,8 +296,8 @@ class Consumer:
             self._generation += 1
         self._barrier_done.set()  # no answer will come on this connection
         # paho 2.2 reports a keepalive timeout twice (its check, then the loop's error): log the first.
-        was_online, self._online = self._online, False
-        if not was_online:
+        was_open, self._connection_open = self._connection_open, False
+        if not was_open:
             return
         if str(reason) == "Session taken over":
             logger.error(

@@ -6,15 +6,18 @@ broker, thawed, redelivers what ingest could not acknowledge; the next run
 stores every reading with its values.
 
 While ingest runs, for longer than its keepalive: ingest reconnects to its
-session when the broker is back, and loses nothing.
+session when the broker is back, and loses nothing. When ingest starts: it
+waits, logging each attempt once, and then works.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,36 @@ def test_a_broker_frozen_past_the_keepalive_is_reconnected_and_loses_nothing(
     assert log.count("Keep alive timeout") == 1 and "session present: True" in log  # logged once
     stored = raw_points(stack, items)
     assert all(stored[(m.sensor_id, m.ts)] == m.values for m in items)
+
+
+def test_a_broker_frozen_at_start_is_waited_for_and_each_attempt_logged_once(
+    private_stack: StackHandle, tmp_path: Path
+) -> None:
+    """Ingest starts while Mosquitto is frozen: its CONNECT gets no CONNACK. Each attempt ends at the
+    keepalive and is logged once (paho reports that timeout twice); once the broker is back, ingest
+    subscribes and stores what is published."""
+    stack = private_stack
+    env = ingest_env(stack, tmp_path / "home", client_id="sys-frozen-start", keepalive_s=5)
+    pid = stack.mosquitto.running_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+            wait_until(lambda: "Keep alive timeout" in ingest.log.read_text(), 30, "the first attempt to time out")
+            time.sleep(1)
+            os.kill(pid, signal.SIGCONT)
+            ingest.wait_log("subscribed to", 30)
+            items = messages(500, slot=48)
+            publisher = Publisher(stack)
+            publisher.publish(items)
+            publisher.close()
+            wait_for_points(stack, items, timeout_s=30)
+            assert ingest.terminate() == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    times = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in ingest.log.read_text().splitlines()
+        if "Keep alive timeout" in line
+    ]
+    assert times and all((b - a).total_seconds() >= 1 for a, b in itertools.pairwise(times)), times
