@@ -28,7 +28,7 @@ from deploy.compose import AlertDelivery, init_compose
 from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, free_port, render_mosquitto_conf
 from deploy.stack import BROKER_DIRS_WHEN_ROOT, Stack, StackPorts
 from sensors.contract import MAX_PACKET_BYTES
-from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
+from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, publish_all, wait_for_points
 from tests.servers import StackHandle
 
 COMPOSE = Path(__file__).parents[2] / "deploy" / "compose.yaml"
@@ -114,9 +114,7 @@ def test_secrets_data_and_spool_are_private(private_stack: StackHandle, tmp_path
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
         items = messages(20, slot=5)
-        publisher = Publisher(stack)
-        publisher.publish(items)
-        publisher.close()
+        publish_all(stack, items)
         wait_for_points(stack, items, timeout_s=20)
         assert ingest.terminate() == 0
     stack.mosquitto.stop()  # writes mosquitto.db

@@ -99,6 +99,17 @@ class Publisher:
         self.client.loop_stop()
 
 
+def publish_all(
+    stack: StackHandle, items: Sequence[Message | tuple[str, bytes]], rate_per_s: float | None = None
+) -> None:
+    """Publish `items` at QoS 1 with a client of its own, and return once the broker acknowledged each."""
+    publisher = Publisher(stack)
+    try:
+        publisher.publish(items, rate_per_s)
+    finally:
+        publisher.close()
+
+
 def ingest_env(stack: StackHandle, home: Path, **settings: Any) -> dict[str, str]:
     """Environment for a `smartcity ingest` process: the stack's variables plus SMARTCITY_INGEST_*."""
     env = dict(os.environ)

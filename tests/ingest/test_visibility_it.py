@@ -26,6 +26,7 @@ from tests.ingest.helpers import (
     influx_query,
     ingest_env,
     messages,
+    publish_all,
     wait_for_points,
     wait_until,
 )
@@ -153,9 +154,7 @@ def test_a_broker_restart_that_loses_or_restores_the_session_is_reported(stack: 
             assert_alert_fires(stack, schema.INGEST_SESSION_NOT_PRESENT, "vis-session", 1)
             # Ingest still works on the new session.
             items = messages(20, slot=51)
-            publisher = Publisher(handle)
-            publisher.publish(items)
-            publisher.close()
+            publish_all(handle, items)
             wait_for_points(stack, items, timeout_s=20)
             assert ingest.terminate() == 0
         assert metric_sum(stack, "session_restored", "vis-session") == 1

@@ -23,7 +23,15 @@ from pathlib import Path
 import pytest
 
 from sensors.spool import READINGS, closed_segments, read_readings
-from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, raw_points, wait_for_points, wait_until
+from tests.ingest.helpers import (
+    IngestProcess,
+    ingest_env,
+    messages,
+    publish_all,
+    raw_points,
+    wait_for_points,
+    wait_until,
+)
 from tests.servers import StackHandle
 
 pytestmark = pytest.mark.system
@@ -40,9 +48,7 @@ def test_sigterm_with_a_frozen_broker_ends_within_shutdown_timeout(private_stack
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
         ingest.proc.send_signal(signal.SIGSTOP)  # the broker queues a backlog for ingest ...
-        publisher = Publisher(stack)
-        publisher.publish(bad + items[200:])
-        publisher.close()
+        publish_all(stack, bad + items[200:])
         ingest.proc.send_signal(signal.SIGCONT)  # ... and freezes while ingest drains it
         spool = home / "spool" / "sys-frozen"
         wait_until(lambda: any(spool.glob("readings-*")), 30, "a spooled reading")
@@ -81,8 +87,7 @@ def test_a_broker_frozen_past_the_keepalive_is_reconnected_and_loses_nothing(
     with IngestProcess(env, tmp_path / "ingest.log") as ingest:
         ingest.wait_log("subscribed to")
         ingest.proc.send_signal(signal.SIGSTOP)
-        publisher = Publisher(stack)
-        publisher.publish(items[:15_000])
+        publish_all(stack, items[:15_000])
         ingest.proc.send_signal(signal.SIGCONT)
         pid = stack.mosquitto.running_pid()
         assert pid is not None
@@ -91,8 +96,7 @@ def test_a_broker_frozen_past_the_keepalive_is_reconnected_and_loses_nothing(
             time.sleep(12)
         finally:
             os.kill(pid, signal.SIGCONT)
-        publisher.publish(items[15_000:])
-        publisher.close()
+        publish_all(stack, items[15_000:])
         wait_for_points(stack, items, timeout_s=90)
         assert ingest.terminate() == 0
     log = ingest.log.read_text()
@@ -119,9 +123,7 @@ def test_a_broker_frozen_at_start_is_waited_for_and_each_attempt_logged_once(
             os.kill(pid, signal.SIGCONT)
             ingest.wait_log("subscribed to", 30)
             items = messages(500, slot=48)
-            publisher = Publisher(stack)
-            publisher.publish(items)
-            publisher.close()
+            publish_all(stack, items)
             wait_for_points(stack, items, timeout_s=30)
             assert ingest.terminate() == 0
     finally:
