@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest.brokerwatch import STATE_FILE, WATCH_TOPICS, BrokerWatch
+from ingest.clockcheck import ClockCheck
 from ingest.fastpaho import FastClient, IngestClient, Publish, make_client
 from ingest.history import History
 from ingest.metrics import ACCEPTED, Metrics
@@ -151,6 +152,7 @@ class Consumer:
         self.broker_watch = BrokerWatch(spool.stream_dir / STATE_FILE, metrics, settings.client_id)
         self._connected_once = False
         self._connection_open = False  # from a connection attempt until the disconnect that ends it
+        self.clock_check = ClockCheck()
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
         self._stopping = False
@@ -414,6 +416,10 @@ class Consumer:
         metrics = self.metrics
         metrics.count_outcome(result)
         metrics.rejected[result.code.value] += 1
+        if result.offset_ms is not None and result.sensor is not None:
+            warning = self.clock_check.observe(result.sensor.vendor, result.offset_ms, received_ms)
+            if warning is not None:
+                logger.error(warning)
         notice = (reject_topic(topic), _encode_json(reject_notice(topic, payload, result, received_ms)))
         pending = Pending(self._generation, mid, qos, received_ns, notice)
         record = rejection_record(topic, payload, result, received_ms)

@@ -84,10 +84,11 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+
 
 
 class _Reject(Exception):
-    def __init__(self, code: RejectCode, detail: str) -> None:
+    def __init__(self, code: RejectCode, detail: str, offset_ms: int | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.offset_ms = offset_ms
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class Contract:
                 )
             readings = [sensor.reading(ts, values, seq, received_ms) for ts, values, seq in samples]
         except _Reject as reject:
-            return Rejected(reject.code, reject.detail, sensor)
+            return Rejected(reject.code, reject.detail, sensor, reject.offset_ms)
         return Accepted(readings, sensor)
 
     # -- fast path --------------------------------------------------------------------
@@ -425,12 +426,14 @@ class Contract:
                 RejectCode.TS_IN_FUTURE,
                 f"ts {_iso(ts)} is more than {MAX_FUTURE_MS // 60000} min after it was received "
                 f"({_iso(received_ms)}); check the sensor's clock",
+                ts - received_ms,
             )
         if ts < received_ms - self.max_age_ms:
             hint = "; it looks like epoch seconds: send milliseconds" if 0 <= ts < EPOCH_SECONDS_HINT_BELOW else ""
             raise _Reject(
                 RejectCode.TS_TOO_OLD,
                 f"ts {_iso(ts)} is older than the {format_window(self.max_age_ms)} acceptance window{hint}",
+                ts - received_ms,
             )
         return ts
 

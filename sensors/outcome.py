@@ -47,6 +47,8 @@ class Rejected(msgspec.Struct, frozen=True):
     code: RejectCode
     detail: str
     sensor: Sensor | None = None
+    # ts_in_future, ts_too_old: the reading's ts minus the time it was received (ingest's clock check).
+    offset_ms: int | None = None
 
 
 Decoded = Accepted | Rejected
