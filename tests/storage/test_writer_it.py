@@ -167,9 +167,10 @@ def test_a_failing_dead_letter_callback_does_not_lose_the_rest(influx: InfluxSet
     def boom(letter: DeadLetter) -> None:
         raise RuntimeError("callback bug")
 
-    batch = [*points(20, "cb")]
-    # the conflicting point shares the shard of the first (InfluxDB 1.x checks field types per shard)
-    batch.append(Point("cb", {}, {"v": "x"}, batch[0].time + 20, "ms"))
+    start_ms = NOW_MS - 3_600_000
+    batch = [*points(20, "cb", start_ms)]
+    # the conflicting point shares the shard of the others (InfluxDB 1.x checks field types per shard)
+    batch.append(Point("cb", {}, {"v": "x"}, start_ms + 20, "ms"))
     with make_writer(influx, on_dead_letter=boom) as writer:
         writer.write(batch[:1])
         result = writer.write(batch)
