@@ -13,6 +13,7 @@ import grp
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -88,9 +89,27 @@ def find_binary(name: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range. A port in that range can be taken, while its server
+    is down, by a client reconnecting to it: the kernel may give the client that very port as its source
+    and the client connects to itself (TCP self-connect), so the server cannot restart there."""
+    first_ephemeral = _first_ephemeral_port()
+    for _ in range(100):
+        port = _PORTS.randrange(FIRST_FREE_PORT, first_ephemeral)
+        if port_is_free(port):
+            return port
+    raise ServerError(f"no free port in {FIRST_FREE_PORT}-{first_ephemeral - 1} after 100 tries")
+
+
+FIRST_FREE_PORT = 10_000  # below: well-known services' ports
+_PORTS = random.SystemRandom()  # not the global generator: tests seed it, and parallel workers would pick alike
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32_768  # Linux's default
+    return max(first, FIRST_FREE_PORT + 1_000)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -147,3 +147,13 @@ def test_stack_up_without_binaries_is_one_line_and_exit_1(
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mosquitto not found" in err[0]
+
+
+def test_free_ports_are_below_the_ephemeral_range_so_no_reconnecting_client_can_hold_them() -> None:
+    # A client reconnecting to a stopped server on an ephemeral port can be given that very port as its
+    # source and connect to itself; the server then cannot restart there (a CI failure of
+    # tests/system/test_broker.py's kill -9 test). Ports below the range are never given as sources.
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(port < first_ephemeral for port in ports)
+    assert len(ports) > 40  # spread, so parallel workers rarely pick alike
