@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,6 +187,11 @@ def write_doc(text: str) -> None:
     write_section(SECTION, BEGIN, END, text, DOC)
 
 
+def _wrapped(label: str, width: int) -> str:
+    """A consumer's label on lines of at most `width` characters, a line per comma-separated part at least."""
+    return "\n".join(line for part in label.split(", ") for line in textwrap.wrap(part, width))
+
+
 COLOURS = {"ceiling": "#9e9e9e", "peer": "#c0392b", "ours": "#1f77b4"}
 
 
@@ -200,7 +206,7 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
         raise BenchError("matplotlib is missing: pip install -e '.[bench]' (make bench does)") from None
     ceiling = next(r for r in drains if "ceiling" in r.consumer)
     rows = [r for r in drains if r is not ceiling][::-1]  # barh draws bottom-up
-    names = [r.consumer.replace(", ", ",\n") for r in rows]
+    names = [_wrapped(r.consumer, 40) for r in rows]
     colours = [COLOURS["peer" if "Node-RED" in r.consumer else "ours"] for r in rows]
     fig, (rate, latency, memory) = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.5, 1, 1]})
     spread = [[r.rate - min(r.rounds or [r.rate]) for r in rows], [max(r.rounds or [r.rate]) - r.rate for r in rows]]
@@ -216,9 +222,10 @@ def plot(drains: list[Row], lives: list[Row], path: Path) -> None:
         values = [getattr(r, f"{name}_ms") for r in lives]
         group = latency.bar([x + offset for x in xs], values, width, label=name, color=colour)
         latency.bar_label(group, fmt="%.0f", padding=2, fontsize=8)
-    latency.set_xticks(list(xs), [r.consumer for r in lives], fontsize=8)
+    latency.set_xticks(list(xs), [_wrapped(r.consumer, 12) for r in lives], fontsize=8)
     latency.set_title(f"live at {lives[0].rate:,.0f} msg/s: ms from publish to InfluxDB", fontsize=9)
-    latency.legend(fontsize=8)
+    latency.margins(y=0.3)  # room for the legend above the bars
+    latency.legend(fontsize=8, loc="upper center", ncols=2)
     peak = memory.barh(names, [r.rss_mib for r in rows], color=colours)
     memory.bar_label(peak, fmt="%.0f", padding=3, fontsize=8)
     memory.set_xlim(0, max(r.rss_mib for r in rows) * 1.25)
