@@ -104,6 +104,9 @@ class RawWriter:
         # Set when the spool has new records (`wake()`, e.g. after each group commit of the consumer):
         # the writer then reads at once instead of at its next poll, which is only the fallback.
         self._wake = wake if wake is not None else threading.Event()
+        # Set if `run()` ended on an unexpected error: the service then exits non-zero, so that its
+        # supervisor (the `all` process, or the service manager) restarts it rather than it idling.
+        self.failed = threading.Event()
         self._deadline = float("inf")
         self._next_rescan = 0.0
         self._next_gc = 0.0
@@ -156,6 +159,7 @@ class RawWriter:
                     self._wake.wait(self.poll_interval_s)
         except Exception:
             logger.exception("the raw writer failed; readings stay in the spool and are written on the next start")
+            self.failed.set()
 
     # -- work --------------------------------------------------------------------------------
 

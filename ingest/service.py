@@ -12,7 +12,8 @@ Shutdown (SIGTERM/SIGINT sets `stop`) within `shutdown_timeout_s`: the
 consumer stops taking messages, commits and acknowledges what it received
 and closes its open segments; the raw writer (thread or child) writes what
 the spool holds until the deadline (the rest is written on the next start);
-a last metrics point is written.
+a last metrics point is written. A raw writer thread that fails on an unexpected
+error ends the service with `WriterFailed`, so that what runs it restarts it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ingest.rawwriter import RawWriter
 from ingest.settings import IngestSettings
 from ingest.spool import usage_bytes
 from ingest.writerproc import WAKE_FD_OPTION, WriterSupervisor
+from sensors.errors import SmartcityError
 from sensors.home import Home
 from storage.line_protocol import FieldValue
 from storage.settings import InfluxSettings
@@ -48,6 +50,10 @@ EXIT_MARGIN_S = 0.5
 # The self-metrics writer gives up quickly: a missed report is kept in the reporter's backlog.
 METRICS_WRITE_RETRIES = 1
 METRICS_WRITE_MAX_TOTAL_S = 3.0
+
+
+class WriterFailed(SmartcityError):
+    """The raw writer thread ended on an unexpected error (a bug); a restart resumes from the spool."""
 
 
 def influx_sinks() -> tuple[InfluxSettings, Callable[[], LineSink], Callable[[], PointSink]]:
@@ -206,9 +212,14 @@ class IngestService:
     def run(self, stop: threading.Event) -> None:
         """Start, serve until `stop` is set (or the broker refuses us for good), then drain and stop."""
         with self:
-            failed = self.consumer.failed if self.consumer is not None else threading.Event()
+            failed = [part.failed for part in (self.consumer, self.writer) if part is not None]
             while not stop.wait(0.1):
-                if failed.is_set():
+                if any(event.is_set() for event in failed):
                     break
         if self.consumer is not None and self.consumer.fatal is not None:
             raise self.consumer.fatal
+        if self.writer is not None and self.writer.failed.is_set():
+            raise WriterFailed(
+                "the raw writer failed (its traceback is logged above); the spool keeps the readings, "
+                "and a restart writes them"
+            )

@@ -2,7 +2,8 @@
 
 kill -9 of the parent (then a restart, as a service manager does) and kill -9
 of the writer child (the parent restarts it) under load, each audited: every
-acknowledged reading stored, nothing lost, no child outliving its parent.
+acknowledged reading stored, nothing lost, no child outliving its parent. A bug
+that ends the child's writer thread ends the child, so that the parent restarts it.
 And SIGTERM: both drain, within `shutdown_timeout_s`, with everything the
 spool holds written to InfluxDB. The fault points come from the session's seed.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sensors.spool import READINGS, closed_segments, read_readings
-from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, wait_for_points
+from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, publish_all, wait_for_points
 from tests.servers import StackHandle
 from tests.system.harness import Faults, Load, balanced_audit, corrupt_lines, end_fault, seeded, until, wait_stored
 from tests.system.report import Report, Row
@@ -162,3 +163,46 @@ def test_sigterm_drains_both_within_shutdown_timeout(stack: StackHandle, tmp_pat
     spooled = {(r.sensor_id, r.ts) for s in closed_segments(home / "spool", READINGS) for r in read_readings(s.path)}
     assert len(spooled) > 5000
     wait_for_points(stack, [m for m in items if (m.sensor_id, m.ts) in spooled], timeout_s=1)
+
+
+# A bug in the raw writer, injected into every Python process of the test's ingest (sitecustomize on
+# PYTHONPATH): the first time any process turns records into lines, it raises. Only the writer child does.
+WRITER_BUG = """
+import os, pathlib
+from ingest import rawwriter
+
+encode = rawwriter.RawLines.record_lines
+
+def record_lines(self, records):
+    marker = pathlib.Path(os.environ["SMARTCITY_TEST_WRITER_BUG"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        raise RuntimeError("an injected bug in the raw writer")
+    return encode(self, records)
+
+rawwriter.RawLines.record_lines = record_lines
+"""
+
+
+def test_a_bug_that_ends_the_writer_thread_ends_the_child_which_is_restarted(
+    stack: StackHandle, tmp_path: Path
+) -> None:
+    """A child whose writer thread died used to idle until ingest restarted, writing nothing while the spool
+    grew. It now exits with an error, and the parent restarts it: the readings arrive a moment late."""
+    items = messages(300, slot=63)
+    bug = tmp_path / "injected"
+    bug.mkdir()
+    (bug / "sitecustomize.py").write_text(WRITER_BUG)
+    env = ingest_env(stack, tmp_path / "home", client_id="sys-writer-bug")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bug), env.get("PYTHONPATH")]))
+    env["SMARTCITY_TEST_WRITER_BUG"] = str(tmp_path / "bug-fired")
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        child = writer_child(ingest)
+        publish_all(stack, items)
+        ingest.wait_log("RuntimeError: an injected bug in the raw writer")
+        ingest.wait_log(f"raw writer process {child} exited (exit code 1); restarting it")
+        wait_for_points(stack, items, timeout_s=30)
+        assert ingest.terminate() == 0
+    assert (tmp_path / "bug-fired").read_text() == str(child)
+    assert "smartcity ingest: error: the raw writer failed" in ingest.log.read_text()
