@@ -215,13 +215,17 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(
                     f"{self.name} exited with code {self.proc.returncode} at start; "
-                    f"last log line: {self.last_log_line()}"
+                    f"last log line: {self.last_log_line()}{self.start_failure_hint()}"
                 )
             if self.is_ready():
                 return
             time.sleep(0.05)
         self.stop()
         raise ServerError(f"{self.name} did not answer on port {self.port} within {timeout_s:.0f} s")
+
+    def start_failure_hint(self) -> str:
+        """What the operator can do about a failed start, from the log; empty if nothing is known."""
+        return ""
 
     def last_log_line(self) -> str:
         try:
@@ -370,6 +374,16 @@ class Mosquitto(ServerProcess):
 
     def busy_ports(self) -> list[int]:
         return [self.port] if self.tls_port is None else [self.port, self.tls_port]
+
+    def start_failure_hint(self) -> str:
+        # A power cut during a save can damage the persistence file, and Mosquitto then exits at every
+        # start (eclipse-mosquitto/mosquitto#2639). The compose image moves it aside itself (deploy/mosquitto/start.sh).
+        if "Couldn't open database" not in self.last_log_line():
+            return ""
+        return (
+            f" (its persistence file {self.persistence_dir / 'mosquitto.db'} is damaged or unreadable: move it "
+            "aside to start without the offline sessions and queued messages it holds)"
+        )
 
     def is_ready(self) -> bool:
         try:

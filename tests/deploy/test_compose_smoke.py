@@ -6,7 +6,7 @@ What a Docker host would do, done with what this machine has:
 - `smartcity compose init` writes the files; compose's `${...}` interpolation uses its env file;
 - Mosquitto (Debian 2.0.11) runs the generated `mosquitto.conf`, password, ACL and certificate files
   as the uid:gid of the service's `user:`, with container paths and ports moved to a temp folder
-  and free ports;
+  and free ports, through the image's command (deploy/mosquitto/start.sh, with Debian's sh);
 - InfluxDB 1.6.7 stands in for the image: auth on, the admin user and database of the service's
   `INFLUXDB_*` environment, as the image's first start creates them;
 - each server's health check runs as written (`sh -c`, hosts and ports substituted) with the
@@ -51,6 +51,7 @@ from tests.deploy.composefile import COMPOSE, substitute
 pytestmark = pytest.mark.integration
 
 SCHEMA = Path(__file__).parents[1] / "data" / "compose-spec.json"
+START_BROKER = COMPOSE.parent / "mosquitto" / "start.sh"  # the broker image's command (its Dockerfile)
 VENDOR, SENSOR = "siam-airsense", "pkt-aq-001"
 TOPIC = f"smartcity/v1/phuket/air_quality/{SENSOR}"
 
@@ -141,13 +142,15 @@ def start_broker(d: Deployment) -> subprocess.Popen[bytes]:
     local = d.root / "mosquitto.conf"
     local.write_text(d.localize(conf))
     local.chmod(0o644)
+    start = shutil.copy(START_BROKER, d.root / "start.sh")  # readable by the broker's user wherever the checkout is
     uid, gid = (int(part) for part in d.service("mosquitto")["user"].split(":"))
     switch = {"user": uid, "group": gid, "extra_groups": []} if os.getuid() == 0 else {}
     if not switch:
         assert (uid, gid) == (os.getuid(), os.getgid()), "compose init records the user that owns the files"
-    log = open(d.root / "mosquitto.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(local)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, **switch)  # type: ignore[call-overload]  # fmt: skip
+    log = open(d.root / "mosquitto.log", "ab")  # noqa: SIM115
+    env = {**os.environ, "PATH": f"{Path(find_binary('mosquitto')).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["sh", str(start), str(local)], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, **switch)  # type: ignore[call-overload]  # fmt: skip
     log.close()
     return proc
 
@@ -224,6 +227,28 @@ def test_server_health_checks_pass_as_written(deployment: Deployment) -> None:
         while (result := deployment.healthcheck(name)).returncode != 0:
             assert time.monotonic() < deadline, f"{name} health check: exit {result.returncode} {result.stderr}"
             time.sleep(1)
+
+
+def test_a_broker_database_a_power_cut_damaged_is_kept_aside_and_the_broker_starts(deployment: Deployment) -> None:
+    """A power cut during a save can leave mosquitto.db all null bytes, and Mosquitto then exits at every
+    start ("Couldn't open database": eclipse-mosquitto/mosquitto#2639, #3160), so `restart: unless-stopped`
+    alone would keep the broker down. The image's command (deploy/mosquitto/start.sh) keeps the file aside
+    and starts the broker without it."""
+    d = deployment
+    broker = d.procs["mosquitto"]
+    broker.terminate()
+    assert broker.wait(20) == 0
+    db = d.out / "mosquitto-data" / "mosquitto.db"
+    size = db.stat().st_size  # saved at the stop
+    db.write_bytes(bytes(size))
+    d.procs["mosquitto"] = start_broker(d)
+    deadline = time.monotonic() + 30
+    while (result := d.healthcheck("mosquitto")).returncode != 0:
+        assert time.monotonic() < deadline, f"the broker did not start: {result.stderr}\n{d.log('mosquitto')[-2000:]}"
+        time.sleep(1)
+    assert [p.read_bytes() for p in db.parent.glob("mosquitto.db.damaged-*")] == [bytes(size)]
+    log = d.log("mosquitto")
+    assert "Couldn't open database" in log and "starting it without its persistence file" in log
 
 
 def test_services_run_and_a_reading_published_over_tls_reaches_influxdb(deployment: Deployment) -> None:

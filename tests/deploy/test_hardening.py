@@ -5,6 +5,7 @@ Each test runs the real servers the stack starts (a root-started stack in CI).
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -24,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from deploy import broker_auth
-from deploy.compose import AlertDelivery, init_compose
+from deploy.compose import CONFIG_DIR, AlertDelivery, init_compose
 from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, free_port, render_mosquitto_conf
 from deploy.stack import BROKER_DIRS_WHEN_ROOT, Stack, StackPorts
 from sensors.contract import MAX_PACKET_BYTES
@@ -207,8 +208,17 @@ def test_compose_builds_the_plugin_the_generated_config_loads_and_locks_influx_d
     broker = compose["services"]["mosquitto"]
     context = COMPOSE.parent / broker["build"]["context"]
     dockerfile = (context / "Dockerfile").read_text()
-    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE)[0].split():
-        assert (context / source).exists(), source
+    for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE):
+        for source in copied.split():
+            assert (context / source).exists(), source
+    command = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE)
+    assert command is not None  # the broker starts through start.sh (tests/deploy/test_compose_smoke.py runs it)
+    assert json.loads(command.group(1)) == [
+        "/bin/sh",
+        "/usr/local/bin/smartcity-mosquitto",
+        f"{CONFIG_DIR}/mosquitto.conf",
+    ]
+    assert "COPY start.sh /usr/local/bin/smartcity-mosquitto\n" in dockerfile
     init_compose(tmp_path, alerts=WEBHOOK)
     conf = (tmp_path / "mosquitto" / "mosquitto.conf").read_text()
     plugin = re.search(r"^plugin (\S+)$", conf, re.MULTILINE)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy import broker_auth
-from deploy.servers import free_port, pid_alive
+from deploy.servers import ServerError, free_port, pid_alive
 from deploy.stack import Stack
 from tests.servers import StackHandle
 
@@ -157,3 +157,16 @@ def test_free_ports_are_below_the_ephemeral_range_so_no_reconnecting_client_can_
     ports = {free_port() for _ in range(50)}
     assert all(port < first_ephemeral for port in ports)
     assert len(ports) > 40  # spread, so parallel workers rarely pick alike
+
+
+def test_a_damaged_broker_database_fails_the_start_with_what_to_do(private_stack: StackHandle) -> None:
+    # A power cut during a save can leave mosquitto.db all null bytes (eclipse-mosquitto/mosquitto#2639).
+    # The compose image moves it aside itself (tests/deploy/test_compose_smoke.py); `stack up` says what to do.
+    broker = private_stack.mosquitto
+    broker.stop()  # saves mosquitto.db
+    db = broker.persistence_dir / "mosquitto.db"
+    db.write_bytes(bytes(db.stat().st_size))
+    with pytest.raises(ServerError) as failed:
+        broker.start(detach=True)
+    assert "Couldn't open database" in str(failed.value)
+    assert f"its persistence file {db} is damaged or unreadable: move it aside" in str(failed.value)
