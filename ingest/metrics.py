@@ -33,11 +33,13 @@ ACCEPTED = "accepted"
 MAX_BACKOFF_INTERVALS = 32
 # The fields the raw writer moves. When it runs in a child process of `smartcity ingest`, parent and
 # child report under the same instance, the parent every field but these, the child these and the
-# spool integrity counters (both check segments; a damaged one is noted, so counted once).
+# spool integrity counters (both check segments; a damaged one is noted, so counted once). The writer's
+# lag (`spool_lag`, `spool_lag_s`) is the parent's: measured from the child's saved position, it still
+# grows, and alerts, when the child is dead, crash-looping or hung, and so reports nothing itself.
 WRITER_FIELDS = frozenset(
     {
         "write_points", "write_batches", "write_batch_points_mean", "write_retries", "dead_letters",
-        "corrupt_records", "write_latency_ms_mean", "write_latency_ms_max", "spool_lag", "spool_lag_s",
+        "corrupt_records", "write_latency_ms_mean", "write_latency_ms_max",
     }
 )  # fmt: skip
 INTEGRITY_FIELDS = frozenset({"spool_damaged_segments", "spool_lost_records"})

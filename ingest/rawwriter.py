@@ -27,7 +27,7 @@ from pathlib import Path
 from ingest.metrics import LineSink, Metrics
 from ingest.retention import collect_garbage
 from ingest.spool import RAW_WRITER_LOCK, StreamLocked, lock_stream, streams
-from ingest.spooltail import Offsets, Position, StreamTail, next_reading
+from ingest.spooltail import Offsets, Position, StreamTail, lag_seconds
 from sensors.checkpoint import Checkpoint, CheckpointError
 from storage.errors import StorageWriteError
 from storage.schema import RawLines
@@ -279,16 +279,9 @@ class RawWriter:
     def refresh_gauges(self) -> None:
         """Update the writer-lag gauges (called by the metrics reporter): bytes not yet written, and
         the age of the oldest reading not yet written (0 when InfluxDB has everything)."""
-        lag = 0
-        lag_s = 0.0
-        now_ms = time.time() * 1000
-        for stream in list(self._streams.values()):
-            lag += stream.tail.lag_bytes()
-            oldest = next_reading(stream.dir, stream.saved)
-            if oldest is not None:
-                lag_s = max(lag_s, (now_ms - oldest.received) / 1000)
-        self.metrics.spool_lag = lag
-        self.metrics.spool_lag_s = lag_s
+        streams = list(self._streams.values())
+        self.metrics.spool_lag = sum(stream.tail.lag_bytes() for stream in streams)
+        self.metrics.spool_lag_s = max((lag_seconds(stream.dir, stream.saved) for stream in streams), default=0.0)
         stats = getattr(self.sink, "stats", None)
         if isinstance(stats, WriteStats):
             self.metrics.storage_retries = stats.snapshot().retries

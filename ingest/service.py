@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from ingest.metrics import LineSink, Metrics, PointSink, Reporter, consumer_field, writer_field
 from ingest.rawwriter import RawWriter
 from ingest.settings import IngestSettings
-from ingest.spool import usage_bytes
+from ingest.spool import SpoolError, usage_bytes
+from ingest.spooltail import Offsets, Position, lag_bytes, lag_seconds
 from ingest.writerproc import WAKE_FD_OPTION, WriterSupervisor
 from sensors.errors import SmartcityError
 from sensors.home import Home
@@ -181,6 +182,16 @@ class IngestService:
     def _refresh(self) -> None:
         if self.writer is not None:
             self.writer.refresh_gauges()
+        elif self.supervisor is not None:
+            # The writer child's lag, measured here from the position it saved: a dead, crash-looping or
+            # hung child reports nothing itself, and its lag must still grow (the ingest-lag alert).
+            stream_dir = self.settings.stream_dir
+            try:
+                saved = Offsets(stream_dir).load()
+            except SpoolError:
+                saved = Position()  # unreadable: the child cannot start either, and logs why
+            self.metrics.spool_lag = lag_bytes(stream_dir, saved)
+            self.metrics.spool_lag_s = lag_seconds(stream_dir, saved)
         # The consumer keeps spool_bytes up to date itself; a writer child leaves it to its parent.
         if self.consumer is None and not self.writer_child:
             self.metrics.spool_bytes = usage_bytes(self.settings.spool_root)

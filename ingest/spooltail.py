@@ -164,12 +164,23 @@ class StreamTail:
 
     def lag_bytes(self) -> int:
         """Bytes of readings in this stream after the current position."""
-        total = 0
-        for seq, path in segment_files(self.stream_dir, READINGS).items():
-            if seq >= self.position.seq:
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size - (self.position.offset if seq == self.position.seq else 0)
-        return max(total, 0)
+        return lag_bytes(self.stream_dir, self.position)
+
+
+def lag_bytes(stream_dir: Path, position: Position) -> int:
+    """Bytes of readings in the stream after `position`."""
+    total = 0
+    for seq, path in segment_files(stream_dir, READINGS).items():
+        if seq >= position.seq:
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size - (position.offset if seq == position.seq else 0)
+    return max(total, 0)
+
+
+def lag_seconds(stream_dir: Path, position: Position) -> float:
+    """How long the first reading at or after `position` has waited since it was received (0: none)."""
+    oldest = next_reading(stream_dir, position)
+    return 0.0 if oldest is None else max(0.0, time.time() - oldest.received / 1000)
 
 
 def next_reading(stream_dir: Path, position: Position) -> Reading | None:

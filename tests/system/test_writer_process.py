@@ -3,7 +3,8 @@
 kill -9 of the parent (then a restart, as a service manager does) and kill -9
 of the writer child (the parent restarts it) under load, each audited: every
 acknowledged reading stored, nothing lost, no child outliving its parent. A bug
-that ends the child's writer thread ends the child, so that the parent restarts it.
+that ends the child's writer thread ends the child, so that the parent restarts it;
+a hung child shows as lag in the parent's metrics, which the ingest-lag alert watches.
 And SIGTERM: both drain, within `shutdown_timeout_s`, with everything the
 spool holds written to InfluxDB. The fault points come from the session's seed.
 """
@@ -21,7 +22,17 @@ import pytest
 from sensors.spool import READINGS, closed_segments, read_readings
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, publish_all, wait_for_points
 from tests.servers import StackHandle
-from tests.system.harness import Faults, Load, balanced_audit, corrupt_lines, end_fault, seeded, until, wait_stored
+from tests.system.harness import (
+    Faults,
+    Load,
+    balanced_audit,
+    corrupt_lines,
+    end_fault,
+    influxql,
+    seeded,
+    until,
+    wait_stored,
+)
 from tests.system.report import Report, Row
 
 pytestmark = pytest.mark.system
@@ -206,3 +217,36 @@ def test_a_bug_that_ends_the_writer_thread_ends_the_child_which_is_restarted(
         assert ingest.terminate() == 0
     assert (tmp_path / "bug-fired").read_text() == str(child)
     assert "smartcity ingest: error: the raw writer failed" in ingest.log.read_text()
+
+
+def test_a_hung_writer_child_shows_as_lag_in_the_parents_metrics_and_loses_nothing(
+    stack: StackHandle, tmp_path: Path
+) -> None:
+    """A child that hangs (SIGSTOP: alive, writing nothing) reports nothing itself. The parent measures the
+    lag from the position the child saved, so the ingest-lag alert's field still grows; continued, the
+    child writes everything."""
+    items = messages(2000, slot=64)
+    env = ingest_env(stack, tmp_path / "home", client_id="sys-hung-child")
+
+    def lag_s() -> float:
+        # The field and filter of the ingest-lag alert (dashboards/alerts.py), over the last 10 s.
+        query = (
+            'SELECT max("spool_lag_s") FROM "raw"."ingest" WHERE "instance" = \'sys-hung-child\' AND time > now() - 10s'
+        )
+        found = influxql(stack, query)
+        return float(found[0]["values"][0][1] or 0) if found else 0.0
+
+    with IngestProcess(env, tmp_path / "ingest.log") as ingest:
+        ingest.wait_log("subscribed to")
+        child = writer_child(ingest)
+        os.kill(child, signal.SIGSTOP)
+        try:
+            publish_all(stack, items[:1000], rate_per_s=500)
+            until(lambda: lag_s() >= 4, 30, "the parent to report 4 s of writer lag")
+        finally:
+            os.kill(child, signal.SIGCONT)
+        publish_all(stack, items[1000:])
+        wait_for_points(stack, items, timeout_s=30)
+        until(lambda: lag_s() < 2, 30, "the lag to fall once the child runs again")
+        assert ingest.terminate() == 0
+    assert children(ingest.proc.pid) == []
