@@ -18,6 +18,9 @@ command -v influx >/dev/null 2>&1 || needed+=(influxdb-client)
 [ -d /usr/share/fonts/truetype/tlwg ] || needed+=(fonts-thai-tlwg)
 # Test only: Grafana's alert templates are run by Go's own text/template (tests/dashboards/test_go_templates.py).
 command -v go >/dev/null 2>&1 || needed+=(golang-go)
+# Test only: the broker image's command (deploy/mosquitto/start.sh) runs with BusyBox's sh, as in the
+# image (tests/deploy/test_compose_smoke.py).
+command -v busybox >/dev/null 2>&1 || needed+=(busybox)
 for extra in "$@"; do
     command -v "$extra" >/dev/null 2>&1 || needed+=("$extra")
 done

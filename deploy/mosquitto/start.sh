@@ -8,7 +8,7 @@
 # inspection) and Mosquitto is started once more without it. If that run starts, the file was the
 # cause, and what it held (offline sessions, their queued messages) is lost as in a broker crash
 # (docs/reliability.md). If it fails as fast, the file is put back and the error stands.
-# POSIX sh: the image's is BusyBox ash; tests/deploy/test_compose_smoke.py runs it with Debian's dash.
+# POSIX sh: the image's is BusyBox ash, which tests/deploy/test_compose_smoke.py runs it with (Debian's busybox).
 set -u
 conf=${1:-/mosquitto/config/mosquitto.conf}
 location=$(sed -n 's/^persistence_location //p' "$conf")

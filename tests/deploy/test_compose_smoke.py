@@ -6,7 +6,7 @@ What a Docker host would do, done with what this machine has:
 - `smartcity compose init` writes the files; compose's `${...}` interpolation uses its env file;
 - Mosquitto (Debian 2.0.11) runs the generated `mosquitto.conf`, password, ACL and certificate files
   as the uid:gid of the service's `user:`, with container paths and ports moved to a temp folder
-  and free ports, through the image's command (deploy/mosquitto/start.sh, with Debian's sh);
+  and free ports, through the image's command (deploy/mosquitto/start.sh, with BusyBox's sh as in the image);
 - InfluxDB 1.6.7 stands in for the image: auth on, the admin user and database of the service's
   `INFLUXDB_*` environment, as the image's first start creates them;
 - each server's health check runs as written (`sh -c`, hosts and ports substituted) with the
@@ -149,7 +149,9 @@ def start_broker(d: Deployment) -> subprocess.Popen[bytes]:
         assert (uid, gid) == (os.getuid(), os.getgid()), "compose init records the user that owns the files"
     log = open(d.root / "mosquitto.log", "ab")  # noqa: SIM115
     env = {**os.environ, "PATH": f"{Path(find_binary('mosquitto')).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(["sh", str(start), str(local)], stdout=log, stderr=subprocess.STDOUT,
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox is missing: deploy/install-system-deps.sh installs it"
+    proc = subprocess.Popen([busybox, "sh", str(start), str(local)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=env, **switch)  # type: ignore[call-overload]  # fmt: skip
     log.close()
     return proc
