@@ -16,7 +16,7 @@ behind) and each autosave setting, on a broker of its own (deploy.servers, the g
    during the run - restored.
 
 It also reports the broker's memory and `mosquitto.db` bytes per queued message at the largest
-backlog (the basis of the queue caps in deploy/servers.py). Prints a markdown table.
+backlog (the basis of the queue caps in deploy/broker_conf.py). Prints a markdown table.
 
 EXAMPLES
     .venv/bin/python -m bench.broker_autosave

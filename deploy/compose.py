@@ -36,7 +36,7 @@ import click
 
 from deploy import broker_auth
 from deploy.acl import registry_acl_rules
-from deploy.servers import TlsListener, render_mosquitto_conf
+from deploy.broker_conf import TlsListener, render_mosquitto_conf
 from deploy.tls import TlsFiles, ensure_certificates
 from sensors.cli import home_option, registry_from, registry_option
 from sensors.errors import SmartcityError

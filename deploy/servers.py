@@ -1,6 +1,7 @@
 """Mosquitto and InfluxDB 1.x run from their Debian binaries with generated configs.
 
-One place knows how to configure and start the two servers. `smartcity stack`
+One place knows how to start the two servers (the broker's settings themselves are
+`deploy/broker_conf.py`'s, shared with the compose files). `smartcity stack`
 starts them detached with pid files; the test fixtures start them on free
 ports in a temp dir and own the processes. Both go through these classes, so
 the tests exercise the configuration users run.
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import broker_auth
+from deploy.broker_conf import MQTT_AUTOSAVE_INTERVAL, MQTT_AUTOSAVE_ON_CHANGES, TlsListener, render_mosquitto_conf
 from deploy.tls import TlsFiles
-from sensors.contract import MAX_PACKET_BYTES
 from sensors.errors import SmartcityError
 
 logger = logging.getLogger(__name__)
@@ -37,37 +38,6 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
-# Unacknowledged messages in flight per client. Ingest acknowledges only after
-# an fsync (its group commit, every <= 50 ms) and asks for the same window
-# (`receive_maximum`, 5000): the default of 20 would cap it near 400 msg/s.
-MQTT_MAX_INFLIGHT_MESSAGES = 5_000
-# The broker keeps the queue of an offline or lagging persistent session (ingest's) in memory and
-# rewrites all of it to disk at every autosave. Budget: 1 GiB of memory and disk for the queue.
-# `max_queued_bytes` counts payload bytes; a queued reading costs 2.6x its payload in the broker's
-# memory and 1.6x in mosquitto.db (bench/broker_autosave.py), so 320 MiB of payload is ~0.8 GiB of
-# memory and ~0.5 GiB of disk, and at the fleet's ~250 bytes a reading ~1.3 M messages: 1.5 h of
-# ingest outage at the demo's 250 msg/s. Beyond it
-# the broker drops what it would queue (after the PUBACK; counted in $SYS, docs/reliability.md).
-MQTT_MAX_QUEUED_BYTES = 320 * 1024 * 1024
-# The message cap is set above what the byte cap allows, so the byte cap is the one that binds.
-MQTT_MAX_QUEUED_MESSAGES = 2_000_000
-# Hard heap cap of the whole broker: the queue budget plus room for connections and in-flight windows.
-# Past it Mosquitto refuses (does not acknowledge) incoming messages and disconnects their publisher.
-MQTT_MEMORY_LIMIT_BYTES = 1536 * 1024 * 1024
-# Larger packets are refused by the broker (it closes the connection, no PUBACK): the contract's
-# limit, 16 KiB of payload plus room for the topic and properties (sensors/contract.py).
-MQTT_MAX_PACKET_BYTES = MAX_PACKET_BYTES
-# Concurrent connections: the fleet's vendors, ingest processes, operators' tools; far above need.
-MQTT_MAX_CONNECTIONS = 1_000
-# Mosquitto rewrites its whole in-memory state to disk at each autosave, and a kill -9 loses what
-# arrived since the last one. Saving after this many changes (autosave_on_changes) bounds that loss
-# in messages rather than in seconds; the figure comes from bench/broker_autosave.py (docs/reliability.md).
-MQTT_AUTOSAVE_ON_CHANGES = True
-MQTT_AUTOSAVE_INTERVAL = 10_000
-# What a kill -9 of the broker can lose, in acknowledged messages: those queued since the last save
-# (one save per MQTT_AUTOSAVE_INTERVAL changes; a queued message is one change), plus the in-flight
-# window it had sent to ingest but ingest had not yet received. docs/reliability.md, 'Broker crash'.
-MQTT_CRASH_LOSS_BOUND = MQTT_AUTOSAVE_INTERVAL + MQTT_MAX_INFLIGHT_MESSAGES
 # The client-id plugin (deploy/mosquitto/smartcity_clientid.c): these accounts may use any client id,
 # every other account only `<account>` and `<account>-...`.
 PLUGIN_SOURCE = Path(__file__).parent / "mosquitto" / "smartcity_clientid.c"
@@ -393,26 +363,6 @@ class Mosquitto(ServerProcess):
             return False
 
 
-@dataclass(frozen=True)
-class TlsListener:
-    """A Mosquitto listener for MQTT over TLS and the certificate files it serves (deploy/tls.py)."""
-
-    port: int
-    cafile: str
-    certfile: str
-    keyfile: str
-    bind_address: str = ""
-
-    def lines(self) -> list[str]:
-        return [
-            f"listener {self.port} {self.bind_address}".rstrip(),
-            f"cafile {self.cafile}",
-            f"certfile {self.certfile}",
-            f"keyfile {self.keyfile}",
-            "tls_version tlsv1.2",  # the minimum
-        ]
-
-
 def broker_owner() -> pwd.struct_passwd | None:
     """The user a root-started broker runs as; None when the stack is not started as root."""
     if os.geteuid() != 0:
@@ -471,60 +421,6 @@ def build_clientid_plugin(folder: Path) -> Path:
     os.chmod(partial, 0o644)
     os.replace(partial, target)
     return target
-
-
-def render_mosquitto_conf(
-    *,
-    port: int,
-    persistence_dir: str,
-    password_file: str | None,
-    acl_file: str | None,
-    run_as_user: str | None,
-    clientid_plugin: str,
-    trusted_users: Sequence[str],
-    autosave: tuple[bool, int] = (MQTT_AUTOSAVE_ON_CHANGES, MQTT_AUTOSAVE_INTERVAL),
-    bind_address: str = "127.0.0.1",
-    log_dest: str = "stdout",
-    tls: TlsListener | None = None,
-) -> str:
-    """The broker settings the delivery promise depends on (see DESIGN.md, 'Broker settings')."""
-    lines = [
-        "# Generated by smartcity (deploy/servers.py); edits are overwritten.",
-        f"listener {port} {bind_address}" if bind_address else f"listener {port}",
-        "allow_anonymous false",
-        f"max_connections {MQTT_MAX_CONNECTIONS}",
-    ]
-    if password_file:
-        lines.append(f"password_file {password_file}")
-    if acl_file:
-        lines.append(f"acl_file {acl_file}")
-    lines += [
-        # Checked before the password file: a vendor can use only its own client ids (docs/design.md).
-        f"plugin {clientid_plugin}",
-        f"plugin_opt_trusted {' '.join(trusted_users)}",
-        "persistence true",
-        f"persistence_location {persistence_dir}",
-        f"autosave_on_changes {'true' if autosave[0] else 'false'}",
-        f"autosave_interval {autosave[1]}",
-        "persistent_client_expiration 14d",
-        f"max_queued_messages {MQTT_MAX_QUEUED_MESSAGES}",
-        f"max_queued_bytes {MQTT_MAX_QUEUED_BYTES}",
-        f"memory_limit {MQTT_MEMORY_LIMIT_BYTES}",
-        f"max_inflight_messages {MQTT_MAX_INFLIGHT_MESSAGES}",
-        f"max_packet_size {MQTT_MAX_PACKET_BYTES}",
-        f"log_dest {log_dest}",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "connection_messages false",
-    ]
-    if run_as_user:
-        lines.append(f"user {run_as_user}")
-    if tls is not None:
-        # Listener options (cafile, max_connections, ...) apply to the listener line above them:
-        # the TLS listener comes last, so what precedes it configures the plain listener.
-        lines += tls.lines()
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(kw_only=True)

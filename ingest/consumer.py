@@ -152,7 +152,7 @@ class Consumer:
         self.broker_watch = BrokerWatch(spool.stream_dir / STATE_FILE, metrics, settings.client_id)
         self._connected_once = False
         self._connection_open = False  # from a connection attempt until the disconnect that ends it
-        self.clock_check = ClockCheck(self._messages_by_vendor)
+        self.clock_check = ClockCheck(self.metrics.messages_by_vendor)
         self._ack_lock = threading.Lock()  # acks vs. generation changes
         self._wake = threading.Event()
         self._stopping = False
@@ -286,12 +286,6 @@ class Consumer:
             self._version_mid = client.subscribe(SYS_VERSION_TOPIC, qos=0)[1]
         # The broker's dropped-message counter and uptime (`#` does not match `$SYS`).
         self._watch_mid = client.subscribe([(topic, 0) for topic in WATCH_TOPICS])[1]
-
-    def _messages_by_vendor(self) -> dict[str, int]:
-        counts: dict[str, int] = collections.Counter()
-        for (vendor, _outcome), count in list(self.metrics.by_vendor.items()):
-            counts[vendor] += count
-        return counts
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         self._connection_open = True

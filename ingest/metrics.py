@@ -134,6 +134,13 @@ class Metrics:
         key = (vendor, result.code.value if isinstance(result, Rejected) else ACCEPTED)
         self.by_vendor[key] = self.by_vendor.get(key, 0) + 1
 
+    def messages_by_vendor(self) -> dict[str, int]:
+        """Messages counted per vendor since start, whatever their outcome."""
+        counts: dict[str, int] = {}
+        for (vendor, _outcome), count in list(self.by_vendor.items()):
+            counts[vendor] = counts.get(vendor, 0) + count
+        return counts
+
     def count_damaged(self, checks: Iterable[SegmentCheck]) -> None:
         with self._lock:
             for check in checks:

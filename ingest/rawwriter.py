@@ -276,12 +276,14 @@ class RawWriter:
             done = None if processed is None else processed.get(name, 0)
             collect_garbage(stream.dir, self.retention_s, stream.saved, done)
 
-    def refresh_gauges(self) -> None:
-        """Update the writer-lag gauges (called by the metrics reporter): bytes not yet written, and
-        the age of the oldest reading not yet written (0 when InfluxDB has everything)."""
-        streams = list(self._streams.values())
-        self.metrics.spool_lag = sum(stream.tail.lag_bytes() for stream in streams)
-        self.metrics.spool_lag_s = max((lag_seconds(stream.dir, stream.saved) for stream in streams), default=0.0)
+    def refresh_gauges(self, lag: bool = True) -> None:
+        """Update the gauges (called by the metrics reporter): with `lag`, bytes not yet written and the
+        age of the oldest reading not yet written (0 when InfluxDB has everything); a writer child
+        leaves the lag to its parent."""
+        if lag:
+            streams = list(self._streams.values())
+            self.metrics.spool_lag = sum(stream.tail.lag_bytes() for stream in streams)
+            self.metrics.spool_lag_s = max((lag_seconds(stream.dir, stream.saved) for stream in streams), default=0.0)
         stats = getattr(self.sink, "stats", None)
         if isinstance(stats, WriteStats):
             self.metrics.storage_retries = stats.snapshot().retries

@@ -181,7 +181,7 @@ class IngestService:
 
     def _refresh(self) -> None:
         if self.writer is not None:
-            self.writer.refresh_gauges()
+            self.writer.refresh_gauges(lag=not self.writer_child)
         elif self.supervisor is not None:
             # The writer child's lag, measured here from the position it saved: a dead, crash-looping or
             # hung child reports nothing itself, and its lag must still grow (the ingest-lag alert).

@@ -25,8 +25,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from deploy import broker_auth
+from deploy.broker_conf import MQTT_MAX_CONNECTIONS, render_mosquitto_conf
 from deploy.compose import CONFIG_DIR, AlertDelivery, init_compose
-from deploy.servers import BROKER_USER_WHEN_ROOT, MQTT_MAX_CONNECTIONS, free_port, render_mosquitto_conf
+from deploy.servers import BROKER_USER_WHEN_ROOT, free_port
 from deploy.stack import BROKER_DIRS_WHEN_ROOT, Stack, StackPorts
 from sensors.contract import MAX_PACKET_BYTES
 from tests.ingest.helpers import IngestProcess, Publisher, ingest_env, messages, publish_all, wait_for_points

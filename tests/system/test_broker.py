@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from deploy.servers import MQTT_CRASH_LOSS_BOUND
+from deploy.broker_conf import MQTT_CRASH_LOSS_BOUND
 from tests.ingest.helpers import (
     IngestProcess,
     Message,
